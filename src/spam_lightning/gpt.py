@@ -1,0 +1,156 @@
+"""A compact GPT-2 in plain PyTorch, readable top to bottom.
+
+Token + position embeddings -> N pre-LayerNorm transformer blocks -> final LayerNorm -> output head.
+Parameter names follow the book (chapter 4); `spam_lightning.weights` maps OpenAI's published
+weights (Hugging Face layout) onto them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2 BPE vocabulary, <|endoftext|> = 50256 included
+    context_length: int = 1024  # number of learned position embeddings
+    emb_dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    dropout: float = 0.0  # the book fine-tunes with drop_rate 0.0
+    qkv_bias: bool = True  # OpenAI's GPT-2 has biases on the query/key/value projections
+
+    def __post_init__(self) -> None:
+        if self.emb_dim % self.n_heads:
+            raise ValueError(f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})")
+        for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPT config {name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPT config dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(emb_dim=768, n_layers=12, n_heads=12),  # 124M
+    "gpt2-medium": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),  # 355M
+    "gpt2-large": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),  # 774M
+    "gpt2-xl": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),  # 1558M
+}
+
+
+def make_config(arch: str | Mapping[str, Any], **overrides: Any) -> GPTConfig:
+    """A preset name ("gpt2", ...) or a mapping of GPTConfig fields; `overrides` win (e.g. dropout)."""
+    if isinstance(arch, str):
+        if arch not in PRESETS:
+            raise ValueError(f"unknown GPT-2 preset {arch!r}; expected one of {sorted(PRESETS)} or a mapping")
+        base = PRESETS[arch].to_dict()
+    else:
+        known = {f.name for f in fields(GPTConfig)}
+        unknown = set(arch) - known
+        if unknown:
+            raise ValueError(f"unknown GPT config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        base = dict(arch)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return GPTConfig(**base)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.dropout = cfg.dropout
+        self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (
+            w(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
+            for w in (self.W_query, self.W_key, self.W_value)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.att = CausalSelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.dropout)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings (and embedding dropout): (B, T) ids -> (B, T, D)."""
+        t = idx.shape[1]
+        if t > self.cfg.context_length:
+            raise ValueError(f"sequence length {t} exceeds the context length {self.cfg.context_length}")
+        pos = torch.arange(t, device=idx.device)
+        return self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))
+
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Apply transformer blocks start..stop-1 to hidden states x."""
+        for block in self.trf_blocks[start:stop]:
+            x = block(x)
+        return x
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm output for every position: (B, T) -> (B, T, D)."""
+        return self.final_norm(self.run_blocks(self.embed(idx)))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.out_head(self.hidden_states(idx))
+
+
+def _init_weights(module: nn.Module) -> None:
+    # GPT-2's initialisation (normal, std 0.02); used when no pretrained weights are loaded.
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)

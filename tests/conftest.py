@@ -1,0 +1,33 @@
+"""Shared test fixtures: the real UCI data and GPT-2 vocabulary under ../shared (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
+SMS_DIR = SHARED / "data" / "sms_spam_collection"
+SMS_ZIP = SMS_DIR / "sms+spam+collection.zip"
+SMS_TSV = SMS_DIR / "SMSSpamCollection"
+TOKENIZER_FILE = SHARED / "assets" / "gpt2.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def sms_zip() -> Path:
+    assert SMS_ZIP.is_file(), f"missing {SMS_ZIP}; set SPAM_LIGHTNING_SHARED to the shared/ folder"
+    return SMS_ZIP
+
+
+@pytest.fixture(scope="session")
+def sms_tsv() -> Path:
+    assert SMS_TSV.is_file(), f"missing {SMS_TSV}; set SPAM_LIGHTNING_SHARED to the shared/ folder"
+    return SMS_TSV
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file() -> str:
+    assert TOKENIZER_FILE.is_file(), f"missing {TOKENIZER_FILE}"
+    return str(TOKENIZER_FILE)
