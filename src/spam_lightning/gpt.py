@@ -79,9 +79,7 @@ class CausalSelfAttention(nn.Module):
             w(x).view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
             for w in (self.W_query, self.W_key, self.W_value)
         )
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
 

@@ -30,15 +30,19 @@ def get_tokenizer(tokenizer_file: str | None = None) -> tiktoken.Encoding:
     (`r50k_base.tiktoken`), checked against its pinned sha256 before use.
     """
     if tokenizer_file is None:
-        return tiktoken.get_encoding("gpt2")
+        try:
+            return tiktoken.get_encoding("gpt2")
+        except Exception as err:  # no network, proxy, ...: one clear cause and the way out
+            raise RuntimeError(
+                f"could not load tiktoken's GPT-2 encoding ({type(err).__name__}: {' '.join(str(err).split())[:200]}). "
+                "To run offline, pass a local ranks file: data.tokenizer_file=/path/to/gpt2.tiktoken"
+            ) from err
     path = Path(tokenizer_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer_file {str(path)!r} does not exist")
     actual = file_sha256(path)
     if actual != GPT2_TIKTOKEN_SHA256:
-        raise ValueError(
-            f"tokenizer_file {str(path)!r} has sha256 {actual}, expected GPT-2's {GPT2_TIKTOKEN_SHA256}"
-        )
+        raise ValueError(f"tokenizer_file {str(path)!r} has sha256 {actual}, expected GPT-2's {GPT2_TIKTOKEN_SHA256}")
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=r50k_pat_str,

@@ -1,0 +1,322 @@
+"""The data module on the real UCI data: download, parsing, balancing, splits, tokens, padding."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from spam_lightning.data import (
+    TSV_NAME,
+    ZIP_NAME,
+    DataError,
+    SmsSpamDataModule,
+    extract_tsv,
+    parse_sms_collection,
+)
+from spam_lightning.tokenizer import get_tokenizer
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """/good: the real zip; /truncated: announces the full size, sends half; /tampered: one byte off."""
+
+    payload = b""
+
+    def do_GET(self) -> None:
+        body = self.payload
+        if self.path == "/tampered.zip":
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        elif self.path not in ("/good.zip", "/truncated.zip"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if self.path == "/truncated.zip" else body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(sms_zip: Path) -> Iterator[str]:
+    _Handler.payload = sms_zip.read_bytes()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> SmsSpamDataModule:
+    dm = SmsSpamDataModule(
+        source=str(sms_zip), data_dir=str(tmp_path_factory.mktemp("data")), tokenizer_file=tokenizer_file
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def _trusted_files(data_dir: Path) -> list[str]:
+    """Files a later run would pick up (temporary files start with a dot)."""
+    return sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("."))
+
+
+# -- download -------------------------------------------------------------------------------
+
+
+def test_download_from_local_http_server(server: str, tmp_path: Path, tokenizer_file: str) -> None:
+    dm = SmsSpamDataModule(data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=[f"{server}/good.zip"])
+    dm.prepare_data()
+    assert (tmp_path / ZIP_NAME).is_file()
+    assert _trusted_files(tmp_path) == sorted(
+        [ZIP_NAME, TSV_NAME, "splits.json", "train.csv", "validation.csv", "test.csv"]
+    )
+    # A verified copy in data_dir is used as is: no server needed the second time.
+    before = (tmp_path / "train.csv").stat().st_mtime_ns
+    SmsSpamDataModule(
+        data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=["http://127.0.0.1:9/x"]
+    ).prepare_data()
+    assert (tmp_path / "train.csv").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("path", "cause"),
+    [("/tampered.zip", "SHA256"), ("/truncated.zip", "IncompleteRead"), ("/missing.zip", "404")],
+)
+def test_failed_download_leaves_nothing(server: str, tmp_path: Path, path: str, cause: str) -> None:
+    dm = SmsSpamDataModule(data_dir=str(tmp_path), urls=[server + path])
+    with pytest.raises(DataError, match="could not download") as err:
+        dm.prepare_data()
+    assert cause.lower() in str(err.value).lower()
+    assert "data.source=" in str(err.value)  # says how to run offline
+    assert "\n" not in str(err.value)
+    assert _trusted_files(tmp_path) == []
+
+
+def test_backup_url_used_when_first_fails(server: str, tmp_path: Path, tokenizer_file: str) -> None:
+    dm = SmsSpamDataModule(
+        data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=[f"{server}/missing.zip", f"{server}/good.zip"]
+    )
+    dm.prepare_data()
+    assert (tmp_path / "train.csv").is_file()
+
+
+def test_url_source(server: str, tmp_path: Path, tokenizer_file: str) -> None:
+    dm = SmsSpamDataModule(source=f"{server}/good.zip", data_dir=str(tmp_path), tokenizer_file=tokenizer_file)
+    dm.prepare_data()
+    assert (tmp_path / "test.csv").is_file()
+
+
+# -- local sources and checksums ---------------------------------------------------------------
+
+
+def test_extracted_file_as_source(tmp_path: Path, sms_tsv: Path, tokenizer_file: str, prepared) -> None:
+    dm = SmsSpamDataModule(source=str(sms_tsv), data_dir=str(tmp_path), tokenizer_file=tokenizer_file)
+    dm.prepare_data()
+    for name in ("train", "validation", "test"):
+        assert (tmp_path / f"{name}.csv").read_bytes() == (prepared.data_dir / f"{name}.csv").read_bytes()
+
+
+def test_wrong_checksum_of_local_zip(tmp_path: Path, sms_zip: Path) -> None:
+    bad = tmp_path / "copy.zip"
+    data = bytearray(sms_zip.read_bytes())
+    data[100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"copy\.zip: sha256 is .* expected 1587ea43"):
+        SmsSpamDataModule(source=str(bad), data_dir=str(out)).prepare_data()
+    assert not any(p.suffix == ".csv" for p in out.iterdir())
+
+
+def test_corrupt_zip_is_a_clear_error(tmp_path: Path, sms_zip: Path) -> None:
+    bad = tmp_path / "truncated.zip"
+    bad.write_bytes(sms_zip.read_bytes()[:5000])
+    with pytest.raises(DataError, match="truncated.zip: not a valid zip archive"):
+        extract_tsv(bad, tmp_path / TSV_NAME, verify=True)
+    assert not (tmp_path / TSV_NAME).exists()
+
+
+def test_tokenizer_download_failure_says_how_to_run_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(name: str) -> None:
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    monkeypatch.setattr("spam_lightning.tokenizer.tiktoken.get_encoding", offline)
+    with pytest.raises(RuntimeError, match=r"could not load tiktoken's GPT-2 encoding .* data\.tokenizer_file="):
+        get_tokenizer.__wrapped__(None)
+
+
+def test_tokenizer_hash_checked(tmp_path: Path, tokenizer_file: str) -> None:
+    assert get_tokenizer(tokenizer_file).encode("Hello, world!") == [15496, 11, 995, 0]
+    bad = tmp_path / "gpt2.tiktoken"
+    shutil.copy(tokenizer_file, bad)
+    with bad.open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=r"gpt2\.tiktoken' has sha256 .* expected GPT-2's 306cd27f"):
+        get_tokenizer(str(bad))
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def test_parse_counts(sms_tsv: Path) -> None:
+    df = parse_sms_collection(sms_tsv)
+    assert len(df) == 5574
+    assert (df.label == 0).sum() == 4827
+    assert (df.label == 1).sum() == 747
+    # Messages that start with a double quote stay intact (pandas' default quoting merges them).
+    assert df.text.str.startswith('"').sum() == 54
+
+
+def test_crlf_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "f.tsv"
+    path.write_bytes(b'\xef\xbb\xbfham\tHello "there\r\nspam\tWIN\tnow\r\n')
+    df = parse_sms_collection(path)
+    assert df.label.tolist() == [0, 1]
+    assert df.text.tolist() == ['Hello "there', "WIN\tnow"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"ham\tok\nspam no tab here\n", r"f\.tsv, line 2: expected 'label<TAB>text', found no tab"),
+        (b"ham\tok\nham\tok\neggs\tsome text\n", r"f\.tsv, line 3: unknown label 'eggs'"),
+        (b"ham\tok\nspam\t  \n", r"f\.tsv, line 2: empty text"),
+        (b"ham\tok\nham\tbad \xff byte\n", r"f\.tsv, line 2: invalid UTF-8"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "f.tsv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        parse_sms_collection(path)
+
+
+def test_one_class_and_too_few_rows(tmp_path: Path) -> None:
+    one_class = tmp_path / "ham.tsv"
+    one_class.write_bytes(b"ham\ta\nham\tb\n" * 20)
+    dm = SmsSpamDataModule(source=str(one_class), data_dir=str(tmp_path / "a"), verify_checksum=False)
+    with pytest.raises(DataError, match="only one class"):
+        dm.prepare_data()
+    few = tmp_path / "few.tsv"
+    few.write_bytes(b"ham\ta\nspam\tb\nham\tc\n")
+    dm = SmsSpamDataModule(source=str(few), data_dir=str(tmp_path / "b"), verify_checksum=False)
+    with pytest.raises(DataError, match="too few"):
+        dm.prepare_data()
+    assert not (tmp_path / "b" / "train.csv").exists()
+
+
+# -- balancing, splits, determinism -----------------------------------------------------------
+
+
+def test_split_sizes_and_classes(prepared: SmsSpamDataModule) -> None:
+    sizes = {name: len(prepared.read_split(name)) for name in ("train", "validation", "test")}
+    assert sizes == {"train": 1045, "validation": 149, "test": 300}
+    frames = [prepared.read_split(name) for name in sizes]
+    assert sum(int(f.label.sum()) for f in frames) == 747  # every spam message, once
+    assert sum(len(f) - int(f.label.sum()) for f in frames) == 747  # undersampled ham
+    assert all(set(f.label) == {0, 1} for f in frames)
+
+
+def test_same_seed_same_bytes_other_seed_differs(
+    prepared: SmsSpamDataModule, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    def digests(data_dir: Path) -> list[str]:
+        return [hashlib.sha256((data_dir / f"{s}.csv").read_bytes()).hexdigest() for s in ("train", "test")]
+
+    again = SmsSpamDataModule(source=str(sms_zip), data_dir=str(tmp_path / "same"), tokenizer_file=tokenizer_file)
+    again.prepare_data()
+    assert digests(again.data_dir) == digests(prepared.data_dir)
+    other = SmsSpamDataModule(
+        source=str(sms_zip), data_dir=str(tmp_path / "other"), tokenizer_file=tokenizer_file, seed=7
+    )
+    other.prepare_data()
+    assert digests(other.data_dir) != digests(prepared.data_dir)
+
+
+def test_splits_rebuilt_when_seed_changes_or_file_edited(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+    def prepare(seed: int = 123) -> bytes:
+        SmsSpamDataModule(
+            source=str(sms_zip), data_dir=str(tmp_path), tokenizer_file=tokenizer_file, seed=seed
+        ).prepare_data()
+        return (tmp_path / "train.csv").read_bytes()
+
+    first = prepare()
+    assert prepare(seed=1) != first
+    assert prepare() == first
+    (tmp_path / "train.csv").write_text("label,text\n0,edited\n")
+    assert prepare() == first
+
+
+# -- tokens and padding ----------------------------------------------------------------------------
+
+
+def test_longest_train_padding_is_120(prepared: SmsSpamDataModule) -> None:
+    assert prepared.pad_length == 120
+    for loader in (prepared.train_dataloader(), prepared.val_dataloader(), prepared.test_dataloader()):
+        batch = next(iter(loader))
+        assert batch["input_ids"].shape[1] == 120
+        assert batch["input_ids"].dtype == torch.long
+        for row, length in zip(batch["input_ids"], batch["lengths"], strict=True):
+            assert (row[length:] == 50256).all()
+    assert len(prepared.train_dataloader()) == 1045 // 8  # drop_last, as in the book
+    assert len(prepared.val_dataloader()) == 19
+    assert max(len(ids) for ids in prepared.datasets["test"].ids) <= 120
+
+
+@pytest.mark.parametrize(("padding", "max_length"), [(64, None), ("batch", None), ("longest_train", 32)])
+def test_other_padding_modes(prepared: SmsSpamDataModule, padding: str | int, max_length: int | None) -> None:
+    dm = SmsSpamDataModule(
+        data_dir=str(prepared.data_dir),
+        tokenizer_file=prepared.tokenizer_file,
+        padding=padding,
+        max_length=max_length,
+        batch_size=16,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    widths = set()
+    for batch in dm.val_dataloader():
+        widths.add(batch["input_ids"].shape[1])
+        assert int(batch["lengths"].max()) <= batch["input_ids"].shape[1]
+        if padding == "batch":
+            assert int(batch["lengths"].max()) == batch["input_ids"].shape[1]
+    if padding == "batch":
+        assert len(widths) > 1
+    else:
+        assert widths == {64 if padding == 64 else 32}
+
+
+def test_texts_never_longer_than_context(prepared: SmsSpamDataModule) -> None:
+    dm = SmsSpamDataModule(data_dir=str(prepared.data_dir), tokenizer_file=prepared.tokenizer_file, context_length=50)
+    dm.setup("fit")
+    assert dm.pad_length == 50
+    assert max(len(i) for i in dm.datasets["train"].ids) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"padding": "nope"}, {"padding": 0}, {"batch_size": 0}, {"max_length": 2000}, {"padding": 4096}],
+)
+def test_invalid_config(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=r"data\.(padding|batch_size|max_length)"):
+        SmsSpamDataModule(**kwargs)
+
+
+def test_training_order_depends_on_seed_and_epoch(prepared: SmsSpamDataModule) -> None:
+    loader = prepared.train_dataloader()
+
+    def first_labels(epoch: int) -> list[int]:
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))["input_ids"][:, :5].flatten().tolist()
+
+    assert first_labels(0) == first_labels(0)
+    assert first_labels(0) != first_labels(1)
