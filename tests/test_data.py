@@ -140,7 +140,7 @@ def test_wrong_checksum_of_local_zip(tmp_path: Path, sms_zip: Path) -> None:
 def test_corrupt_zip_is_a_clear_error(tmp_path: Path, sms_zip: Path) -> None:
     bad = tmp_path / "truncated.zip"
     bad.write_bytes(sms_zip.read_bytes()[:5000])
-    with pytest.raises(DataError, match="truncated.zip: not a valid zip archive"):
+    with pytest.raises(DataError, match=r"truncated\.zip: not a valid zip archive"):
         extract_tsv(bad, tmp_path / TSV_NAME, verify=True)
     assert not (tmp_path / TSV_NAME).exists()
 
