@@ -305,6 +305,7 @@ class SmsSpamDataModule(L.LightningDataModule):
         self.urls = list(urls)
         self.datasets: dict[str, TokenizedSplit] = {}
         self.pad_length: int | None = None  # fixed padded length, None for padding="batch"
+        self._summarized = False  # the data summary was logged
 
     # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
 
@@ -360,9 +361,12 @@ class SmsSpamDataModule(L.LightningDataModule):
                 counts[name] = _class_counts(split)
             # The manifest goes last: splits without a matching manifest are rebuilt.
             atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
+        elif self._summarized:
+            return
         else:
             manifest = json.loads(manifest_path.read_text())
             info("reusing the splits in %s (same source and seed)", self.data_dir)
+        self._summarized = True
         for stage, c in manifest["counts"].items():
             info("%-10s %5d messages: %4d ham, %4d spam", stage, c["ham"] + c["spam"], c["ham"], c["spam"])
 
@@ -378,6 +382,21 @@ class SmsSpamDataModule(L.LightningDataModule):
             )
         except (OSError, ValueError, KeyError, TypeError):
             return False
+
+    # -- checkpoint state: a run can only be continued on the same splits ---------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        manifest = json.loads((self.data_dir / MANIFEST_NAME).read_text())
+        return {"seed": self.seed, "splits_sha256": manifest["files"], "pad_length": self.pad_length}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        ours = self.state_dict()
+        for key, value in state.items():
+            if key in ours and ours[key] != value:
+                raise DataError(
+                    f"the checkpoint was trained on other data: its {key} is {value!r}, this run's is {ours[key]!r} "
+                    "(another data.seed, data source or padding); use the same data config or start a new run_name"
+                )
 
     # -- setup: runs on every rank, reads files --------------------------------------------------
 
@@ -438,16 +457,17 @@ class SmsSpamDataModule(L.LightningDataModule):
         )
         return self._loader("train", sampler, self.batch_size, self.drop_last)
 
-    def _eval_loader(self, name: str) -> DataLoader:
+    def eval_dataloader(self, name: str) -> DataLoader:
+        """An unshuffled loader over any split (each item once, across all ranks)."""
         rank, world = self._rank_and_world()
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
         return self._loader(name, sampler, self.eval_batch_size, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validation")
+        return self.eval_dataloader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")

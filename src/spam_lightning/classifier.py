@@ -1,0 +1,309 @@
+"""GPT-2 as a spam classifier (chapter 6 of the book) wrapped in a LightningModule.
+
+The vocabulary head is replaced by Linear(emb_dim, num_classes) and everything except the chosen
+trainable part is frozen. The forward pass is split in two halves so the frozen prefix can run
+without autograd (and later be cached):
+
+    frozen_features(input_ids)     embeddings + frozen blocks [0, first_trainable_block), no grad
+    head_logits(hidden, lengths)   trainable blocks, final LayerNorm, pooling, out_head
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from spam_lightning.gpt import make_config
+from spam_lightning.weights import build_gpt
+
+log = logging.getLogger("spam_lightning")
+
+POOLS = ("last", "last_token", "first", "mean")
+NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")
+SCHEDULERS = ("none", "cosine")
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warmup over `warmup_steps` steps, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SpamClassifier(L.LightningModule):
+    def __init__(
+        self,
+        arch: str | dict[str, Any] = "gpt2",  # GPT-2 preset name or a mapping of GPTConfig fields
+        pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
+        dropout: float | None = None,  # overrides the arch's dropout when set
+        num_classes: int = 2,  # class 1 (spam) is the positive class when binary
+        trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
+        pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
+        lr: float = 5e-5,  # AdamW learning rate
+        weight_decay: float = 0.1,  # AdamW weight decay
+        scheduler: str = "none",  # none | cosine (linear warmup, then cosine decay to 0, per step)
+        warmup_steps: int = 0,  # warmup optimizer steps for the cosine scheduler
+    ) -> None:
+        super().__init__()
+        if isinstance(arch, DictConfig):
+            arch = OmegaConf.to_container(arch, resolve=True)  # type: ignore[assignment]
+        elif isinstance(arch, Mapping):
+            arch = dict(arch)
+        _validate(pretrained, dropout, num_classes, trainable_layers, pool, lr, weight_decay, scheduler, warmup_steps)
+        cfg = make_config(arch, dropout=dropout)
+        if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
+            raise ValueError(
+                f"model.trainable_layers as a block count must be in [0, {cfg.n_layers}], got {trainable_layers}"
+            )
+        self.save_hyperparameters()
+
+        self.gpt = build_gpt(cfg, pretrained)
+        self.gpt.out_head = nn.Linear(cfg.emb_dim, num_classes)
+
+        named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
+        n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
+        self.first_trainable_block: int = cfg.n_layers - n_trainable_blocks
+        self.embeddings_trainable = trainable_layers == "all"
+        self.final_norm_trainable = trainable_layers != "head"
+        self.pool = pool
+        self.num_classes = num_classes
+
+        self.requires_grad_(False)
+        for module in self._trainable_modules():
+            module.requires_grad_(True)
+        self.train(self.training)  # puts the frozen modules in eval mode
+
+        self.train_metrics = _metrics(num_classes, prefix="train/")
+        self.val_metrics = self.train_metrics.clone(prefix="val/")
+        self.test_metrics = self.train_metrics.clone(prefix="test/")
+        self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
+        self.test_confusion_matrix: torch.Tensor | None = None  # (C, C), rows = true class
+        # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
+
+    # --- freezing -------------------------------------------------------------------------------
+
+    def _trainable_modules(self) -> list[nn.Module]:
+        gpt = self.gpt
+        modules: list[nn.Module] = [gpt.out_head, *gpt.trf_blocks[self.first_trainable_block :]]
+        if self.final_norm_trainable:
+            modules.append(gpt.final_norm)
+        if self.embeddings_trainable:
+            modules += [gpt.tok_emb, gpt.pos_emb, gpt.drop_emb]
+        return modules
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        gpt = self.gpt
+        modules: list[nn.Module] = list(gpt.trf_blocks[: self.first_trainable_block])
+        if not self.final_norm_trainable:
+            modules.append(gpt.final_norm)
+        if not self.embeddings_trainable:
+            modules += [gpt.tok_emb, gpt.pos_emb, gpt.drop_emb]
+        return modules
+
+    def train(self, mode: bool = True) -> SpamClassifier:
+        # Frozen parts never train: no dropout there, so their features are deterministic (cacheable).
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    @property
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def num_total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def frozen_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings + frozen blocks: (B, T) ids -> (B, T, D) hidden states (no autograd if frozen)."""
+        with torch.set_grad_enabled(self.embeddings_trainable and torch.is_grad_enabled()):
+            hidden = self.gpt.embed(input_ids)
+            return self.gpt.run_blocks(hidden, 0, self.first_trainable_block)
+
+    def head_logits(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Trainable blocks, final LayerNorm, pooling and head: (B, T, D) -> (B, num_classes) logits.
+
+        `lengths` (B,) are the true token counts of right-padded rows; needed by last_token and mean.
+        """
+        hidden = self.gpt.run_blocks(hidden, self.first_trainable_block)
+        if self.pool in ("last_token", "mean") and lengths is None:
+            raise ValueError(f"pool={self.pool!r} needs the true sequence lengths")
+        if self.pool == "last":
+            pooled = self.gpt.final_norm(hidden[:, -1])
+        elif self.pool == "first":
+            pooled = self.gpt.final_norm(hidden[:, 0])
+        elif self.pool == "last_token":
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = self.gpt.final_norm(hidden[rows, lengths - 1])
+        else:  # mean over the real (non-padding) positions
+            mask = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
+            normed = self.gpt.final_norm(hidden) * mask[..., None]
+            pooled = normed.sum(dim=1) / lengths[:, None].to(normed.dtype)
+        return self.gpt.out_head(pooled)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head_logits(self.frozen_features(input_ids), lengths)
+
+    # --- Lightning steps ------------------------------------------------------------------------
+
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the metrics take: P(spam) (B,) when binary, else class probabilities (B, C)."""
+        probs = logits.softmax(dim=-1)
+        return probs[:, 1] if self.num_classes == 2 else probs
+
+    def _step(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["lengths"])
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels)
+        scores = self._scores(logits.detach())
+        metrics.update(scores, labels)
+        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach(), weight=labels.shape[0])
+        if stage == "test":
+            self.test_confusion.update(scores, labels)
+        prefix = self.test_prefix if stage == "test" else stage
+        if stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # Logging the metric objects lets Lightning compute, sync across ranks and reset them per epoch.
+        self.log(f"{prefix}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        for name, metric in metrics.items(keep_base=True, copy_state=False):
+            self.log(f"{prefix}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "accuracy")
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        matrix = self.test_confusion.compute()  # synced across processes
+        self.test_confusion.reset()
+        self.test_confusion_matrix = matrix.cpu()
+        if self.num_classes == 2:
+            (tn, fp), (fn, tp) = matrix.tolist()
+            for name, value in (("tp", tp), ("fp", fp), ("tn", tn), ("fn", fn)):
+                self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks  # same on every rank: mean is a no-op
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities (B, num_classes)."""
+        return self(batch["input_ids"], batch.get("lengths")).softmax(dim=-1)
+
+    def on_fit_start(self) -> None:
+        trainable, total = self.num_trainable_parameters, self.num_total_parameters
+        if self.trainer.is_global_zero:
+            log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        for logger in self.loggers:
+            logger.log_hyperparams({"num_trainable_parameters": trainable, "num_total_parameters": total})
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("scheduler='cosine' needs a finite trainer.max_steps or max_epochs")
+        schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total_steps))
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+
+
+def _validate(
+    pretrained: Any,
+    dropout: Any,
+    num_classes: Any,
+    trainable_layers: Any,
+    pool: Any,
+    lr: Any,
+    weight_decay: Any,
+    scheduler: Any,
+    warmup_steps: Any,
+) -> None:
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise ValueError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
+    if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
+    if not (is_int(num_classes) and num_classes >= 2):
+        raise ValueError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+    if is_int(trainable_layers):
+        if trainable_layers < 0:
+            raise ValueError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
+    elif trainable_layers not in NAMED_TRAINABLE:
+        raise ValueError(
+            f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
+            f"(0..n_layers), got {trainable_layers!r}"
+        )
+    if pool not in POOLS:
+        raise ValueError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
+    if not (is_number(lr) and lr > 0):
+        raise ValueError(f"model.lr must be a number > 0, got {lr!r}")
+    if not (is_number(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if not (is_int(warmup_steps) and warmup_steps >= 0):
+        raise ValueError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    if num_classes == 2:
+        metrics = {
+            "accuracy": BinaryAccuracy(),
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "f1": BinaryF1Score(),
+            "auroc": BinaryAUROC(),
+        }
+    else:
+        kw: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}
+        metrics = {
+            "accuracy": MulticlassAccuracy(**kw),
+            "precision": MulticlassPrecision(**kw),
+            "recall": MulticlassRecall(**kw),
+            "f1": MulticlassF1Score(**kw),
+            "auroc": MulticlassAUROC(**kw),
+        }
+    return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]

@@ -1,0 +1,186 @@
+"""One training run: build data, model and trainer from the Hydra config, fit, test, write metrics.json.
+
+`train.py` (Hydra) calls `run(cfg)`. Extra DDP ranks run `python -m spam_lightning.train CONFIG`, with
+the resolved config that rank 0 wrote into the run directory (see `spam_lightning.ddp`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from spam_lightning.classifier import SpamClassifier
+from spam_lightning.data import SmsSpamDataModule, atomic_write_bytes
+from spam_lightning.ddp import use_resolved_config_launcher
+from spam_lightning.gpt import make_config
+
+log = logging.getLogger(__name__)
+info = rank_zero_only(log.info)
+
+EVAL_SPLITS = ("train", "validation", "test")
+REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
+# Hyperparameters that fix the shapes of the weights and of the optimizer state: a checkpoint made with
+# other values cannot be continued.
+ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes", "trainable_layers")
+
+
+class ConfigError(ValueError):
+    """A config value, or a checkpoint that does not fit the config; raised before any training starts."""
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or continue) one run as configured; returns what it writes to metrics.json."""
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    # Validate everything cheap first, so a bad value fails before any download or training.
+    context_length = make_config(OmegaConf.to_container(cfg.model.arch, resolve=True)).context_length
+    datamodule: SmsSpamDataModule = instantiate(cfg.data, context_length=context_length)
+    ckpt_path = _checkpoint_to_continue(cfg, run_dir)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    config_file = run_dir / "config.yaml"
+    if trainer.is_global_zero and not _is_ddp_worker():
+        atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    launcher = use_resolved_config_launcher(trainer, config_file.resolve())
+    try:
+        model: SpamClassifier = instantiate(cfg.model)
+        if ckpt_path is not None:
+            _check_compatible(ckpt_path, model)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_seconds = time.perf_counter() - start
+        if trainer.interrupted:
+            info("training interrupted; continue with resume=true run_name=%s", run_dir.name)
+            return {}
+        if not cfg.get("test_after_fit", True):
+            return {}
+        start = time.perf_counter()
+        best = _best_checkpoint(trainer)
+        results = evaluate(trainer, model, datamodule, best)
+        summary = {
+            **results,
+            "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
+            "time_seconds": {"fit": round(fit_seconds, 2), "test": round(time.perf_counter() - start, 2)},
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": best,
+            "world_size": trainer.world_size,
+        }
+        if trainer.is_global_zero:
+            atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+            print_results(summary, run_dir)
+        return summary
+    finally:
+        if launcher is not None:
+            launcher.finish()
+
+
+def evaluate(
+    trainer: L.Trainer, model: SpamClassifier, datamodule: SmsSpamDataModule, ckpt_path: str | None
+) -> dict[str, dict[str, float]]:
+    """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode."""
+    datamodule.setup("test")
+    results = {}
+    for split in EVAL_SPLITS:
+        model.test_split = split
+        logged = trainer.test(model, dataloaders=datamodule.eval_dataloader(split), ckpt_path=ckpt_path, verbose=False)
+        ckpt_path = None  # loaded once; the model now holds those weights
+        results[split] = {key.split("/", 1)[1]: round(float(v), 6) for key, v in logged[0].items()}
+        if model.test_confusion_matrix is not None:
+            results[split]["confusion_matrix"] = model.test_confusion_matrix.tolist()
+    model.test_split = "test"
+    return results
+
+
+def print_results(summary: dict[str, Any], run_dir: Path) -> None:
+    header = f"{'split':<12}" + "".join(f"{m:>10}" for m in REPORTED_METRICS)
+    rows = [
+        f"{split:<12}" + "".join(f"{summary[split].get(m, float('nan')):>10.4f}" for m in REPORTED_METRICS)
+        for split in EVAL_SPLITS
+    ]
+    params = summary["parameters"]
+    times = summary["time_seconds"]
+    print(
+        "\n".join(
+            [
+                "",
+                header,
+                *rows,
+                f"trainable parameters: {params['trainable']:,} of {params['total']:,}; "
+                f"fit {times['fit']:.1f} s, test {times['test']:.1f} s",
+                f"run directory: {run_dir}",
+            ]
+        ),
+        flush=True,
+    )
+
+
+def _is_ddp_worker() -> bool:
+    return rank_zero_only.rank != 0
+
+
+def _checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path {str(path)!r} does not exist")
+        return str(path)
+    if cfg.get("resume"):
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            info("resuming from %s", last)
+            return str(last)
+        info("resume=true but %s does not exist: starting fresh", last)
+    return None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint without running pickled code; a clear error if it is truncated or foreign."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        cause = " ".join(str(err).split())[:300]
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint?): {cause}") from err
+
+
+def _check_compatible(ckpt_path: str, model: SpamClassifier) -> None:
+    saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+    ours = dict(model.hparams)
+    for key in ARCHITECTURE_KEYS:
+        if key in saved and saved[key] != ours.get(key):
+            raise ConfigError(
+                f"checkpoint {ckpt_path!r} was trained with model.{key}={saved[key]!r}, but this run has "
+                f"model.{key}={ours.get(key)!r}; use a matching config or start a new run_name"
+            )
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+        return callback.best_model_path
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m spam_lightning.train CONFIG.yaml`: run a resolved config (how extra DDP ranks start)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m spam_lightning.train RESOLVED_CONFIG.yaml")
+    run(OmegaConf.load(args[0]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""OpenAI's pretrained GPT-2 weights (Hugging Face Hub layout) loaded into `GPTModel`.
+
+The Hub's `model.safetensors` stores GPT-2 as OpenAI trained it: Conv1D layers whose weights are
+(in_features, out_features), i.e. the transpose of `nn.Linear`, and one fused query/key/value
+projection `c_attn` that the book splits into W_query, W_key and W_value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from spam_lightning.gpt import PRESETS, GPTConfig, GPTModel
+
+HF_REPO_OWNER = "openai-community"
+HF_FILENAME = "model.safetensors"
+# Pinned commits of the Hub repos openai-community/<name>, so that a run always loads the same bytes.
+HF_REVISIONS: dict[str, str] = {
+    "gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e",
+    "gpt2-medium": "6dcaa7a952f72f9298047fd5137cd6e4f05f41da",
+    "gpt2-large": "32b71b12589c2f8d625668d2335a01cac3249519",
+    "gpt2-xl": "15ea56dee5df4983c59b2538573817e1667135e2",
+}
+# Non-parameter causal-mask buffers that older checkpoints carry; our attention builds its own mask.
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+# Config fields that fix the tensor shapes (or, for n_heads, how the weights are read).
+_ARCH_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "qkv_bias")
+
+OFFLINE_HINT = (
+    "To run offline pass a local file, model.pretrained=/path/to/model.safetensors, "
+    "or model.pretrained=null for a randomly initialised model, "
+    "or pre-populate the Hugging Face cache and set HF_HUB_OFFLINE=1."
+)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """A pretrained weights file is missing, unreadable or does not fit the model config."""
+
+
+class PretrainedDownloadError(PretrainedWeightsError):
+    """The pretrained weights could not be fetched from the Hugging Face Hub."""
+
+
+def hf_repo_id(name: str) -> str:
+    return f"{HF_REPO_OWNER}/{name}"
+
+
+def hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of a Hub GPT-2 `model.safetensors` (no `transformer.` prefix) -> its shape."""
+    d, v, c = cfg.emb_dim, cfg.vocab_size, cfg.context_length
+    block = {
+        "ln_1.weight": (d,),
+        "ln_1.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d),
+        "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d),
+        "attn.c_proj.bias": (d,),
+        "ln_2.weight": (d,),
+        "ln_2.bias": (d,),
+        "mlp.c_fc.weight": (d, 4 * d),
+        "mlp.c_fc.bias": (4 * d,),
+        "mlp.c_proj.weight": (4 * d, d),
+        "mlp.c_proj.bias": (d,),
+    }
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (v, d), "wpe.weight": (c, d)}
+    shapes |= {f"h.{i}.{name}": shape for i in range(cfg.n_layers) for name, shape in block.items()}
+    shapes["ln_f.weight"] = (d,)
+    shapes["ln_f.bias"] = (d,)
+    return shapes
+
+
+def _listing(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys, key=_natural)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _natural(key: str) -> list[int | str]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _normalise_keys(hf_state: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Strip `transformer.`, drop causal-mask buffers and a `lm_head.weight` tied to `wte.weight`."""
+    state: dict[str, Tensor] = {}
+    for key, tensor in hf_state.items():
+        name = key.removeprefix("transformer.")
+        if name in state:
+            raise PretrainedWeightsError(f"{source}: {name!r} appears both with and without 'transformer.'")
+        if not _MASK_BUFFER.fullmatch(name):
+            state[name] = tensor
+    head = state.pop("lm_head.weight", None)
+    wte = state.get("wte.weight")
+    if head is not None and wte is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
+        raise PretrainedWeightsError(
+            f"{source}: 'lm_head.weight' differs from 'wte.weight'; GPT-2 ties them and so does this loader"
+        )
+    return state
+
+
+def convert_hf_state_dict(
+    hf_state: Mapping[str, Tensor], cfg: GPTConfig, source: str = "state dict"
+) -> dict[str, Tensor]:
+    """Check a Hub-layout GPT-2 state dict against `cfg` and rename/split/transpose it into ours.
+
+    Keys may carry a `transformer.` prefix; mask buffers are ignored; `lm_head.weight` must equal
+    `wte.weight`, which also becomes our `out_head.weight`. `source` names the file in errors.
+    """
+    if not cfg.qkv_bias:
+        raise PretrainedWeightsError(
+            f"{source}: GPT-2's query/key/value projections have biases; set the model config's qkv_bias=true"
+        )
+    state = _normalise_keys(hf_state, source)
+    expected = hf_shapes(cfg)
+    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unexpected:
+        problems = [f"missing {len(missing)} tensor(s): {_listing(missing)}"] if missing else []
+        problems += [f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}"] if unexpected else []
+        raise PretrainedWeightsError(
+            f"{source} does not fit GPT-2 with {_arch(cfg)}: {'; '.join(problems)}{_file_arch(state)}"
+        )
+    wrong = [k for k, shape in expected.items() if tuple(state[k].shape) != shape]
+    if wrong:
+        found = {k: tuple(state[k].shape) for k in wrong}
+        details = ", ".join(f"{k!r} has shape {found[k]}, expected {expected[k]}" for k in wrong[:3])
+        more = f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise PretrainedWeightsError(
+            f"{source} does not fit GPT-2 with {_arch(cfg)}: {details}{more}{_file_arch(state)}"
+        )
+
+    # Conv1D weights are (in, out): transpose them into nn.Linear's (out, in).
+    ours = {
+        "tok_emb.weight": state["wte.weight"],
+        "pos_emb.weight": state["wpe.weight"],
+        "final_norm.weight": state["ln_f.weight"],
+        "final_norm.bias": state["ln_f.bias"],
+        "out_head.weight": state["wte.weight"],
+    }
+    for i in range(cfg.n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}."
+        q_w, k_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)
+        q_b, k_b, v_b = state[h + "attn.c_attn.bias"].chunk(3, dim=-1)
+        ours |= {
+            b + "norm1.weight": state[h + "ln_1.weight"],
+            b + "norm1.bias": state[h + "ln_1.bias"],
+            b + "att.W_query.weight": q_w.t(),
+            b + "att.W_query.bias": q_b,
+            b + "att.W_key.weight": k_w.t(),
+            b + "att.W_key.bias": k_b,
+            b + "att.W_value.weight": v_w.t(),
+            b + "att.W_value.bias": v_b,
+            b + "att.out_proj.weight": state[h + "attn.c_proj.weight"].t(),
+            b + "att.out_proj.bias": state[h + "attn.c_proj.bias"],
+            b + "norm2.weight": state[h + "ln_2.weight"],
+            b + "norm2.bias": state[h + "ln_2.bias"],
+            b + "ff.layers.0.weight": state[h + "mlp.c_fc.weight"].t(),
+            b + "ff.layers.0.bias": state[h + "mlp.c_fc.bias"],
+            b + "ff.layers.2.weight": state[h + "mlp.c_proj.weight"].t(),
+            b + "ff.layers.2.bias": state[h + "mlp.c_proj.bias"],
+        }
+    return ours
+
+
+def load_hf_state_dict(model: GPTModel, hf_state: Mapping[str, Tensor], source: str = "state dict") -> None:
+    """Copy Hub-layout GPT-2 weights into `model` (in place, into its existing dtype and device)."""
+    model.load_state_dict(convert_hf_state_dict(hf_state, model.cfg, source))
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {str(path)!r} does not exist")
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ...
+        message = f"cannot read {str(path)!r} as a safetensors file: {_one_line(err)}"
+        raise PretrainedWeightsError(message) from err
+
+
+def download_pretrained(name: str) -> Path:
+    """The cached path of `model.safetensors` for a preset, downloaded at its pinned revision if needed."""
+    from huggingface_hub import hf_hub_download
+
+    repo, revision = hf_repo_id(name), HF_REVISIONS[name]
+    try:
+        return Path(str(hf_hub_download(repo_id=repo, filename=HF_FILENAME, revision=revision)))
+    except Exception as err:  # no network, offline mode, 404, gated, disk full, ...
+        raise PretrainedDownloadError(
+            f"could not get {HF_FILENAME} of {repo} at revision {revision} from the Hugging Face Hub "
+            f"({_one_line(err)}). {OFFLINE_HINT}"
+        ) from err
+
+
+def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTModel:
+    """`GPTModel(cfg)`, randomly initialised (None) or with OpenAI's weights.
+
+    `pretrained`: a preset name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), fetched from the
+    Hugging Face Hub at a pinned revision, or a local `model.safetensors` in the Hub's layout.
+    """
+    if pretrained is None:
+        return GPTModel(cfg)
+    if isinstance(pretrained, str) and pretrained in PRESETS:
+        preset = PRESETS[pretrained]
+        diff = [f for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(preset, f)]
+        if diff:
+            raise PretrainedWeightsError(
+                f"model.pretrained={pretrained!r} needs the {pretrained!r} architecture, but the config has "
+                + ", ".join(f"{f}={getattr(cfg, f)} (expected {getattr(preset, f)})" for f in diff)
+            )
+        path = download_pretrained(pretrained)
+    else:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(
+                f"model.pretrained={str(pretrained)!r} is neither a GPT-2 preset ({', '.join(PRESETS)}) "
+                "nor an existing safetensors file"
+            )
+    state = read_safetensors(path)
+    model = GPTModel(cfg)
+    load_hf_state_dict(model, state, source=f"weights file {str(path)!r}")
+    return model
+
+
+def _arch(cfg: GPTConfig) -> str:
+    return ", ".join(f"{f}={getattr(cfg, f)}" for f in _ARCH_FIELDS if f != "qkv_bias")
+
+
+def _file_arch(state: Mapping[str, Tensor]) -> str:
+    """A hint of which architecture the file holds, from the embedding shapes and block count."""
+    facts: list[str] = []
+    wte, wpe = state.get("wte.weight"), state.get("wpe.weight")
+    if wte is not None and wte.dim() == 2:
+        facts += [f"vocab_size={wte.shape[0]}", f"emb_dim={wte.shape[1]}"]
+    if wpe is not None and wpe.dim() == 2:
+        facts.append(f"context_length={wpe.shape[0]}")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"h\.(\d+)\.", k))}
+    if blocks:
+        facts.append(f"n_layers={max(blocks) + 1}")
+    return f" (the file looks like {', '.join(facts)})" if facts else ""
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
