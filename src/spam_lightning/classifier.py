@@ -218,7 +218,7 @@ class SpamClassifier(L.LightningModule):
         if self.num_classes == 2:
             (tn, fp), (fn, tp) = matrix.tolist()
             for name, value in (("tp", tp), ("fp", fp), ("tn", tn), ("fn", fn)):
-                self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks  # same on every rank: mean is a no-op
+                self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (B, num_classes)."""
