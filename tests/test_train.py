@@ -1,0 +1,195 @@
+"""The training app: configs compose, trainers run, the smoke recipe learns, DDP and resume work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from spam_lightning.train import ConfigError, load_checkpoint, run
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def make_cfg(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                "experiment=smoke",
+                f"run_dir={tmp / 'run'}",
+                f"data.source={sms_zip}",
+                f"data.tokenizer_file={tokenizer_file}",
+                f"data.data_dir={tmp / 'data'}",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture
+def cfg_factory(tmp_path: Path, sms_zip: Path, tokenizer_file: str):
+    def factory(*overrides: str, tmp: Path = tmp_path) -> DictConfig:
+        return make_cfg(tmp, *overrides, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+
+    return factory
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(ckpt)["state_dict"]
+
+
+# -- configs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_composes(experiment: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py", f"experiment={experiment}", "--cfg", "job", "--resolve"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "_target_: spam_lightning.classifier.SpamClassifier" in result.stdout
+
+
+@pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks"])
+def test_every_config_in_group_composes(group: str, tmp_path: Path, cfg_factory) -> None:
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        cfg = cfg_factory(f"{group}={option}")
+        assert cfg[group] is not None or option == "none"
+
+
+def test_default_is_the_book_recipe(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"run_dir={tmp_path}"])
+    assert cfg.seed == 123
+    assert cfg.model.arch == "gpt2" and cfg.model.pretrained == "gpt2"
+    assert (cfg.model.lr, cfg.model.weight_decay, cfg.data.batch_size) == (5e-5, 0.1, 8)
+    assert cfg.model.trainable_layers == "last_block"
+    assert cfg.trainer.max_epochs == 5 and cfg.trainer.accelerator == "auto"
+
+
+# -- trainers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu"])
+def test_fast_dev_run(trainer: str, cfg_factory) -> None:
+    cfg = cfg_factory(f"trainer={trainer}", "trainer.fast_dev_run=true", "test_after_fit=false")
+    run(cfg)
+
+
+def test_smoke_experiment_learns(cfg_factory, tmp_path: Path) -> None:
+    metrics = run(cfg_factory())
+    run_dir = tmp_path / "run"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert written["test"]["accuracy"] >= 0.85
+    assert set(written["test"]) >= {"accuracy", "precision", "recall", "f1", "auroc", "loss", "confusion_matrix"}
+    assert sum(map(sum, written["test"]["confusion_matrix"])) == 300
+    assert sum(map(sum, written["validation"]["confusion_matrix"])) == 149
+    assert written["parameters"]["trainable"] == written["parameters"]["total"] > 0
+    assert written["time_seconds"]["fit"] > 0
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert Path(written["best_checkpoint"]).is_file()
+    assert (run_dir / "logs" / "metrics.csv").is_file()
+
+
+def test_ddp_two_cpu_processes(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "experiment=smoke",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"runs_dir={tmp_path / 'runs'}",
+            "run_name=ddp",
+            f"data.source={sms_zip}",
+            f"data.tokenizer_file={tokenizer_file}",
+            f"data.data_dir={tmp_path / 'data'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert os.listdir(tmp_path / "runs") == ["ddp"]  # one run directory, not one per rank
+    metrics = json.loads((tmp_path / "runs" / "ddp" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 300  # every test text counted once
+    assert result.stdout.count("split ") == 1  # only rank 0 prints the results table
+
+
+# -- checkpoints and resume -----------------------------------------------------------------------------
+
+
+def test_resume_equals_uninterrupted(cfg_factory, tmp_path: Path) -> None:
+    common = ("trainer.deterministic=true", "test_after_fit=true")
+    straight = run(cfg_factory("trainer.max_epochs=2", *common, tmp=tmp_path / "a"))
+    run(cfg_factory("trainer.max_epochs=1", *common, tmp=tmp_path / "b"))
+    resumed = run(cfg_factory("trainer.max_epochs=2", "resume=true", *common, tmp=tmp_path / "b"))
+    last_a = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    last_b = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    wa, wb = weights(last_a), weights(last_b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert load_checkpoint(last_b)["global_step"] == load_checkpoint(last_a)["global_step"] == 2 * (1045 // 16)
+    for split in ("train", "validation", "test"):
+        assert resumed[split] == straight[split]
+
+
+def test_ckpt_path_continues_from_checkpoint(cfg_factory, tmp_path: Path) -> None:
+    run(cfg_factory("trainer.max_epochs=1", "test_after_fit=false", tmp=tmp_path / "first"))
+    ckpt = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 0 and state["global_step"] == 1045 // 16
+    assert state["optimizer_states"]
+    run(cfg_factory("trainer.max_epochs=2", f"ckpt_path={ckpt}", "test_after_fit=false", tmp=tmp_path / "second"))
+    after = load_checkpoint(tmp_path / "second" / "run" / "checkpoints" / "last.ckpt")
+    assert after["global_step"] == 2 * (1045 // 16)
+
+
+def test_resume_without_checkpoint_starts_fresh(cfg_factory, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="spam_lightning"):
+        run(cfg_factory("resume=true", "trainer.fast_dev_run=true", "test_after_fit=false"))
+    assert "starting fresh" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.arch.emb_dim=32", "model.arch"),
+        ("model.trainable_layers=1", "model.trainable_layers"),
+        ("data.seed=7", "other data"),
+    ],
+)
+def test_resume_with_incompatible_config_is_refused(override: str, message: str, cfg_factory, tmp_path: Path) -> None:
+    run(cfg_factory("trainer.max_steps=2", "trainer.max_epochs=1", "test_after_fit=false"))
+    with pytest.raises(ValueError, match=message):
+        run(cfg_factory(override, "resume=true", "trainer.max_epochs=2", "test_after_fit=false"))
+
+
+def test_truncated_checkpoint_is_a_clear_error(cfg_factory, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(ConfigError, match=r"bad\.ckpt' cannot be read"):
+        run(cfg_factory(f"ckpt_path={bad}"))
