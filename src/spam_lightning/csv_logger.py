@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
@@ -14,7 +15,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self):  # noqa: ANN201 - Lightning's ExperimentWriter
+    def experiment(self) -> ExperimentWriter:
         if self._experiment is not None:
             return self._experiment
         path = Path(self.log_dir) / "metrics.csv"
