@@ -315,7 +315,7 @@ def test_training_order_depends_on_seed_and_epoch(prepared: SmsSpamDataModule) -
     loader = prepared.train_dataloader()
 
     def first_labels(epoch: int) -> list[int]:
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.sampler.set_epoch(epoch)
         return next(iter(loader))["input_ids"][:, :5].flatten().tolist()
 
     assert first_labels(0) == first_labels(0)

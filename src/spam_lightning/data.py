@@ -8,6 +8,7 @@ with <|endoftext|> (50256) to the longest training text.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -16,13 +17,14 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pandas as pd
 import pooch
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from spam_lightning.tokenizer import PAD_TOKEN_ID, file_sha256, get_tokenizer
 
@@ -221,6 +223,57 @@ def pad_collate(pad_to: int | None) -> Callable[[list[tuple[list[int], int]]], d
     return collate
 
 
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Training batches of similar length (less padding with padding="batch").
+
+    Takes the shuffled order of `sampler` (a DistributedSampler: this rank's share for the epoch), sorts
+    each window of `window` batches by length, cuts it into batches and shuffles the batches. Like the
+    sampler it depends only on (seed, epoch); Lightning sets the epoch on `self.sampler`.
+    """
+
+    def __init__(
+        self, sampler: DistributedSampler, lengths: Sequence[int], batch_size: int, drop_last: bool, window: int = 50
+    ) -> None:
+        self.sampler = sampler
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.window = window
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
+        return iter([batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()])
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """The batches of `batch_sampler`, skipping the first `skip` of them once: a run resumed mid-epoch
+    continues with the batch after the last one it trained, not from the epoch's start."""
+
+    def __init__(self, batch_sampler: Sampler[list[int]], skip: int = 0) -> None:
+        self.batch_sampler = batch_sampler
+        self.sampler = batch_sampler.sampler  # Lightning calls sampler.set_epoch through this attribute
+        self.skip = skip if 0 < skip < len(batch_sampler) else 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.batch_sampler), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # Lightning counts the skipped batches as done already
+
+
 class ShardSampler(Sampler[int]):
     """Evaluation sampler: rank r of w takes items r, r+w, ...; every item is seen exactly once.
 
@@ -249,7 +302,9 @@ class SmsSpamDataModule(L.LightningDataModule):
         source: str | None = None,
         data_dir: str = "data/sms_spam",
         tokenizer_file: str | None = None,
-        padding: str | int = "longest_train",
+        padding: str | int = "auto",
+        pool: str = "last",
+        bucket_by_length: bool = False,
         max_length: int | None = None,
         context_length: int = 1024,
         batch_size: int = 8,
@@ -269,7 +324,11 @@ class SmsSpamDataModule(L.LightningDataModule):
             tokenizer_file: a local GPT-2 `.tiktoken` ranks file (sha256-checked); None lets tiktoken
                 download/cache it.
             padding: "longest_train" (the book: every split padded/truncated to the longest training
-                text), an int (that fixed length), or "batch" (each batch to its own longest).
+                text), an int (that fixed length), "batch" (each batch to its own longest), or "auto":
+                "batch" unless `pool` is "last", whose result depends on the padding ("longest_train").
+            pool: the model's pooling (model.pool); only used to resolve padding="auto".
+            bucket_by_length: group training texts of similar length into batches (less padding with
+                padding="batch"; the batches are no longer uniformly random).
             max_length: truncate texts to this many tokens (None: only the context length limits).
             context_length: the model's context length; texts are never longer than this.
             batch_size: training batch size (the book: 8); eval_batch_size defaults to it.
@@ -280,8 +339,12 @@ class SmsSpamDataModule(L.LightningDataModule):
             urls: download URLs, tried in order.
         """
         super().__init__()
+        if padding == "auto":
+            padding = "longest_train" if pool == "last" else "batch"
         if not (padding in ("longest_train", "batch") or (isinstance(padding, int) and padding > 0)):
-            raise ValueError(f"data.padding must be 'longest_train', 'batch' or a positive int, got {padding!r}")
+            raise ValueError(
+                f"data.padding must be 'auto', 'longest_train', 'batch' or a positive int, got {padding!r}"
+            )
         if max_length is not None and not 0 < max_length <= context_length:
             raise ValueError(f"data.max_length must be in [1, context_length={context_length}], got {max_length}")
         if isinstance(padding, int) and padding > context_length:
@@ -294,6 +357,7 @@ class SmsSpamDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.tokenizer_file = tokenizer_file
         self.padding = padding
+        self.bucket_by_length = bucket_by_length
         self.max_length = min(max_length or context_length, context_length)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -436,12 +500,10 @@ class SmsSpamDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, name: str, sampler: Sampler[int], batch_size: int, drop_last: bool) -> DataLoader:
+    def _loader(self, name: str, batching: dict[str, Any]) -> DataLoader:
         return DataLoader(
             self.datasets[name],
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
+            **batching,
             collate_fn=pad_collate(self.pad_length),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -455,13 +517,25 @@ class SmsSpamDataModule(L.LightningDataModule):
         sampler = DistributedSampler(
             self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
-        return self._loader("train", sampler, self.batch_size, self.drop_last)
+        if self.bucket_by_length:
+            lengths = [len(ids) for ids in self.datasets["train"].ids]
+            batches = LengthBucketBatchSampler(sampler, lengths, self.batch_size, self.drop_last)
+        else:
+            batches = BatchSampler(sampler, self.batch_size, self.drop_last)
+        return self._loader("train", {"batch_sampler": ResumableBatchSampler(batches, self._batches_done())})
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch already trained, when Lightning restarts mid-epoch from a checkpoint."""
+        trainer = self.trainer
+        if trainer is None or not trainer.fit_loop.restarting:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def eval_dataloader(self, name: str) -> DataLoader:
         """An unshuffled loader over any split (each item once, across all ranks)."""
         rank, world = self._rank_and_world()
         sampler = ShardSampler(len(self.datasets[name]), rank, world)
-        return self._loader(name, sampler, self.eval_batch_size, drop_last=False)
+        return self._loader(name, {"sampler": sampler, "batch_size": self.eval_batch_size})
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("validation")

@@ -95,13 +95,13 @@ def evaluate(
     datamodule.setup("test")
     results = {}
     for split in EVAL_SPLITS:
-        model.test_split = split
+        model.test_prefix = "test" if split == "test" else f"eval_{split}"
         logged = trainer.test(model, dataloaders=datamodule.eval_dataloader(split), ckpt_path=ckpt_path, verbose=False)
         ckpt_path = None  # loaded once; the model now holds those weights
         results[split] = {key.split("/", 1)[1]: round(float(v), 6) for key, v in logged[0].items()}
         if model.test_confusion_matrix is not None:
             results[split]["confusion_matrix"] = model.test_confusion_matrix.tolist()
-    model.test_split = "test"
+    model.test_prefix = "test"
     return results
 
 
