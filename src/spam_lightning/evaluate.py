@@ -1,0 +1,313 @@
+"""Evaluate a trained classifier on a split of its training data or on any labelled CSV/TSV.
+
+Metrics at the decision threshold (0.5 by default, as in training): accuracy, precision, recall, F1,
+AUROC, the confusion matrix and the misclassified texts. With `target_precision`, a threshold is chosen
+on the validation split (the lowest one whose spam precision there reaches the target, i.e. the best
+recall) and its precision/recall on the evaluated data are reported. Writes evaluation.json,
+misclassified.jsonl, confusion_matrix.png and pr_curve.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_confusion_matrix,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+)
+
+from spam_lightning.data import DataError, SmsSpamDataModule
+from spam_lightning.predict import (
+    LABELS,
+    ModelSpec,
+    Predictor,
+    decode_utf8,
+    load_predictor,
+    read_table,
+    split_lines,
+)
+from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves
+from spam_lightning.tokenizer import file_sha256
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+LABEL_VALUES = {"0": 0, "1": 1, "ham": 0, "spam": 1}
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelled data
+# --------------------------------------------------------------------------------------------------
+
+
+def load_split(spec: ModelSpec, split: str, data_dir: str | None = None) -> tuple[list[str], list[int]]:
+    """A split of the model's training data, checked against the split hashes its checkpoint recorded.
+
+    The folder is `data_dir`, else the training config's data.data_dir. Missing split files are made
+    again from the training data config (same source and seed), as training made them.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    data = spec.training.get("data", {})
+    directory = Path(data_dir or data.get("data_dir") or "data/sms_spam").expanduser()
+    path = directory / f"{split}.csv"
+    if not path.is_file():
+        log.info("%s is missing: making the splits from the training data config", path)
+        SmsSpamDataModule(
+            source=data.get("source"),
+            data_dir=str(directory),
+            tokenizer_file=spec.tokenizer_file,
+            seed=data.get("seed", 123),
+            verify_checksum=data.get("verify_checksum", True),
+        ).prepare_data()
+    expected = (data.get("splits_sha256") or {}).get(f"{split}.csv")
+    if expected is None:
+        log.warning("the model records no hash of %s.csv: cannot check it is the split it was trained with", split)
+    elif file_sha256(path) != expected:
+        raise DataError(
+            f"{path} is not the {split} split this model was trained with (sha256 differs: another data seed "
+            "or source); pass data_dir=FOLDER with the training splits"
+        )
+    df = pd.read_csv(path, dtype={"label": int, "text": str}, keep_default_na=False)  # as the data module reads
+    return df["text"].tolist(), df["label"].tolist()
+
+
+def read_labelled(path: str | Path, column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
+    """Texts and labels (0/1 or ham/spam) from a CSV/TSV with a header naming `column` and `label_column`,
+    or from a headerless UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"data_file {str(path)!r} does not exist")
+    text = decode_utf8(file.read_bytes(), str(file))
+    sep = "," if file.suffix.lower() == ".csv" else "\t"
+    header = text.split("\n", 1)[0].removesuffix("\r").split(sep)
+    if column in header and label_column in header:
+        table = read_table(text, str(file), sep)
+        rows = zip(table[label_column].tolist(), table[column].tolist(), strict=True)
+        first_line = 2
+    elif header[0].strip().lower() in LABEL_VALUES and "\t" in text.split("\n", 1)[0]:
+        rows = (line.partition("\t")[::2] for line in split_lines(text))
+        first_line = 1
+    else:
+        raise DataError(
+            f"{file}: expected a header with columns {column!r} and {label_column!r} (set column=, label_column=) "
+            f"or 'label<TAB>text' lines; the first line is {header!r}"
+        )
+    texts, labels = [], []
+    for number, (label, message) in enumerate(rows, start=first_line):
+        value = LABEL_VALUES.get(str(label).strip().lower())
+        if value is None:
+            raise DataError(f"{file}, line {number}: label {label!r} is not one of ham, spam, 0, 1")
+        texts.append(message)
+        labels.append(value)
+    if not texts:
+        raise DataError(f"{file}: no labelled texts")
+    return texts, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics and threshold choice
+# --------------------------------------------------------------------------------------------------
+
+
+def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, Any]:
+    """The training metrics (torchmetrics, spam iff score > threshold) and the confusion matrix."""
+    matrix = binary_confusion_matrix(scores, labels, threshold=threshold)
+    (tn, fp), (fn, tp) = matrix.tolist()
+    metrics: dict[str, Any] = {
+        name: round(float(fn_(scores, labels, threshold=threshold)), 6)
+        for name, fn_ in (
+            ("accuracy", binary_accuracy),
+            ("precision", binary_precision),
+            ("recall", binary_recall),
+            ("f1", binary_f1_score),
+        )
+    }
+    metrics["auroc"] = round(float(binary_auroc(scores, labels)), 6) if 0 < labels.sum() < len(labels) else None
+    return {**metrics, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "confusion_matrix": matrix.tolist()}
+
+
+def precision_recall_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> tuple[float, float]:
+    tp = sum(1 for s, y in zip(scores, labels, strict=True) if s > threshold and y == 1)
+    predicted, positives = sum(1 for s in scores if s > threshold), sum(labels)
+    return (tp / predicted if predicted else 0.0), (tp / positives if positives else 0.0)
+
+
+def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float) -> float | None:
+    """The lowest threshold t (spam iff score > t) whose precision reaches the target: the best recall there.
+
+    t lies halfway between the last score called spam and the next lower score. None if no threshold
+    reaches the target.
+    """
+    ranked = sorted(zip(scores, labels, strict=True), key=lambda pair: -pair[0])
+    best, tp = None, 0
+    for k, (score, label) in enumerate(ranked):
+        tp += label
+        lower = ranked[k + 1][0] if k + 1 < len(ranked) else None
+        if lower == score:
+            continue  # a threshold cannot separate equal scores
+        if tp / (k + 1) >= target_precision:
+            best = (score + lower) / 2 if lower is not None else score / 2
+    return best
+
+
+# --------------------------------------------------------------------------------------------------
+# `python evaluate.py` (Hydra, conf/evaluate.yaml)
+# --------------------------------------------------------------------------------------------------
+
+
+def score_texts(
+    predictor: Predictor, texts: list[str], labels: list[int], batch_size: int
+) -> tuple[list[int], list[float], int]:
+    """Row indices that could be classified, their P(spam), and the number of truncated texts."""
+    probs, encoded = predictor.spam_probabilities(texts, batch_size)
+    rows = [i for i, p in enumerate(probs) if p is not None]
+    skipped = len(texts) - len(rows)
+    if skipped:
+        log.warning("%d texts not classified (empty or invalid) are left out of the metrics", skipped)
+    return rows, [probs[i] for i in rows], sum(e.truncated for e in encoded)  # type: ignore[misc]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
+    spec = predictor.spec
+    if cfg.get("data_file"):
+        name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
+        texts, labels = read_labelled(cfg.data_file, cfg.column, cfg.label_column)
+    else:
+        name = data_name = cfg.split
+        texts, labels = load_split(spec, cfg.split, cfg.get("data_dir"))
+    rows, scores, truncated = score_texts(predictor, texts, labels, cfg.batch_size)
+    y = [labels[i] for i in rows]
+    score_t, label_t = torch.tensor(scores, dtype=torch.float64), torch.tensor(y)
+    threshold = float(cfg.threshold)
+    metrics = binary_metrics(score_t, label_t, threshold)
+
+    selection = None
+    if cfg.get("target_precision") is not None:
+        selection = _select_threshold(predictor, cfg, name, scores, y)
+
+    misclassified = [
+        {"row": i, "label": LABELS[labels[i]], "predicted": LABELS[int(s > threshold)], "spam_probability": s,
+         "text": texts[i]}
+        for i, s in zip(rows, scores, strict=True)
+        if int(s > threshold) != labels[i]
+    ]  # fmt: skip
+    model = str(cfg.get("ckpt_path") or cfg.get("model_dir"))
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else _model_home(cfg) / "evaluation" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "model": model,
+        "data": data_name,
+        "n": len(texts),
+        "n_skipped": len(texts) - len(rows),
+        "n_truncated": truncated,
+        "threshold": threshold,
+        "metrics": metrics,
+        "threshold_selection": selection,
+        "n_misclassified": len(misclassified),
+    }
+    with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m, ensure_ascii=False) + "\n" for m in misclassified)
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    points = {f"threshold {threshold:g}": precision_recall_at(scores, y, threshold)}
+    if selection and selection["threshold"] is not None:
+        points[f"chosen on validation (target {selection['target_precision']:g})"] = (
+            selection["evaluated"]["precision"], selection["evaluated"]["recall"],
+        )  # fmt: skip
+    plots = [
+        plot_confusion_matrix(
+            metrics["confusion_matrix"], out_dir / "confusion_matrix.png", f"{name} (t={threshold:g})"
+        ),
+        plot_pr_curve(score_t, label_t, out_dir / "pr_curve.png", points, title=name),
+    ]
+    if cfg.get("ckpt_path"):  # the run's training curves, into the run directory
+        run_dir = _model_home(cfg)
+        if (run_dir / "logs" / "metrics.csv").is_file():
+            plots += plot_training_curves(run_dir / "logs" / "metrics.csv", run_dir)
+    _print_summary(result, name, misclassified[: cfg.show_misclassified], out_dir, plots)
+    return result
+
+
+def _select_threshold(
+    predictor: Predictor, cfg: DictConfig, name: str, scores: list[float], labels: list[int]
+) -> dict[str, Any] | None:
+    target = float(cfg.target_precision)
+    try:
+        val_texts, val_labels = load_split(predictor.spec, "validation", cfg.get("data_dir"))
+    except (DataError, OSError) as err:
+        log.warning("no threshold choice: the validation split is not available (%s)", err)
+        return None
+    _, val_scores, _ = score_texts(predictor, val_texts, val_labels, cfg.batch_size)
+    threshold = choose_threshold(val_scores, val_labels, target)
+    selection: dict[str, Any] = {"target_precision": target, "threshold": threshold}
+    if threshold is None:
+        log.warning("no threshold reaches spam precision %g on the validation split", target)
+        return selection
+    val_p, val_r = precision_recall_at(val_scores, val_labels, threshold)
+    p, r = precision_recall_at(scores, labels, threshold)
+    matrix = binary_confusion_matrix(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), threshold)
+    selection["validation"] = {"precision": round(val_p, 6), "recall": round(val_r, 6)}
+    selection["evaluated"] = {
+        "data": name, "precision": round(p, 6), "recall": round(r, 6), "confusion_matrix": matrix.tolist(),
+    }  # fmt: skip
+    return selection
+
+
+def _model_home(cfg: DictConfig) -> Path:
+    """The run directory of a checkpoint (above checkpoints/), or the exported model folder."""
+    if cfg.get("model_dir"):
+        return Path(cfg.model_dir)
+    ckpt = Path(cfg.ckpt_path)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _print_summary(
+    result: dict[str, Any], name: str, misclassified: list[dict[str, Any]], out_dir: Path, plots: list[Path]
+) -> None:
+    m = result["metrics"]
+    auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    lines = [
+        f"{result['model']} on {result['data']}: {result['n']} texts"
+        + (f" ({result['n_skipped']} not classified)" if result["n_skipped"] else "")
+        + (f", {result['n_truncated']} truncated as in training" if result["n_truncated"] else ""),
+        f"threshold {result['threshold']:g}: accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
+        f"recall {m['recall']:.4f}  f1 {m['f1']:.4f}  auroc {auroc}",
+        "confusion matrix (rows: true, columns: predicted)",
+        f"{'':>10}{'ham':>7}{'spam':>7}",
+        f"{'ham':>10}{tn:>7}{fp:>7}",
+        f"{'spam':>10}{fn:>7}{tp:>7}",
+    ]
+    sel = result["threshold_selection"]
+    if sel is not None and sel["threshold"] is not None:
+        lines += [
+            f"threshold for spam precision >= {sel['target_precision']:g} on validation: {sel['threshold']!r} "
+            f"(validation precision {sel['validation']['precision']:.4f}, recall {sel['validation']['recall']:.4f})",
+            f"  on {name}: precision {sel['evaluated']['precision']:.4f}, recall {sel['evaluated']['recall']:.4f}",
+        ]
+    elif sel is not None:
+        lines.append(f"no threshold reaches spam precision {sel['target_precision']:g} on validation")
+    count = result["n_misclassified"]
+    lines.append(f"{count} misclassified" + (" (all in misclassified.jsonl):" if count else ""))
+    for mis in misclassified:
+        text = " ".join(mis["text"].split())
+        text = text if len(text) <= 90 else text[:89] + "…"
+        lines.append(f"  {mis['label']:>4} -> {mis['predicted']:<4} P(spam)={mis['spam_probability']:.3f}  {text}")
+    ours = ", ".join(p.name for p in plots if p.parent == out_dir)
+    lines.append(f"wrote evaluation.json, misclassified.jsonl, {ours} to {out_dir}")
+    curves = [p for p in plots if p.parent != out_dir]
+    if curves:
+        lines.append(f"wrote {', '.join(p.name for p in curves)} to {curves[0].parent}")
+    print("\n".join(lines), flush=True)

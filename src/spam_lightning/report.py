@@ -1,0 +1,144 @@
+"""PNG plots of a run: loss and accuracy per epoch (as the book's plots), confusion matrix, PR curve.
+
+Matplotlib's object API with the Agg renderer: no pyplot, no global backend switch, no display needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torchmetrics.functional.classification import binary_average_precision, binary_precision_recall_curve
+
+log = logging.getLogger(__name__)
+
+CURVES = {"loss": "Loss", "accuracy": "Accuracy"}
+
+
+def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
+    """{'train/loss': {epoch: value}, 'val/loss': ..., 'train/accuracy': ..., 'val/accuracy': ...} from a
+    Lightning CSVLogger file. Rows of the final evaluation (those logging */tp) are not training curves."""
+    series: dict[str, dict[int, float]] = {f"{s}/{m}": {} for m in CURVES for s in ("train", "val")}
+    with metrics_csv.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch") or any(v for k, v in row.items() if k and k.endswith("/tp")):
+                continue
+            for key, values in series.items():
+                if row.get(key):
+                    values[int(float(row["epoch"]))] = float(row[key])
+    return series
+
+
+def plot_training_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
+    """loss.png and accuracy.png: training and validation value per epoch."""
+    series = read_epoch_metrics(metrics_csv)
+    paths = []
+    for metric, ylabel in CURVES.items():
+        train, val = series[f"train/{metric}"], series[f"val/{metric}"]
+        if not train and not val:
+            continue
+        fig = Figure(figsize=(5, 3))
+        ax = fig.add_subplot()
+        for values, label, style in ((train, f"Training {metric}", "-"), (val, f"Validation {metric}", "-.")):
+            if values:  # Lightning's epoch 0 is the first epoch
+                epochs = sorted(values)
+                ax.plot([e + 1 for e in epochs], [values[e] for e in epochs], style, marker="o", label=label)
+        ax.set_xlabel("Epochs")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{metric}.png"))
+    return paths
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: str = "") -> Path:
+    """2x2 counts; rows are the true class, columns the predicted class (ham, spam)."""
+    fig = Figure(figsize=(3.6, 3.2))
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+    ax.set_xticks([0, 1], ["ham", "spam"])
+    ax.set_yticks([0, 1], ["ham", "spam"])
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(f"Confusion matrix {title}".strip())
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pr_curve(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    points: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "",
+) -> Path:
+    """Precision against recall over all thresholds; `points` marks operating points {name: (precision, recall)}."""
+    precision, recall, _ = binary_precision_recall_curve(scores, labels)
+    ap = float(binary_average_precision(scores, labels))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    ax.plot(recall.tolist(), precision.tolist(), drawstyle="steps-post", label=f"AP = {ap:.4f}")
+    for (name, (p, r)), marker in zip((points or {}).items(), "os^D", strict=False):
+        ax.plot([r], [p], marker, label=f"{name}: P={p:.3f} R={r:.3f}")
+    ax.set_xlabel("Recall (spam)")
+    ax.set_ylabel("Precision (spam)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Precision-recall {title}".strip())
+    ax.legend(loc="lower left", fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_training_report(run_dir: str | Path, pr_curve: bool = True) -> list[Path]:
+    """The end-of-training plots, written into run_dir; returns the files written.
+
+    loss.png and accuracy.png from logs/metrics.csv, confusion_matrix.png from metrics.json's test
+    confusion matrix, and (pr_curve=True) pr_curve.png from the best checkpoint's P(spam) on the test
+    split (predicted again, since metrics.json has no per-text scores). Missing inputs are skipped; a
+    PR curve that cannot be made is logged as a warning, never raised.
+    """
+    run_dir = Path(run_dir)
+    paths: list[Path] = []
+    metrics_csv = run_dir / "logs" / "metrics.csv"
+    if metrics_csv.is_file():
+        paths += plot_training_curves(metrics_csv, run_dir)
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    matrix = metrics.get("test", {}).get("confusion_matrix")
+    if matrix is not None:
+        paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)"))
+    best = metrics.get("best_checkpoint")
+    if pr_curve and best:
+        try:
+            paths.append(_test_pr_curve(Path(best), run_dir / "pr_curve.png"))
+        except (OSError, ValueError, RuntimeError) as err:  # a plot is not worth failing a finished run
+            log.warning("no PR curve for %s: %s", run_dir, err)
+    return paths
+
+
+def _test_pr_curve(ckpt_path: Path, path: Path) -> Path:
+    from spam_lightning.evaluate import load_split, precision_recall_at  # evaluate imports this module
+    from spam_lightning.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt_path)
+    texts, labels = load_split(predictor.spec, "test")
+    scores, _ = predictor.spam_probabilities(texts)
+    points = {"threshold 0.5": precision_recall_at(scores, labels, 0.5)}  # type: ignore[arg-type]
+    return plot_pr_curve(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), path, points, "(test)")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
