@@ -55,7 +55,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, token
 KILL_POINTS = {
     # name: overrides that make the run SIGKILL itself
     "mid_epoch_after_step_25": ["+callbacks.killer._target_=killers.KillAtStep", "+callbacks.killer.step=25"],
-    "during_validation_epoch_1": ["+callbacks.killer._target_=killers.KillInValidation", "+callbacks.killer.epoch=1"],
+    "during_validation_epoch_0": ["+callbacks.killer._target_=killers.KillInValidation", "+callbacks.killer.epoch=0"],
     "during_checkpoint_write": [
         "+callbacks.killer._target_=killers.KillDuringCheckpointWrite",
         "+callbacks.killer.nth=9",  # 6 step saves + best + last at epoch end, then step 70
