@@ -24,6 +24,7 @@ from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule, atomic_write_bytes
 from spam_lightning.ddp import use_resolved_config_launcher
 from spam_lightning.gpt import make_config
+from spam_lightning.report import write_training_report
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -81,6 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+            write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
             print_results(summary, run_dir)
         return summary
     finally:
