@@ -231,7 +231,7 @@ def test_tiny_model_overfits_real_messages(
         lr=1e-3,
     )
     loader = DataLoader([sixteen_messages], batch_size=None)
-    stop = EarlyStopping("train/loss_epoch", stopping_threshold=0.01, patience=1000, check_on_train_epoch_end=True)
+    stop = EarlyStopping("train/loss", stopping_threshold=0.01, patience=1000, check_on_train_epoch_end=True)
     fit = trainer(max_steps=300, callbacks=[stop])
     with caplog.at_level(logging.INFO, logger="spam_lightning"):
         fit.fit(model, loader)
