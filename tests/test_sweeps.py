@@ -30,6 +30,7 @@ TINY = (
     "+trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "report=false",
 )
 
 

@@ -82,7 +82,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
-            write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
+            if cfg.get("report", True):
+                write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
             print_results(summary, run_dir)
         return summary
     finally:
