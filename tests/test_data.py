@@ -320,3 +320,28 @@ def test_training_order_depends_on_seed_and_epoch(prepared: SmsSpamDataModule) -
 
     assert first_labels(0) == first_labels(0)
     assert first_labels(0) != first_labels(1)
+
+
+def test_zip_extraction_takes_only_the_expected_member(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -> None:
+    import zipfile
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../../escaped.txt", "ham\tpwned\n")
+        archive.writestr("sub/../../SMSSpamCollection", sms_tsv.read_bytes())
+    out = tmp_path / "a" / "b"
+    with pytest.raises(DataError, match=r"evil\.zip: no member 'SMSSpamCollection'"):
+        SmsSpamDataModule(source=str(evil), data_dir=str(out), verify_checksum=False).prepare_data()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (out / TSV_NAME).exists()
+
+    # The expected member is written to data_dir/SMSSpamCollection whatever else the archive holds.
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as archive:
+        archive.writestr("../../escaped.txt", "x")
+        archive.writestr(TSV_NAME, sms_tsv.read_bytes())
+    SmsSpamDataModule(
+        source=str(mixed), data_dir=str(out), tokenizer_file=tokenizer_file, verify_checksum=False
+    ).prepare_data()
+    assert (out / TSV_NAME).read_bytes() == sms_tsv.read_bytes()
+    assert not list(tmp_path.rglob("escaped.txt"))
