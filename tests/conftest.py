@@ -31,3 +31,12 @@ def sms_tsv() -> Path:
 def tokenizer_file() -> str:
     assert TOKENIZER_FILE.is_file(), f"missing {TOKENIZER_FILE}"
     return str(TOKENIZER_FILE)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """The test models are tiny: one intra-op thread is as fast, and two threads per process spin against
+    each other (and against the DDP worker processes some tests start) on a 2-core machine."""
+    import torch
+
+    torch.set_num_threads(1)
