@@ -2,25 +2,30 @@
 
 The vocabulary head is replaced by Linear(emb_dim, num_classes) and everything except the chosen
 trainable part is frozen. The forward pass is split in two halves so the frozen prefix can run
-without autograd (and later be cached):
+without autograd and be cached (`spam_lightning.feature_cache`):
 
     frozen_features(input_ids)     embeddings + frozen blocks [0, first_trainable_block), no grad
     head_logits(hidden, lengths)   trainable blocks, final LayerNorm, pooling, out_head
+
+With the cache on (model.cache_frozen), training, validation and test steps compute the frozen part
+once per text and then only run the trainable top; forward() and predict_step never use the cache.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -37,10 +42,12 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from spam_lightning.gpt import make_config
+from spam_lightning.feature_cache import FrozenFeatureCache, fill_batches
+from spam_lightning.gpt import TransformerBlock, make_config
 from spam_lightning.weights import build_gpt
 
 log = logging.getLogger("spam_lightning")
+info = rank_zero_only(log.info)
 
 POOLS = ("last", "last_token", "first", "mean")
 NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")
@@ -70,6 +77,10 @@ class SpamClassifier(L.LightningModule):
         weight_decay: float = 0.1,  # AdamW weight decay
         scheduler: str = "none",  # none | cosine (linear warmup, then cosine decay to 0, per step)
         warmup_steps: int = 0,  # warmup optimizer steps for the cosine scheduler
+        cache_frozen: bool | str = "auto",  # frozen-trunk feature cache: auto (on when exact) | true | false
+        cache_dir: str | None = None,  # None: the cache lives in RAM; a folder: memory-mapped files there
+        compile: bool = False,  # torch.compile the transformer blocks
+        tf32: bool = True,  # TF32 matmuls on CUDA GPUs (torch.set_float32_matmul_precision("high"))
     ) -> None:
         super().__init__()
         if isinstance(arch, DictConfig):
@@ -77,6 +88,7 @@ class SpamClassifier(L.LightningModule):
         elif isinstance(arch, Mapping):
             arch = dict(arch)
         _validate(pretrained, dropout, num_classes, trainable_layers, pool, lr, weight_decay, scheduler, warmup_steps)
+        _validate_speed(cache_frozen, cache_dir, compile, tf32)
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
             raise ValueError(
@@ -99,6 +111,26 @@ class SpamClassifier(L.LightningModule):
         for module in self._trainable_modules():
             module.requires_grad_(True)
         self.train(self.training)  # puts the frozen modules in eval mode
+
+        # Frozen modules always run in eval mode (no dropout), so their output per text is fixed and the
+        # cache is exact whenever something below the trainable blocks is frozen, dropout or not.
+        self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
+        if cache_frozen is True and self.cache_off_reason:
+            raise ValueError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
+        self.feature_cache: FrozenFeatureCache | None = None
+        if self.cache_off_reason is None:
+            self.feature_cache = FrozenFeatureCache(keep_padding=pool == "last", directory=cache_dir)
+            info(
+                "frozen-feature cache on: embeddings + blocks 0-%d run once per text (%s)",
+                self.first_trainable_block - 1, "in RAM" if cache_dir is None else f"memory-mapped in {cache_dir}",
+            )  # fmt: skip
+        else:
+            info("frozen-feature cache off: %s", self.cache_off_reason)
+        # The top block computes only the pooled position (see block_at); False runs it in full (benchmarks).
+        self.pooled_top_block = True
+        if compile:
+            for block in self.gpt.trf_blocks:
+                block.compile()  # in place: parameter names (and checkpoints) stay the same
 
         self.train_metrics = _metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
@@ -129,6 +161,20 @@ class SpamClassifier(L.LightningModule):
             modules += [gpt.tok_emb, gpt.pos_emb, gpt.drop_emb]
         return modules
 
+    def _cache_off_reason(self) -> str | None:
+        if self.embeddings_trainable:
+            return "trainable_layers=all: the embeddings train, nothing is frozen"
+        if self.first_trainable_block == 0:
+            layers = self.hparams.trainable_layers
+            return f"trainable_layers={layers}: every block trains, only the embeddings are frozen"
+        return None
+
+    def _frozen_tensors(self) -> list[torch.Tensor]:
+        """What frozen_features() depends on: embeddings and the frozen blocks."""
+        gpt = self.gpt
+        modules = [gpt.tok_emb, gpt.pos_emb, *gpt.trf_blocks[: self.first_trainable_block]]
+        return [p for module in modules for p in module.parameters()]
+
     def train(self, mode: bool = True) -> SpamClassifier:
         # Frozen parts never train: no dropout there, so their features are deterministic (cacheable).
         super().train(mode)
@@ -157,21 +203,26 @@ class SpamClassifier(L.LightningModule):
 
         `lengths` (B,) are the true token counts of right-padded rows; needed by last_token and mean.
         """
-        hidden = self.gpt.run_blocks(hidden, self.first_trainable_block)
         if self.pool in ("last_token", "mean") and lengths is None:
             raise ValueError(f"pool={self.pool!r} needs the true sequence lengths")
-        if self.pool == "last":
-            pooled = self.gpt.final_norm(hidden[:, -1])
-        elif self.pool == "first":
-            pooled = self.gpt.final_norm(hidden[:, 0])
-        elif self.pool == "last_token":
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            pooled = self.gpt.final_norm(hidden[rows, lengths - 1])
-        else:  # mean over the real (non-padding) positions
+        first, n_layers = self.first_trainable_block, self.gpt.cfg.n_layers
+        if self.pool == "mean":  # over the real (non-padding) positions
+            hidden = self.gpt.run_blocks(hidden, first)
             mask = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
             normed = self.gpt.final_norm(hidden) * mask[..., None]
-            pooled = normed.sum(dim=1) / lengths[:, None].to(normed.dtype)
-        return self.gpt.out_head(pooled)
+            return self.gpt.out_head(normed.sum(dim=1) / lengths[:, None].to(normed.dtype))
+        b, t, _ = hidden.shape
+        if self.pool == "last_token":
+            pos = lengths - 1
+        else:  # last: position T-1 (a padding token when padded), first: position 0
+            pos = torch.full((b,), t - 1 if self.pool == "last" else 0, device=hidden.device)
+        if self.pooled_top_block and first < n_layers and not (self.training and self.gpt.cfg.dropout > 0):
+            # Only one position of the top block's output is read: compute just that one (exact; with
+            # dropout active the full block runs, so the random masks stay those of the plain forward).
+            top = block_at(self.gpt.trf_blocks[-1], self.gpt.run_blocks(hidden, first, n_layers - 1), pos)
+        else:
+            top = self.gpt.run_blocks(hidden, first)[torch.arange(b, device=hidden.device), pos]
+        return self.gpt.out_head(self.gpt.final_norm(top))
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head_logits(self.frozen_features(input_ids), lengths)
@@ -183,8 +234,45 @@ class SpamClassifier(L.LightningModule):
         probs = logits.softmax(dim=-1)
         return probs[:, 1] if self.num_classes == 2 else probs
 
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        """forward() for the Lightning steps: the frozen part comes from the cache when it is on."""
+        cache = self.feature_cache
+        if cache is None:
+            return self(batch["input_ids"], batch["lengths"])
+        cache.check(self._frozen_tensors())
+        hidden = cache.features(batch["input_ids"], batch["lengths"], self.frozen_features)
+        return self.head_logits(hidden, batch["lengths"])
+
+    def _fill_cache(self, loaders: DataLoader | Iterable[DataLoader] | None) -> None:
+        """Fill the cache for a loader's texts in length-sorted batches (little padding) before the epoch
+        needs them; texts it misses (other datasets) are filled by the steps themselves."""
+        cache = self.feature_cache
+        if cache is None or loaders is None:
+            return
+        cache.check(self._frozen_tensors())
+        new = 0
+        max_tokens = 512 if self.device.type == "cpu" else 16384  # small batches run fastest on CPUs
+        with self.trainer.precision_plugin.forward_context():
+            for loader in [loaders] if isinstance(loaders, DataLoader) else loaders:
+                for i, batch in enumerate(fill_batches(loader, max_tokens)):
+                    ids, lengths = batch["input_ids"], batch["lengths"]
+                    if i == 0 and cache.keep_padding and ids.shape[1] == int(lengths.max()):
+                        break  # pool=last with per-batch padding: rows of these widths would never be read
+                    new += cache.fill(ids.to(self.device), lengths.to(self.device), self.frozen_features)[1]
+        if new:
+            info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(cache), cache.nbytes / 2**20)
+
+    def on_train_epoch_start(self) -> None:
+        self._fill_cache(self.trainer.train_dataloader)
+
+    def on_validation_epoch_start(self) -> None:
+        self._fill_cache(self.trainer.val_dataloaders)
+
+    def on_test_epoch_start(self) -> None:
+        self._fill_cache(self.trainer.test_dataloaders)
+
     def _step(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["lengths"])
+        logits = self._logits(batch)
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
         scores = self._scores(logits.detach())
@@ -223,6 +311,10 @@ class SpamClassifier(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (B, num_classes)."""
         return self(batch["input_ids"], batch.get("lengths")).softmax(dim=-1)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.tf32 and self.trainer.strategy.root_device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
 
     def on_fit_start(self) -> None:
         trainable, total = self.num_trainable_parameters, self.num_total_parameters
@@ -286,6 +378,35 @@ def _validate(
         raise ValueError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
     if not (is_int(warmup_steps) and warmup_steps >= 0):
         raise ValueError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+
+
+def _validate_speed(cache_frozen: Any, cache_dir: Any, compile: Any, tf32: Any) -> None:
+    if not (cache_frozen == "auto" or isinstance(cache_frozen, bool)):
+        raise ValueError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise ValueError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+    for name, value in (("compile", compile), ("tf32", tf32)):
+        if not isinstance(value, bool):
+            raise ValueError(f"model.{name} must be true or false, got {value!r}")
+
+
+def block_at(block: TransformerBlock, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """block(x)[b, pos[b]] for every row b, computing only those positions (no dropout): (B, T, D) -> (B, D).
+
+    Keys and values still come from all positions; the query, output projection and MLP run at one
+    position per row: about a sixth of the block's work. Mirrors gpt.TransformerBlock (a test checks it).
+    """
+    b, t, d = x.shape
+    att = block.att
+    heads = att.n_heads
+    h = block.norm1(x)
+    rows = torch.arange(b, device=x.device)
+    k, v = (w(h).view(b, t, heads, d // heads).transpose(1, 2) for w in (att.W_key, att.W_value))
+    q = att.W_query(h[rows, pos]).view(b, heads, 1, d // heads)
+    visible = (torch.arange(t, device=x.device) <= pos[:, None])[:, None, None, :]  # the causal mask's row
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    out = x[rows, pos] + att.out_proj(y.reshape(b, d))
+    return out + block.ff(block.norm2(out))
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:

@@ -1,0 +1,178 @@
+"""Prediction speed: batched inference against classifying one text at a time (messages/s).
+
+On the test split's messages (repeated to --messages), with a random-initialised model of --model:
+
+  book, one at a time     the book's classify_review(): each text padded to 120 tokens, logits at the
+                          last position (pool=last), one forward pass per text
+  ours, one at a time     spam_lightning.predict.Predictor.predict([text]) per text (pool=last_token, no padding)
+  ours, batched           Predictor.predict(texts, batch_size): texts grouped by length, each batch padded
+                          to its own longest
+
+The batched and one-at-a-time P(spam) must agree (printed as the largest difference).
+
+    python benchmarks/bench_predict.py --model gpt2 --threads 1 --json predict.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from spam_lightning.classifier import SpamClassifier
+from spam_lightning.data import SmsSpamDataModule, pad_collate
+from spam_lightning.gpt import make_config
+from spam_lightning.tokenizer import PAD_TOKEN_ID, get_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
+MODELS: dict[str, str | dict[str, int]] = {
+    "gpt2": "gpt2",
+    "gpt2-6l": {"emb_dim": 768, "n_layers": 6, "n_heads": 12},
+    "mini": {"emb_dim": 256, "n_layers": 4, "n_heads": 4},
+    "tiny": {"emb_dim": 64, "n_layers": 2, "n_heads": 2},
+}
+Scorer = Callable[[Sequence[str]], list[float]]
+
+
+def classifier(arch: str | dict[str, int], pool: str, device: torch.device) -> SpamClassifier:
+    L.seed_everything(123, verbose=False)
+    return SpamClassifier(arch=arch, pretrained=None, pool=pool, cache_frozen=False).to(device).eval()
+
+
+def book_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int) -> Scorer:
+    """The book's classify_review, returning P(spam) instead of the label."""
+    tokenizer = get_tokenizer(tokenizer_file)
+    model.pooled_top_block = False  # the book's full forward pass
+
+    @torch.no_grad()
+    def score(texts: Sequence[str]) -> list[float]:
+        out = []
+        for text in texts:
+            ids = tokenizer.encode_ordinary(text)[:max_length]
+            ids += [PAD_TOKEN_ID] * (max_length - len(ids))
+            logits = model(torch.tensor(ids, device=model.device).unsqueeze(0))  # pool=last: the last position
+            out.append(float(logits.softmax(dim=-1)[0, 1]))
+        return out
+
+    return score
+
+
+def project_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int, batch_size: int) -> Scorer:
+    """spam_lightning.predict.Predictor around the model's weights; without predict.py, the same
+    preprocessing inline (encode_ordinary, truncate, group by length, pad each batch to its longest)."""
+    try:
+        from spam_lightning.predict import ModelSpec, Predictor, build_net
+    except ImportError:
+        return _inline_scorer(model, tokenizer_file, max_length, batch_size)
+    arch = make_config(model.hparams.arch).to_dict()
+    spec = ModelSpec(arch, model.pool, 2, "batch", None, max_length, tokenizer_file)
+    net = build_net(spec, {k: v.clone() for k, v in model.state_dict().items()}, "bench")
+    predictor = Predictor(net, spec, get_tokenizer(tokenizer_file), model.device)
+
+    def score(texts: Sequence[str]) -> list[float]:
+        return [p for p in predictor.spam_probabilities(texts, batch_size)[0] if p is not None]
+
+    return score
+
+
+def _inline_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int, batch_size: int) -> Scorer:
+    tokenizer, collate = get_tokenizer(tokenizer_file), pad_collate(None)
+
+    @torch.no_grad()
+    def score(texts: Sequence[str]) -> list[float]:
+        ids = [t[:max_length] for t in tokenizer.encode_ordinary_batch(list(texts))]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        probs = [0.0] * len(ids)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate([(ids[i], 0) for i in rows])
+            logits = model(batch["input_ids"].to(model.device), batch["lengths"].to(model.device))
+            for i, p in zip(rows, logits.softmax(dim=-1)[:, 1].tolist(), strict=True):
+                probs[i] = p
+        return probs
+
+    return score
+
+
+def timed(score: Scorer, texts: Sequence[str], one_at_a_time: bool) -> tuple[float, list[float]]:
+    score(texts[:2])  # warm-up
+    start = time.perf_counter()
+    probs = [p for text in texts for p in score([text])] if one_at_a_time else score(texts)
+    return time.perf_counter() - start, probs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="gpt2")
+    parser.add_argument("--messages", type=int, default=300, help="how many test messages (repeated if needed)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--source", default=None, help="the UCI zip (default: ../shared copy, else download)")
+    parser.add_argument("--tokenizer-file", default=None, help="gpt2.tiktoken (default: ../shared copy)")
+    parser.add_argument("--work-dir", default="runs/bench_predict")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    logging.getLogger("spam_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    shared_zip = SHARED / "data" / "sms_spam_collection" / "sms+spam+collection.zip"
+    shared_tokenizer = SHARED / "assets" / "gpt2.tiktoken"
+    source = args.source or (str(shared_zip) if shared_zip.is_file() else None)
+    tokenizer_file = args.tokenizer_file or (str(shared_tokenizer) if shared_tokenizer.is_file() else None)
+    dm = SmsSpamDataModule(source=source, data_dir=args.work_dir, tokenizer_file=tokenizer_file)
+    dm.prepare_data()
+    dm.setup("fit")
+    test = dm.read_split("test")["text"].tolist()
+    texts = (test * (args.messages // len(test) + 1))[: args.messages]
+    book_length = dm.pad_length or 120  # the longest training text
+
+    arch = MODELS[args.model]
+    context = make_config(arch).context_length
+    runs = {
+        "book, one at a time": (book_scorer(classifier(arch, "last", device), tokenizer_file, book_length), True),
+        "ours, one at a time": (
+            project_scorer(classifier(arch, "last_token", device), tokenizer_file, context, 1),
+            True,
+        ),
+        f"ours, batched ({args.batch_size})": (
+            project_scorer(classifier(arch, "last_token", device), tokenizer_file, context, args.batch_size),
+            False,
+        ),
+    }
+    results, probs = {}, {}
+    for name, (score, single) in runs.items():
+        seconds, probs[name] = timed(score, texts, single)
+        results[name] = {"seconds": seconds, "messages_per_s": len(texts) / seconds}
+
+    names = list(results)
+    batched = results[names[2]]["messages_per_s"]
+    diff = max(abs(a - b) for a, b in zip(probs[names[1]], probs[names[2]], strict=True))
+    print(
+        f"\nmodel {args.model} (random init), {len(texts)} test messages, {device}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+    print(f"{'mode':<28}{'messages/s':>12}{'seconds':>10}{'batched is':>14}")
+    for name, r in results.items():
+        print(f"{name:<28}{r['messages_per_s']:>12.1f}{r['seconds']:>10.1f}{batched / r['messages_per_s']:>13.1f}x")
+    print(f"largest |P(spam) batched - one at a time| (ours): {diff:.2e}")
+    report = {"results": results, "max_abs_diff": diff, "args": vars(args), "threads": torch.get_num_threads()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
