@@ -11,8 +11,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from spam_lightning.files import atomic_write_bytes
 from spam_lightning.tokenizer import PAD_TOKEN_ID, file_sha256, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,8 +40,6 @@ LABELS = {"ham": 0, "spam": 1}
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.7, 0.1)  # train, validation; test gets the rest
 MANIFEST_NAME = "splits.json"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class DataError(ValueError):
@@ -52,22 +49,6 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Files: atomic writes, checked downloads, safe extraction
 # --------------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def download_zip(urls: Sequence[str], data_dir: Path) -> Path:

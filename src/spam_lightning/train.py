@@ -21,8 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule, atomic_write_bytes
+from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
+from spam_lightning.files import atomic_write_bytes
 from spam_lightning.gpt import make_config
 from spam_lightning.report import write_training_report
 
