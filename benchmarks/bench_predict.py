@@ -6,11 +6,14 @@ On the test split's messages (repeated to --messages), with a random-initialised
                           last position (pool=last), one forward pass per text
   ours, one at a time     spam_lightning.predict.Predictor.predict([text]) per text (pool=last_token, no padding)
   ours, batched           Predictor.predict(texts, batch_size): texts grouped by length, each batch padded
-                          to its own longest
+                          to its own longest; with --precisions 32,bf16 also in bfloat16 autocast (GPUs)
 
-The batched and one-at-a-time P(spam) must agree (printed as the largest difference).
+The batched and one-at-a-time P(spam) must agree (printed as the largest difference, per precision).
+"positions/msg" is how many token positions each mode pushes through the transformer per message:
+where the forward pass is compute-bound (a CPU), book/ours in that column bounds the speed-up.
 
     python benchmarks/bench_predict.py --model gpt2 --threads 1 --json predict.json
+    python benchmarks/bench_predict.py --device cuda --batch-sizes 8,64,256 --precisions 32,bf16
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import lightning as L
 import torch
 
 from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule, pad_collate
+from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.gpt import make_config
+from spam_lightning.predict import ModelSpec, Predictor, build_net
 from spam_lightning.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,17 +70,12 @@ def book_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: i
     return score
 
 
-def project_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int, batch_size: int) -> Scorer:
-    """spam_lightning.predict.Predictor around the model's weights; without predict.py, the same
-    preprocessing inline (encode_ordinary, truncate, group by length, pad each batch to its longest)."""
-    try:
-        from spam_lightning.predict import ModelSpec, Predictor, build_net
-    except ImportError:
-        return _inline_scorer(model, tokenizer_file, max_length, batch_size)
+def project_scorer(model: SpamClassifier, tokenizer_file: str | None, batch_size: int, precision: str) -> Scorer:
+    """spam_lightning.predict.Predictor around the model's weights."""
     arch = make_config(model.hparams.arch).to_dict()
-    spec = ModelSpec(arch, model.pool, 2, "batch", None, max_length, tokenizer_file)
+    spec = ModelSpec(arch, model.pool, 2, "batch", None, make_config(arch).context_length, tokenizer_file)
     net = build_net(spec, {k: v.clone() for k, v in model.state_dict().items()}, "bench")
-    predictor = Predictor(net, spec, get_tokenizer(tokenizer_file), model.device)
+    predictor = Predictor(net, spec, get_tokenizer(tokenizer_file), model.device, precision)
 
     def score(texts: Sequence[str]) -> list[float]:
         return [p for p in predictor.spam_probabilities(texts, batch_size)[0] if p is not None]
@@ -84,30 +83,20 @@ def project_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length
     return score
 
 
-def _inline_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int, batch_size: int) -> Scorer:
-    tokenizer, collate = get_tokenizer(tokenizer_file), pad_collate(None)
-
-    @torch.no_grad()
-    def score(texts: Sequence[str]) -> list[float]:
-        ids = [t[:max_length] for t in tokenizer.encode_ordinary_batch(list(texts))]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        probs = [0.0] * len(ids)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = collate([(ids[i], 0) for i in rows])
-            logits = model(batch["input_ids"].to(model.device), batch["lengths"].to(model.device))
-            for i, p in zip(rows, logits.softmax(dim=-1)[:, 1].tolist(), strict=True):
-                probs[i] = p
-        return probs
-
-    return score
+def positions_computed(lengths: Sequence[int], batch_size: int) -> int:
+    """Token positions Predictor runs: texts sorted by length, each batch padded to its longest."""
+    ordered = sorted(lengths)
+    chunks = (ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size))
+    return sum(max(chunk) * len(chunk) for chunk in chunks)
 
 
-def timed(score: Scorer, texts: Sequence[str], one_at_a_time: bool) -> tuple[float, list[float]]:
-    score(texts[:2])  # warm-up
+def timed(score: Scorer, texts: Sequence[str], one_at_a_time: bool, device: torch.device) -> tuple[float, list[float]]:
+    score(texts[:64])  # warm-up (CUDA kernels, allocator)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     probs = [p for text in texts for p in score([text])] if one_at_a_time else score(texts)
-    return time.perf_counter() - start, probs
+    return time.perf_counter() - start, probs  # the probabilities are on the CPU: the work is done
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", choices=list(MODELS), default="gpt2")
     parser.add_argument("--messages", type=int, default=300, help="how many test messages (repeated if needed)")
     parser.add_argument("--batch-sizes", default="8,64", help="batch sizes of the batched runs, comma-separated")
+    parser.add_argument("--precisions", default="32", help="precisions of the batched runs: 32 and/or bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--source", default=None, help="the UCI zip (default: ../shared copy, else download)")
@@ -138,36 +128,46 @@ def main(argv: list[str] | None = None) -> dict:
     test = dm.read_split("test")["text"].tolist()
     texts = (test * (args.messages // len(test) + 1))[: args.messages]
     book_length = dm.pad_length or 120  # the longest training text
+    lengths = [min(len(ids), book_length) for ids in get_tokenizer(tokenizer_file).encode_ordinary_batch(texts)]
 
     arch = MODELS[args.model]
-    context = make_config(arch).context_length
     runs = {
         "book, one at a time": (book_scorer(classifier(arch, "last", device), tokenizer_file, book_length), True),
-        "ours, one at a time": (
-            project_scorer(classifier(arch, "last_token", device), tokenizer_file, context, 1),
-            True,
-        ),
+        "ours, one at a time": (project_scorer(classifier(arch, "last_token", device), tokenizer_file, 1, "32"), True),
     }
-    for size in map(int, args.batch_sizes.split(",")):
-        model = classifier(arch, "last_token", device)
-        runs[f"ours, batched ({size})"] = (project_scorer(model, tokenizer_file, context, size), False)
+    positions = {"book, one at a time": book_length * len(texts), "ours, one at a time": sum(lengths)}
+    for precision in args.precisions.split(","):
+        for size in map(int, args.batch_sizes.split(",")):
+            name = f"ours, batched ({size})" + (f" {precision}" if precision != "32" else "")
+            model = classifier(arch, "last_token", device)
+            runs[name] = (project_scorer(model, tokenizer_file, size, precision), False)
+            positions[name] = positions_computed(lengths, size)
     results, probs = {}, {}
     for name, (score, single) in runs.items():
-        seconds, probs[name] = timed(score, texts, single)
-        results[name] = {"seconds": seconds, "messages_per_s": len(texts) / seconds}
+        seconds, probs[name] = timed(score, texts, single, device)
+        results[name] = {
+            "seconds": seconds,
+            "messages_per_s": len(texts) / seconds,
+            "positions_per_message": positions[name] / len(texts),
+        }
 
-    names = list(results)
-    batched = max(r["messages_per_s"] for r in results.values())  # the best batched run
-    diff = max(abs(a - b) for name in names[2:] for a, b in zip(probs[names[1]], probs[name], strict=True))
+    book = results["book, one at a time"]["messages_per_s"]
+    reference = probs["ours, one at a time"]
+    diffs = {name: max(abs(a - b) for a, b in zip(reference, probs[name], strict=True)) for name in list(results)[2:]}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"\nmodel {args.model} (random init), {len(texts)} test messages, {device}, "
+        f"\nmodel {args.model} (random init), {len(texts)} test messages, {device_name}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
-    print(f"{'mode':<28}{'messages/s':>12}{'seconds':>10}{'best batched is':>17}")
+    print(f"{'mode':<30}{'messages/s':>12}{'seconds':>10}{'vs book':>9}{'positions/msg':>15}{'max |dP|':>11}")
     for name, r in results.items():
-        print(f"{name:<28}{r['messages_per_s']:>12.1f}{r['seconds']:>10.1f}{batched / r['messages_per_s']:>16.1f}x")
-    print(f"largest |P(spam) batched - one at a time| (ours): {diff:.2e}")
-    report = {"results": results, "max_abs_diff": diff, "args": vars(args), "threads": torch.get_num_threads()}
+        diff = f"{diffs[name]:.1e}" if name in diffs else "-"
+        print(
+            f"{name:<30}{r['messages_per_s']:>12.1f}{r['seconds']:>10.2f}{r['messages_per_s'] / book:>8.1f}x"
+            f"{r['positions_per_message']:>15.1f}{diff:>11}"
+        )
+    print("max |dP|: largest difference of P(spam) from ours one at a time (float32)")
+    report = {"results": results, "max_abs_diff": diffs, "args": vars(args), "threads": torch.get_num_threads()}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report

@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from spam_lightning.classifier import SpamClassifier, block_at
+from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import LengthBucketBatchSampler, SmsSpamDataModule
 
 TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
@@ -160,7 +160,7 @@ def test_one_position_top_block_matches_the_full_block(pool: str) -> None:
     x = torch.randn(4, 9, TINY["emb_dim"])
     pos = torch.tensor([8, 0, 3, 5])
     with torch.no_grad():
-        torch.testing.assert_close(block_at(block, x, pos), block(x)[torch.arange(4), pos], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(block.forward_at(x, pos), block(x)[torch.arange(4), pos], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -285,6 +285,27 @@ def test_predict_cli_jsonl_from_stdin_and_table(smoke: dict) -> None:
     assert done.stdout.startswith("label") and "Win, win: a prize!" in done.stdout
 
 
+def test_bf16_precision_agrees_with_float32(smoke: dict, predictor: Predictor, sms_tsv: Path) -> None:
+    texts = [line.split("\t", 1)[1] for line in sms_tsv.read_text(encoding="utf-8").splitlines()[:64]]
+    fp32, _ = predictor.spam_probabilities(texts, batch_size=16)
+    bf16 = Predictor.from_checkpoint(smoke["ckpt"], device="cpu", precision="bf16")
+    assert next(bf16.net.parameters()).dtype == torch.bfloat16  # converted once, not autocast per batch
+    low, _ = bf16.spam_probabilities(texts, batch_size=16)
+    assert max(abs(a - b) for a, b in zip(fp32, low, strict=True)) < 0.05
+    confident = [i for i, p in enumerate(fp32) if abs(p - 0.5) > 0.05]
+    assert [fp32[i] > 0.5 for i in confident] == [low[i] > 0.5 for i in confident]
+    done = subprocess.run(
+        [sys.executable, "predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu", "precision=16", "text=hello"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "precision must be one of ['32', 'bf16'], got '16'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # -- evaluate -------------------------------------------------------------------------------------
 
 

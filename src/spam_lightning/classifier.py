@@ -43,7 +43,7 @@ from torchmetrics.classification import (
 )
 
 from spam_lightning.feature_cache import FrozenFeatureCache, fill_batches
-from spam_lightning.gpt import TransformerBlock, make_config
+from spam_lightning.gpt import make_config
 from spam_lightning.weights import build_gpt
 
 log = logging.getLogger("spam_lightning")
@@ -78,7 +78,7 @@ class SpamClassifier(L.LightningModule):
         scheduler: str = "none",  # none | cosine (linear warmup, then cosine decay to 0, per step)
         warmup_steps: int = 0,  # warmup optimizer steps for the cosine scheduler
         cache_frozen: bool | str = "auto",  # frozen-trunk feature cache: auto (on when exact) | true | false
-        cache_dir: str | None = None,  # None: the cache lives in RAM; a folder: memory-mapped files there
+        cache_dir: str | None = None,  # None: in memory (GPU memory on a GPU); a folder: memory-mapped files there
         compile: bool = False,  # torch.compile the transformer blocks
         tf32: bool = True,  # TF32 matmuls on CUDA GPUs (torch.set_float32_matmul_precision("high"))
     ) -> None:
@@ -122,11 +122,12 @@ class SpamClassifier(L.LightningModule):
             self.feature_cache = FrozenFeatureCache(keep_padding=pool == "last", directory=cache_dir)
             info(
                 "frozen-feature cache on: embeddings + blocks 0-%d run once per text (%s)",
-                self.first_trainable_block - 1, "in RAM" if cache_dir is None else f"memory-mapped in {cache_dir}",
+                self.first_trainable_block - 1, "in memory" if cache_dir is None else f"memory-mapped in {cache_dir}",
             )  # fmt: skip
         else:
             info("frozen-feature cache off: %s", self.cache_off_reason)
-        # The top block computes only the pooled position (see block_at); False runs it in full (benchmarks).
+        # The top block computes only the pooled position (TransformerBlock.forward_at); False runs it
+        # in full (benchmarks).
         self.pooled_top_block = True
         if compile:
             for block in self.gpt.trf_blocks:
@@ -219,7 +220,7 @@ class SpamClassifier(L.LightningModule):
         if self.pooled_top_block and first < n_layers and not (self.training and self.gpt.cfg.dropout > 0):
             # Only one position of the top block's output is read: compute just that one (exact; with
             # dropout active the full block runs, so the random masks stay those of the plain forward).
-            top = block_at(self.gpt.trf_blocks[-1], self.gpt.run_blocks(hidden, first, n_layers - 1), pos)
+            top = self.gpt.trf_blocks[-1].forward_at(self.gpt.run_blocks(hidden, first, n_layers - 1), pos)
         else:
             top = self.gpt.run_blocks(hidden, first)[torch.arange(b, device=hidden.device), pos]
         return self.gpt.out_head(self.gpt.final_norm(top))
@@ -281,14 +282,29 @@ class SpamClassifier(L.LightningModule):
         mean_loss.update(loss.detach(), weight=labels.shape[0])
         if stage == "test":
             self.test_confusion.update(scores, labels)
-        prefix = self.test_prefix if stage == "test" else stage
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        # Logging the metric objects lets Lightning compute, sync across ranks and reset them per epoch.
-        self.log(f"{prefix}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        for name, metric in metrics.items(keep_base=True, copy_state=False):
-            self.log(f"{prefix}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "accuracy")
         return loss
+
+    def _log_epoch(self, stage: str, metrics: MetricCollection) -> dict[str, float]:
+        """Log the stage's epoch metrics and reset them for the next epoch.
+
+        The metrics are computed here rather than logged as Metric objects every step: Lightning moves a
+        logged Metric's whole state to the device on each self.log call, and AUROC's state grows with
+        every batch, which made steps slower as an epoch went on. compute() reduces over all processes.
+        """
+        prefix = self.test_prefix if stage == "test" else stage
+        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        if not mean_loss.update_called:  # no batch this epoch (e.g. resumed just before its end): nothing to log
+            return {}
+        values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
+        mean_loss.reset()
+        metrics.reset()
+        for name, value in values.items():
+            show = name == "accuracy" or (name == "loss" and stage != "train")
+            # sync_dist: the values are already equal on every rank; averaging them changes nothing.
+            self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
+        return {name: float(value) for name, value in values.items()}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_metrics)
@@ -299,7 +315,14 @@ class SpamClassifier(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test", self.test_metrics)
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train", self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
     def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
         matrix = self.test_confusion.compute()  # synced across processes
         self.test_confusion.reset()
         self.test_confusion_matrix = matrix.cpu()
@@ -326,7 +349,9 @@ class SpamClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        # On GPUs the fused kernel updates all parameters in one launch (same arithmetic as the default).
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         if hp.scheduler == "none":
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
@@ -388,25 +413,6 @@ def _validate_speed(cache_frozen: Any, cache_dir: Any, compile: Any, tf32: Any) 
     for name, value in (("compile", compile), ("tf32", tf32)):
         if not isinstance(value, bool):
             raise ValueError(f"model.{name} must be true or false, got {value!r}")
-
-
-def block_at(block: TransformerBlock, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """block(x)[b, pos[b]] for every row b, computing only those positions (no dropout): (B, T, D) -> (B, D).
-
-    Keys and values still come from all positions; the query, output projection and MLP run at one
-    position per row: about a sixth of the block's work. Mirrors gpt.TransformerBlock (a test checks it).
-    """
-    b, t, d = x.shape
-    att = block.att
-    heads = att.n_heads
-    h = block.norm1(x)
-    rows = torch.arange(b, device=x.device)
-    k, v = (w(h).view(b, t, heads, d // heads).transpose(1, 2) for w in (att.W_key, att.W_value))
-    q = att.W_query(h[rows, pos]).view(b, heads, 1, d // heads)
-    visible = (torch.arange(t, device=x.device) <= pos[:, None])[:, None, None, :]  # the causal mask's row
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
-    out = x[rows, pos] + att.out_proj(y.reshape(b, d))
-    return out + block.ff(block.norm2(out))
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:

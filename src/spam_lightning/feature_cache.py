@@ -13,7 +13,8 @@ Keying by the ids makes the cache exact by construction: it needs no example ind
 training, validation and test splits alike, and two identical texts share one entry. It is not a
 buffer, so checkpoints never contain it (a resumed run refills it), and it empties itself when a
 frozen parameter changes. Rows live in RAM, or in memory-mapped files under `directory` for data
-sets that do not fit.
+sets that do not fit. In RAM they stay on the device that computed them (a GPU's memory when training
+on one: no copies and no CPU work per step).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ class FrozenFeatureCache:
         if missing:
             width = max(widths[i] for i in missing)
             with torch.no_grad():
-                hidden = compute(input_ids[missing, :width]).detach().cpu()
+                hidden = compute(input_ids[missing, :width]).detach()
+            if self.directory is not None:
+                hidden = hidden.cpu()
             for row, i in enumerate(missing):
                 self.rows[keys[i]] = self._store.put(hidden[row, : widths[i]].contiguous())
         return keys, len(missing)
@@ -135,11 +138,12 @@ class FrozenFeatureCache:
     def features(self, input_ids: torch.Tensor, lengths: torch.Tensor | None, compute: Compute) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) frozen hidden states on the ids' device, from the cache where possible."""
         keys, _ = self.fill(input_ids, lengths, compute)
-        hidden = pad_sequence([self.rows[key] for key in keys], batch_first=True)
+        device = input_ids.device
+        hidden = pad_sequence([self.rows[key].to(device, non_blocking=True) for key in keys], batch_first=True)
         width = input_ids.shape[1]
         if hidden.shape[1] < width:
             hidden = torch.nn.functional.pad(hidden, (0, 0, 0, width - hidden.shape[1]))
-        return hidden.to(input_ids.device, non_blocking=True)
+        return hidden
 
 
 def _digest(tensors: Sequence[torch.Tensor]) -> bytes:

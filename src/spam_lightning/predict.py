@@ -45,6 +45,9 @@ from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, PAD_TOKEN_ID, file_sh
 log = logging.getLogger(__name__)
 
 LABELS = ("ham", "spam")  # class 0, class 1
+# Inference arithmetic: float32, or bfloat16 weights and activations (faster on GPUs; slower on CPUs without
+# bf16 units).
+PRECISIONS = ("32", "bf16")
 POOLS = ("last", "last_token", "first", "mean")
 EXPORT_FORMAT = "spam_lightning.classifier/1"
 CONFIG_NAME = "config.json"
@@ -148,18 +151,20 @@ class SpamNet(nn.Module):
         self.pool = pool
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        hidden = self.gpt.run_blocks(self.gpt.embed(input_ids))
-        final_norm = self.gpt.final_norm
-        if self.pool == "last":
-            pooled = final_norm(hidden[:, -1])
-        elif self.pool == "first":
-            pooled = final_norm(hidden[:, 0])
-        elif self.pool == "last_token":
-            pooled = final_norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1])
-        else:  # mean over the real (non-padding) positions
+        gpt = self.gpt
+        if self.pool == "mean":  # over the real (non-padding) positions
+            hidden = gpt.run_blocks(gpt.embed(input_ids))
             mask = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
-            pooled = (final_norm(hidden) * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
-        return self.gpt.out_head(pooled)
+            pooled = (gpt.final_norm(hidden) * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
+            return gpt.out_head(pooled)
+        b, t = input_ids.shape
+        if self.pool == "last_token":
+            pos = lengths - 1
+        else:  # last: position T-1 (a padding token when padded), first: position 0
+            pos = torch.full((b,), t - 1 if self.pool == "last" else 0, device=input_ids.device)
+        # Only the pooled position of the top block is read, so only that one is computed.
+        top = gpt.trf_blocks[-1].forward_at(gpt.run_blocks(gpt.embed(input_ids), 0, -1), pos)
+        return gpt.out_head(gpt.final_norm(top))
 
 
 def build_net(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> SpamNet:
@@ -295,17 +300,32 @@ class Encoded:
 class Predictor:
     """A trained classifier with its preprocessing: texts in, P(spam) out."""
 
-    def __init__(self, net: SpamNet, spec: ModelSpec, tokenizer: tiktoken.Encoding, device: torch.device) -> None:
+    def __init__(
+        self,
+        net: SpamNet,
+        spec: ModelSpec,
+        tokenizer: tiktoken.Encoding,
+        device: torch.device,
+        precision: str = "32",
+    ) -> None:
         if spec.num_classes != 2:
             raise CheckpointError(f"a spam classifier has 2 classes (ham, spam); this model has {spec.num_classes}")
-        self.net = net.to(device).eval()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        # bf16: the weights are converted once (autocast would convert them again in every batch).
+        self.net = net.to(device, torch.bfloat16 if precision == "bf16" else None).eval()
         self.spec = spec
         self.tokenizer = tokenizer
         self.device = device
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt_path: str | Path, tokenizer_file: str | None = None, device: str | torch.device = "auto"
+        cls,
+        ckpt_path: str | Path,
+        tokenizer_file: str | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "32",
     ) -> Predictor:
         path = Path(ckpt_path)
         ckpt = read_checkpoint(path)
@@ -313,11 +333,15 @@ class Predictor:
         if tokenizer_file is not None:
             spec = _with_tokenizer(spec, tokenizer_file)
         net = build_net(spec, ckpt["state_dict"], str(path))
-        return cls(net, spec, get_tokenizer(spec.tokenizer_file), resolve_device(device))
+        return cls(net, spec, get_tokenizer(spec.tokenizer_file), resolve_device(device), precision)
 
     @classmethod
     def from_dir(
-        cls, model_dir: str | Path, tokenizer_file: str | None = None, device: str | torch.device = "auto"
+        cls,
+        model_dir: str | Path,
+        tokenizer_file: str | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "32",
     ) -> Predictor:
         """An exported model folder: config.json + model.safetensors (+ the tokenizer file), no pickle."""
         model_dir = Path(model_dir)
@@ -340,7 +364,7 @@ class Predictor:
         except Exception as err:
             raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
         net = build_net(spec, state, str(weights_file))
-        return cls(net, spec, get_tokenizer(spec.tokenizer_file), resolve_device(device))
+        return cls(net, spec, get_tokenizer(spec.tokenizer_file), resolve_device(device), precision)
 
     # -- preprocessing ------------------------------------------------------------------------
 
@@ -428,13 +452,14 @@ def load_predictor(
     model_dir: str | None = None,
     tokenizer_file: str | None = None,
     device: str = "auto",
+    precision: str = "32",
 ) -> Predictor:
     """Exactly one of a Lightning checkpoint or an exported model folder."""
     if (ckpt_path is None) == (model_dir is None):
         raise CheckpointError("give exactly one of ckpt_path=PATH.ckpt or model_dir=EXPORTED_FOLDER")
     if ckpt_path is not None:
-        return Predictor.from_checkpoint(ckpt_path, tokenizer_file, device)
-    return Predictor.from_dir(str(model_dir), tokenizer_file, device)
+        return Predictor.from_checkpoint(ckpt_path, tokenizer_file, device, precision)
+    return Predictor.from_dir(str(model_dir), tokenizer_file, device, precision)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -546,7 +571,9 @@ def gather_texts(cfg: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig) -> list[Prediction]:
     """Classify the configured texts and write them (stdout or cfg.output); returns the predictions."""
-    predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
+    predictor = load_predictor(
+        cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device, str(cfg.precision)
+    )
     texts = gather_texts(cfg)
     predictions = predictor.predict(texts, batch_size=cfg.batch_size, threshold=cfg.threshold)
     limit = predictor.spec.token_limit
