@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -32,17 +33,7 @@ def pad(rows: list[list[int]], length: int) -> dict[str, torch.Tensor]:
     }
 
 
-def trainer(**kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
+trainer = quiet_trainer
 
 
 # --- freezing -----------------------------------------------------------------------------------

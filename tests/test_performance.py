@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from spam_lightning.classifier import SpamClassifier
@@ -41,19 +42,7 @@ def model(**kwargs: Any) -> SpamClassifier:
 
 
 def trainer(**kwargs: Any) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "use_distributed_sampler": False,
-        "max_epochs": 2,
-        "limit_train_batches": 25,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{"use_distributed_sampler": False, "max_epochs": 2, "limit_train_batches": 25, **kwargs})
 
 
 class RecordLoss(Callback):
