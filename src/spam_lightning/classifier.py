@@ -286,7 +286,7 @@ class SpamClassifier(L.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _log_epoch(self, stage: str, metrics: MetricCollection) -> dict[str, float]:
+    def _log_epoch(self, stage: str, metrics: MetricCollection) -> None:
         """Log the stage's epoch metrics and reset them for the next epoch.
 
         The metrics are computed here rather than logged as Metric objects every step: Lightning moves a
@@ -296,7 +296,7 @@ class SpamClassifier(L.LightningModule):
         prefix = self.test_prefix if stage == "test" else stage
         mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
         if not mean_loss.update_called:  # no batch this epoch (e.g. resumed just before its end): nothing to log
-            return {}
+            return
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
         mean_loss.reset()
         metrics.reset()
@@ -304,7 +304,6 @@ class SpamClassifier(L.LightningModule):
             show = name == "accuracy" or (name == "loss" and stage != "train")
             # sync_dist: the values are already equal on every rank; averaging them changes nothing.
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
-        return {name: float(value) for name, value in values.items()}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_metrics)
