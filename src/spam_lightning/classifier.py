@@ -43,13 +43,12 @@ from torchmetrics.classification import (
 )
 
 from spam_lightning.feature_cache import FrozenFeatureCache, fill_batches
-from spam_lightning.gpt import make_config
+from spam_lightning.gpt import POOLS, make_config
 from spam_lightning.weights import build_gpt
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
 
-POOLS = ("last", "last_token", "first", "mean")
 NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")
 SCHEDULERS = ("none", "cosine")
 
@@ -204,26 +203,10 @@ class SpamClassifier(L.LightningModule):
 
         `lengths` (B,) are the true token counts of right-padded rows; needed by last_token and mean.
         """
-        if self.pool in ("last_token", "mean") and lengths is None:
-            raise ValueError(f"pool={self.pool!r} needs the true sequence lengths")
-        first, n_layers = self.first_trainable_block, self.gpt.cfg.n_layers
-        if self.pool == "mean":  # over the real (non-padding) positions
-            hidden = self.gpt.run_blocks(hidden, first)
-            mask = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
-            normed = self.gpt.final_norm(hidden) * mask[..., None]
-            return self.gpt.out_head(normed.sum(dim=1) / lengths[:, None].to(normed.dtype))
-        b, t, _ = hidden.shape
-        if self.pool == "last_token":
-            pos = lengths - 1
-        else:  # last: position T-1 (a padding token when padded), first: position 0
-            pos = torch.full((b,), t - 1 if self.pool == "last" else 0, device=hidden.device)
-        if self.pooled_top_block and first < n_layers and not (self.training and self.gpt.cfg.dropout > 0):
-            # Only one position of the top block's output is read: compute just that one (exact; with
-            # dropout active the full block runs, so the random masks stay those of the plain forward).
-            top = self.gpt.trf_blocks[-1].forward_at(self.gpt.run_blocks(hidden, first, n_layers - 1), pos)
-        else:
-            top = self.gpt.run_blocks(hidden, first)[torch.arange(b, device=hidden.device), pos]
-        return self.gpt.out_head(self.gpt.final_norm(top))
+        # With dropout active the full top block runs, so the random masks stay those of the plain forward.
+        one_position_top = self.pooled_top_block and not (self.training and self.gpt.cfg.dropout > 0)
+        pooled = self.gpt.pooled(hidden, lengths, self.pool, self.first_trainable_block, one_position_top)
+        return self.gpt.out_head(pooled)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head_logits(self.frozen_features(input_ids), lengths)

@@ -64,6 +64,10 @@ def make_config(arch: str | Mapping[str, Any], **overrides: Any) -> GPTConfig:
     return GPTConfig(**base)
 
 
+# How a classifier turns a sequence's hidden states into one vector (GPTModel.pooled).
+POOLS = ("last", "last_token", "first", "mean")
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -157,6 +161,36 @@ class GPTModel(nn.Module):
         for block in self.trf_blocks[start:stop]:
             x = block(x)
         return x
+
+    def pooled(
+        self, x: torch.Tensor, lengths: torch.Tensor | None, pool: str, start: int = 0, one_position_top: bool = True
+    ) -> torch.Tensor:
+        """Blocks start.. on hidden states x (B, T, D), the final LayerNorm, and one vector per row: (B, D).
+
+        pool (POOLS): last, first, last_token (each row's last real token) or mean (over the real
+        positions); lengths (B,) are the true token counts of right-padded rows. With
+        one_position_top the top block computes only the pooled position (forward_at: exact, no dropout).
+        """
+        if pool in ("last_token", "mean") and lengths is None:
+            raise ValueError(f"pool={pool!r} needs the true sequence lengths")
+        if pool == "mean":
+            x = self.run_blocks(x, start)
+            mask = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+            normed = self.final_norm(x) * mask[..., None]
+            return normed.sum(dim=1) / lengths[:, None].to(normed.dtype)
+        b, t, _ = x.shape
+        if pool == "last_token":
+            pos = lengths - 1
+        elif pool == "last":  # the final position: a padding token when the row is padded
+            pos = torch.full((b,), t - 1, device=x.device)
+        else:  # first
+            pos = torch.zeros(b, dtype=torch.long, device=x.device)
+        n_layers = self.cfg.n_layers
+        if one_position_top and start < n_layers:
+            top = self.trf_blocks[-1].forward_at(self.run_blocks(x, start, n_layers - 1), pos)
+        else:
+            top = self.run_blocks(x, start)[torch.arange(b, device=x.device), pos]
+        return self.final_norm(top)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final-LayerNorm output for every position: (B, T) -> (B, T, D)."""

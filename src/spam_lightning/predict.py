@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
-from spam_lightning.gpt import GPTConfig, GPTModel, make_config
+from spam_lightning.gpt import POOLS, GPTConfig, GPTModel, make_config
 from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, PAD_TOKEN_ID, file_sha256, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ LABELS = ("ham", "spam")  # class 0, class 1
 # Inference arithmetic: float32, or bfloat16 weights and activations (faster on GPUs; slower on CPUs without
 # bf16 units).
 PRECISIONS = ("32", "bf16")
-POOLS = ("last", "last_token", "first", "mean")
 EXPORT_FORMAT = "spam_lightning.classifier/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -151,20 +150,7 @@ class SpamNet(nn.Module):
         self.pool = pool
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        gpt = self.gpt
-        if self.pool == "mean":  # over the real (non-padding) positions
-            hidden = gpt.run_blocks(gpt.embed(input_ids))
-            mask = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
-            pooled = (gpt.final_norm(hidden) * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
-            return gpt.out_head(pooled)
-        b, t = input_ids.shape
-        if self.pool == "last_token":
-            pos = lengths - 1
-        else:  # last: position T-1 (a padding token when padded), first: position 0
-            pos = torch.full((b,), t - 1 if self.pool == "last" else 0, device=input_ids.device)
-        # Only the pooled position of the top block is read, so only that one is computed.
-        top = gpt.trf_blocks[-1].forward_at(gpt.run_blocks(gpt.embed(input_ids), 0, -1), pos)
-        return gpt.out_head(gpt.final_norm(top))
+        return self.gpt.out_head(self.gpt.pooled(self.gpt.embed(input_ids), lengths, self.pool))
 
 
 def build_net(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], source: str) -> SpamNet:
@@ -312,7 +298,6 @@ class Predictor:
             raise CheckpointError(f"a spam classifier has 2 classes (ham, spam); this model has {spec.num_classes}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        self.precision = precision
         # bf16: the weights are converted once (autocast would convert them again in every batch).
         self.net = net.to(device, torch.bfloat16 if precision == "bf16" else None).eval()
         self.spec = spec
