@@ -28,6 +28,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from spam_lightning.files import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -73,8 +75,7 @@ def write_failure(run_dir: Path, err: BaseException | str) -> None:
             "error": " ".join(f"{type(root).__name__}: {root}".split()),
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
         }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILED_FILE).write_text(json.dumps(record, indent=2))
+    atomic_write_bytes(run_dir / FAILED_FILE, json.dumps(record, indent=2).encode())
 
 
 @dataclass
@@ -231,8 +232,8 @@ def write_summary(sweep_dir: Path, metric: str = "val_accuracy", mode: str = "ma
     results = rank(collect(sweep_dir), metric, mode)
     swept = swept_keys(results)
     markdown = to_markdown(results, swept, metric, mode, common_overrides(results, swept))
-    (sweep_dir / SUMMARY_CSV).write_text(to_csv(results, swept))
-    (sweep_dir / SUMMARY_MD).write_text(markdown)
+    atomic_write_bytes(sweep_dir / SUMMARY_CSV, to_csv(results, swept).encode())
+    atomic_write_bytes(sweep_dir / SUMMARY_MD, markdown.encode())
     return results
 
 
@@ -256,7 +257,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         results = write_summary(sweep_dir, self.metric, self.mode)
         _last_summary, _last_fail_on = results, self.fail_on
-        markdown = (sweep_dir / SUMMARY_MD).read_text()
+        markdown = (sweep_dir / SUMMARY_MD).read_text(encoding="utf-8")
         log.info("sweep summary (%s, %s):\n%s", sweep_dir / SUMMARY_MD, sweep_dir / SUMMARY_CSV, markdown)
         failed = [r.job for r in results if r.status == "failed"]
         if failed:
