@@ -306,7 +306,7 @@ def weights_fingerprint(arch: str | dict[str, int], seed: int) -> tuple[float, f
     )
 
 
-def print_table(results: dict[str, dict[str, Any]], header: str) -> None:
+def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str], header: str) -> None:
     print(f"\n{header}")
     print(
         f"{'run':<36}{'examples/s':>11}{'s/epoch':>9}{'fit s':>9}{'total s':>9}{'CPU s':>9}{'peak MiB':>10}"
@@ -315,7 +315,7 @@ def print_table(results: dict[str, dict[str, Any]], header: str) -> None:
     for key, r in results.items():
         epochs = ", ".join(f"{s:.1f}" for s in r["epoch_s"])
         print(
-            f"{RUNS[key]:<36}{r['examples_per_s']:>11.1f}{sum(r['epoch_s']) / len(r['epoch_s']):>9.1f}"
+            f"{labels[key]:<36}{r['examples_per_s']:>11.1f}{sum(r['epoch_s']) / len(r['epoch_s']):>9.1f}"
             f"{r['fit_s']:>9.1f}{r['total_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_memory_mib']:>10.0f}"
             f"{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
         )
@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(header, flush=True)
 
     results: dict[str, dict[str, Any]] = {}
+    labels = dict(RUNS)  # and one per --variant
     for key in args.runs:
-        print(f"running {RUNS[key]} ...", flush=True)
+        print(f"running {labels[key]} ...", flush=True)
         if key == "a":
             results[key] = run_book(book_dm, arch, args.epochs, args.seed, device)
         elif key == "b":
@@ -419,13 +420,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not extra:
             parser.error(f"--variant {variant!r}: expected NAME=OVERRIDES, e.g. bf16=trainer.precision=bf16-mixed")
         key = f"b+{name}"
-        RUNS[key] = f"(b) ours + {name}"
-        print(f"running {RUNS[key]} ({extra}) ...", flush=True)
+        labels[key] = f"(b) ours + {name}"
+        print(f"running {labels[key]} ({extra}) ...", flush=True)
         cfg = project_config([*common, f"trainer.max_epochs={args.epochs}", *extra.split()], arch, work / key)
         results[key] = run_project(cfg, device)
         print("  " + json.dumps(results[key]), flush=True)
     if results:
-        print_table(results, header)
+        print_table(results, labels, header)
     ratios = {}
     if "a" in results and "b" in results:
         ratios["b_vs_a_total"] = results["a"]["total_s"] / results["b"]["total_s"]
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if key.startswith("b+"):
                 ratios[f"{key}_vs_a_total"] = results["a"]["total_s"] / results[key]["total_s"]
                 print(
-                    f"{RUNS[key]} vs (a): {ratios[f'{key}_vs_a_total']:.1f}x faster end to end; test accuracy "
+                    f"{labels[key]} vs (a): {ratios[f'{key}_vs_a_total']:.1f}x faster end to end; test accuracy "
                     f"{results[key]['test_accuracy']:.4f}"
                 )
         print(

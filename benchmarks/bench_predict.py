@@ -131,16 +131,16 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = [min(len(ids), book_length) for ids in get_tokenizer(tokenizer_file).encode_ordinary_batch(texts)]
 
     arch = MODELS[args.model]
+    ours = classifier(arch, "last_token", device)  # each Predictor gets its own copy of these weights
     runs = {
         "book, one at a time": (book_scorer(classifier(arch, "last", device), tokenizer_file, book_length), True),
-        "ours, one at a time": (project_scorer(classifier(arch, "last_token", device), tokenizer_file, 1, "32"), True),
+        "ours, one at a time": (project_scorer(ours, tokenizer_file, 1, "32"), True),
     }
     positions = {"book, one at a time": book_length * len(texts), "ours, one at a time": sum(lengths)}
     for precision in args.precisions.split(","):
         for size in map(int, args.batch_sizes.split(",")):
             name = f"ours, batched ({size})" + (f" {precision}" if precision != "32" else "")
-            model = classifier(arch, "last_token", device)
-            runs[name] = (project_scorer(model, tokenizer_file, size, precision), False)
+            runs[name] = (project_scorer(ours, tokenizer_file, size, precision), False)
             positions[name] = positions_computed(lengths, size)
     results, probs = {}, {}
     for name, (score, single) in runs.items():
