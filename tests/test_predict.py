@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -207,13 +208,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     for path in (zipped, legacy):
         with pytest.raises(UnsafeCheckpointError, match="refusing"):
             Predictor.from_checkpoint(path)
-    done = subprocess.run(
-        [sys.executable, "predict.py", f"ckpt_path={zipped}", "text=hello"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_script("predict.py", f"ckpt_path={zipped}", "text=hello")
     assert done.returncode != 0 and "refusing checkpoint" in done.stderr and "system" in done.stderr
     assert not marker.exists()
 
@@ -261,26 +256,13 @@ def test_input_files(tmp_path: Path) -> None:
 
 def test_predict_cli_jsonl_from_stdin_and_table(smoke: dict) -> None:
     stdin = "Hi mum, home at 6\n\nURGENT! You have won a 2000 prize. Call 09061790121 now\n"
-    done = subprocess.run(
-        [sys.executable, "predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu"],
-        cwd=REPO,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_script("predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu", stdin=stdin)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["text"] for r in rows] == stdin.splitlines()
     assert rows[1] == {"text": "", "label": None, "spam_probability": None, "truncated": False, "error": "empty text"}
     assert all(r["label"] in ("ham", "spam") and 0 <= r["spam_probability"] <= 1 for r in (rows[0], rows[2]))
-    done = subprocess.run(
-        [sys.executable, "predict.py", f"ckpt_path={smoke['ckpt']}", 'text="Win, win: a prize!"', "format=table"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_script("predict.py", f"ckpt_path={smoke['ckpt']}", 'text="Win, win: a prize!"', "format=table")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("label") and "Win, win: a prize!" in done.stdout
 
@@ -294,13 +276,7 @@ def test_bf16_precision_agrees_with_float32(smoke: dict, predictor: Predictor, s
     assert max(abs(a - b) for a, b in zip(fp32, low, strict=True)) < 0.05
     confident = [i for i, p in enumerate(fp32) if abs(p - 0.5) > 0.05]
     assert [fp32[i] > 0.5 for i in confident] == [low[i] > 0.5 for i in confident]
-    done = subprocess.run(
-        [sys.executable, "predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu", "precision=16", "text=hello"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_script("predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu", "precision=16", "text=hello")
     assert done.returncode != 0
     assert "precision must be one of ['32', 'bf16'], got '16'" in done.stderr
     assert "Traceback" not in done.stderr

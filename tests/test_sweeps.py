@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -42,15 +43,7 @@ def data_args(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer
 
 
 def train(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_script("train.py", *args, env={"PYTHONUNBUFFERED": "1", **(env or {})}, timeout=timeout)
 
 
 def output(result: subprocess.CompletedProcess[str]) -> str:

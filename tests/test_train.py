@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -53,13 +52,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(experiment: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "train.py", f"experiment={experiment}", "--cfg", "job", "--resolve"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_script("train.py", f"experiment={experiment}", "--cfg", "job", "--resolve")
     assert result.returncode == 0, result.stderr
     assert "_target_: spam_lightning.classifier.SpamClassifier" in result.stdout
 
@@ -108,28 +101,20 @@ def test_smoke_experiment_learns(cfg_factory, tmp_path: Path) -> None:
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "experiment=smoke",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false",
-            f"runs_dir={tmp_path / 'runs'}",
-            "run_name=ddp",
-            f"data.source={sms_zip}",
-            f"data.tokenizer_file={tokenizer_file}",
-            f"data.data_dir={tmp_path / 'data'}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_script(
+        "train.py",
+        "experiment=smoke",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"runs_dir={tmp_path / 'runs'}",
+        "run_name=ddp",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}",
+        f"data.data_dir={tmp_path / 'data'}",
+        env={"PYTHONUNBUFFERED": "1"},
         timeout=300,
-        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert os.listdir(tmp_path / "runs") == ["ddp"]  # one run directory, not one per rank
