@@ -260,7 +260,7 @@ def run_project(
     cfg: DictConfig, device: torch.device, full_top_block: bool = False, factor: int = 1, test: bool = True
 ) -> dict[str, Any]:
     arch = cfg.model.arch
-    context_length = make_config(arch if isinstance(arch, str) else OmegaConf.to_container(arch)).context_length
+    context_length = make_config(arch).context_length
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     data_cfg.pop("_target_")
     dm = RepeatedData(factor, context_length=context_length, **data_cfg)

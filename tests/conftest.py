@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ SMS_DIR = SHARED / "data" / "sms_spam_collection"
 SMS_ZIP = SMS_DIR / "sms+spam+collection.zip"
 SMS_TSV = SMS_DIR / "SMSSpamCollection"
 TOKENIZER_FILE = SHARED / "assets" / "gpt2.tiktoken"
+
+
+# Tests never use the user's cache folder (the GPT-2 vocabulary): an empty one for the session, which the
+# subprocesses the tests start inherit.
+_CACHE = tempfile.TemporaryDirectory(prefix="spam_lightning_cache_")
+os.environ["SPAM_LIGHTNING_CACHE"] = _CACHE.name
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.local_internet import LocalInternet
 
 from spam_lightning.data import (
     TSV_NAME,
@@ -20,38 +19,21 @@ from spam_lightning.data import (
     extract_tsv,
     parse_sms_collection,
 )
-from spam_lightning.tokenizer import get_tokenizer
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """/good: the real zip; /truncated: announces the full size, sends half; /tampered: one byte off."""
-
-    payload = b""
-
-    def do_GET(self) -> None:
-        body = self.payload
-        if self.path == "/tampered.zip":
-            body = body[:-1] + bytes([body[-1] ^ 1])
-        elif self.path not in ("/good.zip", "/truncated.zip"):
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2] if self.path == "/truncated.zip" else body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+from spam_lightning.errors import DownloadError
+from spam_lightning.tokenizer import get_tokenizer, tokenizer_path
 
 
 @pytest.fixture(scope="module")
-def server(sms_zip: Path) -> Iterator[str]:
-    _Handler.payload = sms_zip.read_bytes()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+def server(sms_zip: Path, tokenizer_file: str) -> Iterator[str]:
+    """/good.zip: the real zip; /truncated.zip: announces the full size, sends half; /tampered.zip: one byte off;
+    /r50k_base.tiktoken: GPT-2's ranks file."""
+    with LocalInternet() as internet:
+        for name in ("good", "truncated", "tampered"):
+            internet.add_file(f"/{name}.zip", sms_zip)
+        internet.truncate("/truncated.zip", sms_zip.stat().st_size // 2)
+        internet.corrupt("/tampered.zip")
+        internet.add_file("/r50k_base.tiktoken", tokenizer_file)
+        yield internet.endpoint
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +76,7 @@ def test_download_from_local_http_server(server: str, tmp_path: Path, tokenizer_
 )
 def test_failed_download_leaves_nothing(server: str, tmp_path: Path, path: str, cause: str) -> None:
     dm = SmsSpamDataModule(data_dir=str(tmp_path), urls=[server + path])
-    with pytest.raises(DataError, match="could not download") as err:
+    with pytest.raises(DownloadError, match="could not download") as err:
         dm.prepare_data()
     assert cause.lower() in str(err.value).lower()
     assert "data.source=" in str(err.value)  # says how to run offline
@@ -145,13 +127,39 @@ def test_corrupt_zip_is_a_clear_error(tmp_path: Path, sms_zip: Path) -> None:
     assert not (tmp_path / TSV_NAME).exists()
 
 
-def test_tokenizer_download_failure_says_how_to_run_offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline(name: str) -> None:
-        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+def test_tokenizer_download_failure_says_how_to_run_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPAM_LIGHTNING_CACHE", str(tmp_path))
+    with pytest.raises(
+        RuntimeError, match=r"could not download GPT-2's BPE vocabulary .* data\.tokenizer_file="
+    ) as err:
+        tokenizer_path(None, url="http://127.0.0.1:9/r50k_base.tiktoken")
+    assert isinstance(err.value, DownloadError) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr("spam_lightning.tokenizer.tiktoken.get_encoding", offline)
-    with pytest.raises(RuntimeError, match=r"could not load tiktoken's GPT-2 encoding .* data\.tokenizer_file="):
-        get_tokenizer.__wrapped__(None)
+
+def test_tokenizer_downloaded_once_into_the_cache(
+    server: str, tmp_path: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAM_LIGHTNING_CACHE", str(tmp_path))
+    url = f"{server}/r50k_base.tiktoken"
+    assert tokenizer_path(None, url) == tmp_path / "gpt2.tiktoken"
+    assert (tmp_path / "gpt2.tiktoken").read_bytes() == Path(tokenizer_file).read_bytes()
+    # Later calls find the verified copy without the server; a corrupt copy is fetched again.
+    assert tokenizer_path(None, "http://127.0.0.1:9/gone") == tmp_path / "gpt2.tiktoken"
+    (tmp_path / "gpt2.tiktoken").write_bytes(b"corrupt")
+    assert tokenizer_path(None, url).read_bytes() == Path(tokenizer_file).read_bytes()
+
+
+def test_tokenizer_file_is_kept_for_later_runs(
+    tmp_path: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, data.tokenizer_file is needed once: the verified file is copied into the cache."""
+    monkeypatch.setenv("SPAM_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    assert tokenizer_path(tokenizer_file) == Path(tokenizer_file)
+    offline = "http://127.0.0.1:9/unreachable"
+    assert tokenizer_path(None, offline).read_bytes() == Path(tokenizer_file).read_bytes()
+    get_tokenizer.cache_clear()
+    assert get_tokenizer(None, offline).encode("Hello, world!") == [15496, 11, 995, 0]
 
 
 def test_tokenizer_hash_checked(tmp_path: Path, tokenizer_file: str) -> None:
@@ -345,3 +353,53 @@ def test_zip_extraction_takes_only_the_expected_member(tmp_path: Path, sms_tsv: 
     ).prepare_data()
     assert (out / TSV_NAME).read_bytes() == sms_tsv.read_bytes()
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+# -- every cached file is checked before it is trusted -------------------------------------------------
+
+
+@pytest.mark.parametrize("cached", ["zip", "tsv", "zip+tsv", "train.csv", "splits.json", "tokenizer"])
+@pytest.mark.parametrize("damage", ["corrupt", "foreign"])
+def test_damaged_cached_file_is_fetched_or_rebuilt(
+    cached: str, damage: str, tmp_path: Path, sms_zip: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached file that was altered (one byte) or replaced (another file's bytes) is never used as is: it is
+    downloaded, extracted or rebuilt again, and the data module ends with the same verified files."""
+    monkeypatch.setenv("SPAM_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    with LocalInternet() as internet:
+        zip_url = internet.add_file("/sms.zip", sms_zip)
+        tokenizer_url = internet.add_file("/r50k_base.tiktoken", tokenizer_file)
+        data_dir = tmp_path / "data"
+
+        def prepare() -> None:
+            get_tokenizer.cache_clear()
+            dm = SmsSpamDataModule(data_dir=str(data_dir), urls=[zip_url], tokenizer_url=tokenizer_url)
+            dm.prepare_data()
+
+        prepare()
+        paths = {
+            "zip": [data_dir / ZIP_NAME],
+            "tsv": [data_dir / TSV_NAME],
+            "zip+tsv": [data_dir / ZIP_NAME, data_dir / TSV_NAME],
+            "train.csv": [data_dir / "train.csv"],
+            "splits.json": [data_dir / "splits.json"],
+            "tokenizer": [tmp_path / "cache" / "gpt2.tiktoken"],
+        }[cached]
+        good = {p: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+        good[tmp_path / "cache" / "gpt2.tiktoken"] = Path(tokenizer_file).read_bytes()
+        for path in paths:
+            data = bytearray(path.read_bytes())
+            if damage == "corrupt":
+                data[len(data) // 2] ^= 0x01
+            else:
+                data = bytearray(b'{"files": {}}' if path.suffix == ".json" else (data_dir / "test.csv").read_bytes())
+            path.write_bytes(bytes(data))
+        internet.clear_requests()
+        prepare()
+        if cached == "zip":  # the verified extracted file is used; the damaged zip is removed, not trusted later
+            assert not paths[0].exists()
+            del good[paths[0]]
+        for path, data in good.items():
+            assert path.read_bytes() == data, path.name
+        refetched = {"zip+tsv": ["/sms.zip"], "tokenizer": ["/r50k_base.tiktoken"]}.get(cached, [])
+        assert sorted({r.path for r in internet.requests}) == refetched  # only what could not be made locally

@@ -66,7 +66,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_fil
         f"data.tokenizer_file={tokenizer_file}",
         f"data.data_dir={tmp / 'data'}",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=20",
+        "trainer.limit_train_batches=20",
         "data.eval_batch_size=100",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",

@@ -26,9 +26,9 @@ CONF = REPO / "conf"
 TINY = (
     "experiment=smoke",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "report=false",
@@ -109,11 +109,11 @@ def test_failed_job_is_listed_and_the_sweep_goes_on(tmp_path: Path, data_args: l
     sweep_dir = tmp_path / "bad"
     assert job_dirs(sweep_dir) == ["0", "1"]
     failed = json.loads((sweep_dir / "0" / "failed.json").read_text())
-    assert failed["error"].startswith("ValueError: model.pool must be one of") and "Traceback" in failed["traceback"]
+    assert failed["error"].startswith("ConfigError: model.pool must be one of") and "Traceback" in failed["traceback"]
     assert (sweep_dir / "1" / "metrics.json").is_file()  # the next job ran
     _header, *rows = table_rows((sweep_dir / "summary.md").read_text())
     assert [(r[0], r[1]) for r in rows] == [("1", "last_token"), ("0", "bogus")]  # failed jobs last
-    assert rows[0][-1] == "ok" and rows[1][-1].startswith("failed: ValueError: model.pool must be one of")
+    assert rows[0][-1] == "ok" and rows[1][-1].startswith("failed: ConfigError: model.pool must be one of")
 
 
 def test_summary_of_fabricated_jobs(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_optuna_search_continues_from_its_study(tmp_path: Path, data_args: list[
             metrics = json.loads((sweep_dir / str(t.number) / "metrics.json").read_text())
             assert t.value == metrics["validation"]["accuracy"]
         else:
-            assert t.user_attrs["error"].startswith("ValueError: model.pool must be one of")
+            assert t.user_attrs["error"].startswith("ConfigError: model.pool must be one of")
             assert (sweep_dir / str(t.number) / "failed.json").is_file()
     assert set(study.trials[0].params) == {
         "model.lr",
@@ -222,7 +222,8 @@ def test_optuna_search_continues_from_its_study(tmp_path: Path, data_args: list[
     assert sorted(r[0] for r in rows) == ["0", "1", "2", "4", "5"]
     for row in rows:  # failed trials are listed as failed, with their error
         state = trials[int(row[0])].state
-        assert row[-1] == "ok" if state == TrialState.COMPLETE else row[-1].startswith("failed: ValueError: model.pool")
+        failed = row[-1].startswith("failed: ConfigError: model.pool")
+        assert row[-1] == "ok" if state == TrialState.COMPLETE else failed
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert rows[0][0] == str(max(complete, key=lambda t: t.value).number)
     results = (sweep_dir / "optimization_results.yaml").read_text()
@@ -244,6 +245,8 @@ def test_optuna_search_refuses_a_changed_search_space() -> None:
         search._check_same_search(study, {"model.lr": space["model.lr"]}, ["experiment=smoke"], "memory")
     with pytest.raises(SearchMismatchError, match=r"override 'experiment=book' only now(.|\n)*another run_name=NAME"):
         search._check_same_search(study, space, ["experiment=book"], "memory")
+    # Where the verified vocabulary comes from is no part of the search: given once offline, cached after.
+    search._check_same_search(study, space, ["experiment=smoke", "data.tokenizer_file=/x/gpt2.tiktoken"], "memory")
 
 
 # -- multirun x DDP, torchrun nodes -------------------------------------------------------------------

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TOKENIZER_FILE
 from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -178,3 +180,79 @@ def test_truncated_checkpoint_is_a_clear_error(cfg_factory, tmp_path: Path) -> N
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(ConfigError, match=r"bad\.ckpt' cannot be read"):
         run(cfg_factory(f"ckpt_path={bad}"))
+
+
+# -- the run directory and the run's log (as users run train.py) --------------------------------------------
+
+FALSE_WARNING_TEXTS = (
+    "dataloader is not resumable",
+    "will be deleted",
+    "exists and is not empty",
+    "module(s) in eval mode",
+    "`weights_only` was not set",
+)
+
+
+def train_cli(tmp: Path, sms_zip: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return run_script(
+        "train.py",
+        "experiment=smoke",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        f"runs_dir={tmp / 'runs'}",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={TOKENIZER_FILE}",
+        f"data.data_dir={tmp / 'data'}",
+        *overrides,
+        env={"PYTHONUNBUFFERED": "1"},
+        timeout=300,
+    )
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_run_log_refused_rerun_and_clean_resume(tmp_path: Path, sms_zip: Path) -> None:
+    first = train_cli(tmp_path, sms_zip, "run_name=r", "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "r"
+    # train.log holds what the console showed: the data summary, warnings and the results table.
+    log = (run_dir / "train.log").read_text()
+    assert "train       1045 messages:  528 ham,  517 spam" in log
+    assert "smaller than the logging interval" in log  # a Lightning warning (3 batches < log_every_n_steps)
+    assert "split         accuracy precision" in log and "run directory:" in log
+
+    # The same run_name again, without resume=true: refused before anything in the folder changes.
+    before = folder_bytes(run_dir)
+    again = train_cli(tmp_path, sms_zip, "run_name=r", "trainer.max_epochs=1")
+    assert again.returncode == 1
+    assert f"error: {run_dir} already holds a run; continue it with resume=true" in again.stderr
+    assert folder_bytes(run_dir) == before
+
+    # resume=true continues it, without the warnings that are false for this project.
+    resumed = train_cli(tmp_path, sms_zip, "run_name=r", "trainer.max_epochs=2", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for text in FALSE_WARNING_TEXTS:
+        assert text not in resumed.stdout + resumed.stderr
+    fit_first = json.loads(before["metrics.json"])["time_seconds"]["fit"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["time_seconds"]["fit"] > fit_first  # summed over both sessions
+    assert metrics["global_step"] == 2 * 3
+
+
+def test_failed_config_is_one_line_and_leaves_no_folder(tmp_path: Path, sms_zip: Path) -> None:
+    result = train_cli(tmp_path, sms_zip, "model.lr=-1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: model.lr must be a number > 0, got -1"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_logger_null_turns_logging_off(tmp_path: Path, sms_zip: Path) -> None:
+    result = train_cli(tmp_path, sms_zip, "run_name=quiet", "logger=null", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "quiet"
+    assert not (run_dir / "logs").exists()
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()

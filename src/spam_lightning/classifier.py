@@ -41,7 +41,9 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from tqdm import tqdm
 
+from spam_lightning.errors import ConfigError
 from spam_lightning.feature_cache import FrozenFeatureCache, fill_batches
 from spam_lightning.gpt import POOLS, make_config
 from spam_lightning.weights import build_gpt
@@ -90,7 +92,7 @@ class SpamClassifier(L.LightningModule):
         _validate_speed(cache_frozen, cache_dir, compile, tf32)
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"model.trainable_layers as a block count must be in [0, {cfg.n_layers}], got {trainable_layers}"
             )
         self.save_hyperparameters()
@@ -115,7 +117,7 @@ class SpamClassifier(L.LightningModule):
         # cache is exact whenever something below the trainable blocks is frozen, dropout or not.
         self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
         if cache_frozen is True and self.cache_off_reason:
-            raise ValueError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
+            raise ConfigError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
         self.feature_cache: FrozenFeatureCache | None = None
         if self.cache_off_reason is None:
             self.feature_cache = FrozenFeatureCache(keep_padding=pool == "last", directory=cache_dir)
@@ -227,33 +229,43 @@ class SpamClassifier(L.LightningModule):
         hidden = cache.features(batch["input_ids"], batch["lengths"], self.frozen_features)
         return self.head_logits(hidden, batch["lengths"])
 
-    def _fill_cache(self, loaders: DataLoader | Iterable[DataLoader] | None) -> None:
+    def _fill_cache(self, loaders: DataLoader | Iterable[DataLoader] | None, batches_run: int | float) -> None:
         """Fill the cache for a loader's texts in length-sorted batches (little padding) before the epoch
-        needs them; texts it misses (other datasets) are filled by the steps themselves."""
+        needs them; texts it misses (other datasets) are filled by the steps themselves. An epoch limited
+        to fewer batches than its loader has (limit_*_batches, fast_dev_run) fills only what it reads."""
         cache = self.feature_cache
         if cache is None or loaders is None:
+            return
+        loaders = [loaders] if isinstance(loaders, DataLoader) else list(loaders)
+        if batches_run < sum(len(loader) for loader in loaders):
             return
         cache.check(self._frozen_tensors())
         new = 0
         max_tokens = 512 if self.device.type == "cpu" else 16384  # small batches run fastest on CPUs
-        with self.trainer.precision_plugin.forward_context():
-            for loader in [loaders] if isinstance(loaders, DataLoader) else loaders:
+        show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
+        texts = sum(len(getattr(loader.batch_sampler, "sampler", None) or loader.sampler) for loader in loaders)
+        with (
+            self.trainer.precision_plugin.forward_context(),
+            tqdm(total=texts, desc="frozen-feature cache", unit="text", disable=not show, leave=False) as bar,
+        ):
+            for loader in loaders:
                 for i, batch in enumerate(fill_batches(loader, max_tokens)):
                     ids, lengths = batch["input_ids"], batch["lengths"]
                     if i == 0 and cache.keep_padding and ids.shape[1] == int(lengths.max()):
                         break  # pool=last with per-batch padding: rows of these widths would never be read
                     new += cache.fill(ids.to(self.device), lengths.to(self.device), self.frozen_features)[1]
+                    bar.update(len(ids))
         if new:
             info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(cache), cache.nbytes / 2**20)
 
     def on_train_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.train_dataloader)
+        self._fill_cache(self.trainer.train_dataloader, self.trainer.num_training_batches)
 
     def on_validation_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.val_dataloaders)
+        self._fill_cache(self.trainer.val_dataloaders, sum(self.trainer.num_val_batches))
 
     def on_test_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.test_dataloaders)
+        self._fill_cache(self.trainer.test_dataloaders, sum(self.trainer.num_test_batches))
 
     def _step(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
         logits = self._logits(batch)
@@ -338,7 +350,7 @@ class SpamClassifier(L.LightningModule):
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ValueError("scheduler='cosine' needs a finite trainer.max_steps or max_epochs")
+            raise ConfigError("scheduler='cosine' needs a finite trainer.max_steps or max_epochs")
         schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total_steps))
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
@@ -362,39 +374,39 @@ def _validate(
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     if pretrained is not None and not isinstance(pretrained, str):
-        raise ValueError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
+        raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
     if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
-        raise ValueError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
+        raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
     if not (is_int(num_classes) and num_classes >= 2):
-        raise ValueError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+        raise ConfigError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
     if is_int(trainable_layers):
         if trainable_layers < 0:
-            raise ValueError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
+            raise ConfigError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
     elif trainable_layers not in NAMED_TRAINABLE:
-        raise ValueError(
+        raise ConfigError(
             f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
             f"(0..n_layers), got {trainable_layers!r}"
         )
     if pool not in POOLS:
-        raise ValueError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
+        raise ConfigError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
     if not (is_number(lr) and lr > 0):
-        raise ValueError(f"model.lr must be a number > 0, got {lr!r}")
+        raise ConfigError(f"model.lr must be a number > 0, got {lr!r}")
     if not (is_number(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
+        raise ConfigError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
     if not (is_int(warmup_steps) and warmup_steps >= 0):
-        raise ValueError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        raise ConfigError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
 
 
 def _validate_speed(cache_frozen: Any, cache_dir: Any, compile: Any, tf32: Any) -> None:
     if not (cache_frozen == "auto" or isinstance(cache_frozen, bool)):
-        raise ValueError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
+        raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
     if cache_dir is not None and not isinstance(cache_dir, str):
-        raise ValueError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+        raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
     for name, value in (("compile", compile), ("tf32", tf32)):
         if not isinstance(value, bool):
-            raise ValueError(f"model.{name} must be true or false, got {value!r}")
+            raise ConfigError(f"model.{name} must be true or false, got {value!r}")
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:

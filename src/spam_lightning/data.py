@@ -19,13 +19,15 @@ from typing import Any
 
 import lightning as L
 import pandas as pd
-import pooch
+import tiktoken
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from spam_lightning.downloads import fetch
+from spam_lightning.errors import ConfigError, DownloadError, UserError
 from spam_lightning.files import atomic_write_bytes
-from spam_lightning.tokenizer import PAD_TOKEN_ID, file_sha256, get_tokenizer
+from spam_lightning.tokenizer import PAD_TOKEN_ID, TIKTOKEN_URL, file_sha256, get_tokenizer
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)  # one summary, not one per DDP rank
@@ -42,41 +44,24 @@ SPLIT_FRACTIONS = (0.7, 0.1)  # train, validation; test gets the rest
 MANIFEST_NAME = "splits.json"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: the message names the file (and line) and what was expected."""
 
 
 # --------------------------------------------------------------------------------------------------
-# Files: atomic writes, checked downloads, safe extraction
+# Files: checked downloads, safe extraction
 # --------------------------------------------------------------------------------------------------
 
 
 def download_zip(urls: Sequence[str], data_dir: Path) -> Path:
-    """Download the UCI zip into data_dir, trying each URL in turn; sha256-checked, atomic.
-
-    pooch streams into a temporary file and moves it into place only after the hash matched, so a
-    failed, truncated or tampered download leaves nothing behind that a later run would trust.
-    """
-    errors = []
-    for url in urls:
-        try:
-            path = pooch.retrieve(
-                url,
-                known_hash=f"sha256:{ZIP_SHA256}",
-                fname=ZIP_NAME,
-                path=data_dir,
-                progressbar=True,
-            )
-            return Path(path)
-        except Exception as err:  # any failure means: try the next URL
-            cause = " ".join(str(err).split()) or type(err).__name__
-            rank_zero_only(log.warning)("download of %s failed: %s", url, cause)
-            errors.append(f"{url}: {cause[:400]}")
-    raise DataError(
-        "could not download the SMS Spam Collection ("
-        + "; ".join(errors)
-        + "). To run offline, pass a local copy: data.source=/path/to/sms+spam+collection.zip"
-        " (or the extracted SMSSpamCollection file)"
+    """The UCI zip in data_dir: a verified copy there, else downloaded from the first URL that works."""
+    return fetch(
+        urls,
+        ZIP_SHA256,
+        data_dir / ZIP_NAME,
+        what="the SMS Spam Collection",
+        offline_hint="pass a local copy: data.source=/path/to/sms+spam+collection.zip (or the extracted "
+        "SMSSpamCollection file)",
     )
 
 
@@ -283,6 +268,7 @@ class SmsSpamDataModule(L.LightningDataModule):
         source: str | None = None,
         data_dir: str = "data/sms_spam",
         tokenizer_file: str | None = None,
+        tokenizer_url: str = TIKTOKEN_URL,
         padding: str | int = "auto",
         pool: str = "last",
         bucket_by_length: bool = False,
@@ -302,8 +288,8 @@ class SmsSpamDataModule(L.LightningDataModule):
             source: a local zip, a local extracted `SMSSpamCollection` file, or a URL; None means a
                 verified copy in `data_dir`, else a download from UCI (book's backup URL as fallback).
             data_dir: where the zip, the extracted file and train/validation/test.csv are kept.
-            tokenizer_file: a local GPT-2 `.tiktoken` ranks file (sha256-checked); None lets tiktoken
-                download/cache it.
+            tokenizer_file: a local GPT-2 `.tiktoken` ranks file (sha256-checked, then kept in the cache);
+                None: the cached copy, else a download from `tokenizer_url`.
             padding: "longest_train" (the book: every split padded/truncated to the longest training
                 text), an int (that fixed length), "batch" (each batch to its own longest), or "auto":
                 "batch" unless `pool` is "last", whose result depends on the padding ("longest_train").
@@ -317,26 +303,27 @@ class SmsSpamDataModule(L.LightningDataModule):
             drop_last: drop the last incomplete training batch (the book: True).
             verify_checksum: check the data against UCI's published sha256 (turn off only for your
                 own variant of the file).
-            urls: download URLs, tried in order.
+            urls: download URLs of the UCI zip, tried in order.
         """
         super().__init__()
         if padding == "auto":
             padding = "longest_train" if pool == "last" else "batch"
         if not (padding in ("longest_train", "batch") or (isinstance(padding, int) and padding > 0)):
-            raise ValueError(
+            raise ConfigError(
                 f"data.padding must be 'auto', 'longest_train', 'batch' or a positive int, got {padding!r}"
             )
         if max_length is not None and not 0 < max_length <= context_length:
-            raise ValueError(f"data.max_length must be in [1, context_length={context_length}], got {max_length}")
+            raise ConfigError(f"data.max_length must be in [1, context_length={context_length}], got {max_length}")
         if isinstance(padding, int) and padding > context_length:
-            raise ValueError(f"data.padding={padding} exceeds the model's context length {context_length}")
+            raise ConfigError(f"data.padding={padding} exceeds the model's context length {context_length}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size} (eval: {eval_batch_size})")
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size} (eval: {eval_batch_size})")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source = source
         self.data_dir = Path(data_dir).expanduser()
         self.tokenizer_file = tokenizer_file
+        self.tokenizer_url = tokenizer_url
         self.padding = padding
         self.bucket_by_length = bucket_by_length
         self.max_length = min(max_length or context_length, context_length)
@@ -355,9 +342,23 @@ class SmsSpamDataModule(L.LightningDataModule):
     # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
 
     def prepare_data(self) -> None:
-        tsv = self._obtain_tsv()
+        """Obtain the data and the vocabulary (download or verify), write the splits. Both downloads are tried
+        before failing, so offline use fails once, naming everything missing."""
+        failed = []
+        try:
+            tsv = self._obtain_tsv()
+        except DownloadError as err:
+            failed.append(err)
+        try:
+            self.tokenizer()  # once, before the DDP ranks need it
+        except DownloadError as err:
+            failed.append(err)
+        if failed:
+            raise DownloadError.combine(failed)
         self._write_splits(tsv)
-        get_tokenizer(self.tokenizer_file)  # download/verify the vocabulary once, before the ranks need it
+
+    def tokenizer(self) -> tiktoken.Encoding:
+        return get_tokenizer(self.tokenizer_file, self.tokenizer_url)
 
     def _obtain_tsv(self) -> Path:
         """Return a checked `SMSSpamCollection` file, from `source`, `data_dir` or a download."""
@@ -382,9 +383,12 @@ class SmsSpamDataModule(L.LightningDataModule):
             if src.resolve() != tsv.resolve():
                 atomic_write_bytes(tsv, src.read_bytes())
             return tsv
-        if tsv.is_file() and (not self.verify_checksum or file_sha256(tsv) == TSV_SHA256):
-            return tsv
         zip_path = self.data_dir / ZIP_NAME
+        if tsv.is_file() and (not self.verify_checksum or file_sha256(tsv) == TSV_SHA256):
+            if zip_path.is_file() and file_sha256(zip_path) != ZIP_SHA256:
+                log.warning("%s does not match UCI's sha256: removed (the verified %s is used)", zip_path, TSV_NAME)
+                zip_path.unlink()
+            return tsv
         if not (zip_path.is_file() and file_sha256(zip_path) == ZIP_SHA256):
             zip_path = download_zip(self.urls, self.data_dir)
         extract_tsv(zip_path, tsv, self.verify_checksum)
@@ -453,7 +457,7 @@ class SmsSpamDataModule(L.LightningDataModule):
         return pd.read_csv(path, dtype={"label": int, "text": str}, keep_default_na=False)
 
     def setup(self, stage: str | None = None) -> None:
-        tokenizer = get_tokenizer(self.tokenizer_file)
+        tokenizer = self.tokenizer()
         wanted = {"fit": SPLITS[:2], "validate": ("validation",), "test": ("test",), "predict": ("test",)}
         names = ["train", *wanted.get(stage, SPLITS)] if stage else list(SPLITS)
         for name in dict.fromkeys(names):  # train first: it fixes the padded length

@@ -17,6 +17,8 @@ import torch.distributed
 from lightning.pytorch import Trainer
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
+from spam_lightning.errors import UserError
+
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -71,7 +73,7 @@ class ResolvedConfigLauncher(_SubprocessScriptLauncher):
             raise RuntimeError(f"{len(failed)} DDP worker process(es) failed; see their output above")
 
 
-class WorldSizeError(RuntimeError):
+class WorldSizeError(UserError, RuntimeError):
     """An external launcher (torchrun, SLURM) started another number of processes than the trainer expects."""
 
 

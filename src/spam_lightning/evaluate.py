@@ -4,7 +4,8 @@ Metrics at the decision threshold (0.5 by default, as in training): accuracy, pr
 AUROC, the confusion matrix and the misclassified texts. With `target_precision`, a threshold is chosen
 on the validation split (the lowest one whose spam precision there reaches the target, i.e. the best
 recall) and its precision/recall on the evaluated data are reported. Writes evaluation.json,
-misclassified.jsonl, confusion_matrix.png and pr_curve.png.
+misclassified.jsonl, confusion_matrix.png and pr_curve.png into out_dir (default_out_dir: never into an
+exported model folder).
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         name = data_name = cfg.split
         texts, labels = load_split(spec, cfg.split, cfg.get("data_dir"))
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
     rows, scores, truncated = score_texts(predictor, texts, labels, cfg.batch_size)
     y = [labels[i] for i in rows]
     score_t, label_t = torch.tensor(scores, dtype=torch.float64), torch.tensor(y)
@@ -205,7 +207,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if int(s > threshold) != labels[i]
     ]  # fmt: skip
     model = str(cfg.get("ckpt_path") or cfg.get("model_dir"))
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else _model_home(cfg) / "evaluation" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "model": model,
@@ -265,10 +266,22 @@ def _select_threshold(
     return selection
 
 
+def default_out_dir(cfg: DictConfig, name: str) -> Path:
+    """Where an evaluation goes without out_dir=: RUN_DIR/evaluation/<name> for a checkpoint (its run directory),
+    evaluations/<parent folder name>/<folder name>/<name> under the current directory for an exported folder
+    (e.g. runs/smoke/export -> evaluations/smoke/export/test), which stays exactly as export.py wrote it.
+    `name` is the split or the data file's stem."""
+    if not cfg.get("model_dir"):
+        return _model_home(cfg) / "evaluation" / name
+    model_dir = Path(cfg.model_dir).expanduser().resolve()
+    out_dir = Path("evaluations", model_dir.parent.name, model_dir.name, name)
+    if out_dir.resolve().is_relative_to(model_dir):
+        raise ValueError(f"the default out_dir {out_dir.resolve()} is inside model_dir: pass out_dir=FOLDER")
+    return out_dir
+
+
 def _model_home(cfg: DictConfig) -> Path:
-    """The run directory of a checkpoint (above checkpoints/), or the exported model folder."""
-    if cfg.get("model_dir"):
-        return Path(cfg.model_dir)
+    """The run directory of cfg.ckpt_path (above checkpoints/, else the checkpoint's folder)."""
     ckpt = Path(cfg.ckpt_path)
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 

@@ -49,8 +49,11 @@ PRESETS: dict[str, GPTConfig] = {
 
 
 def make_config(arch: str | Mapping[str, Any], **overrides: Any) -> GPTConfig:
-    """A preset name ("gpt2", ...) or a mapping of GPTConfig fields; `overrides` win (e.g. dropout)."""
-    if isinstance(arch, str):
+    """The one place `model.arch` becomes a GPTConfig: a preset name ("gpt2", ...) or a mapping of GPTConfig
+    fields (a dict or Hydra's DictConfig); `overrides` that are not None win (e.g. dropout)."""
+    if isinstance(arch, GPTConfig):
+        base = arch.to_dict()
+    elif isinstance(arch, str):
         if arch not in PRESETS:
             raise ValueError(f"unknown GPT-2 preset {arch!r}; expected one of {sorted(PRESETS)} or a mapping")
         base = PRESETS[arch].to_dict()
@@ -59,7 +62,7 @@ def make_config(arch: str | Mapping[str, Any], **overrides: Any) -> GPTConfig:
         unknown = set(arch) - known
         if unknown:
             raise ValueError(f"unknown GPT config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
-        base = dict(arch)
+        base = {key: arch[key] for key in arch}  # a DictConfig's values come out resolved
     base.update({k: v for k, v in overrides.items() if v is not None})
     return GPTConfig(**base)
 

@@ -47,6 +47,10 @@ _INTERRUPTED = "interrupted_trials"  # study user attr: numbers of trials a cras
 _SPACE = "search_space"  # study user attr: {key: distribution json}
 _FIXED = "fixed_overrides"  # study user attr: the overrides every trial gets
 
+# Overrides that only say where a checked file comes from (its bytes are verified, so results cannot change):
+# they may differ between the commands of one search, e.g. data.tokenizer_file given once, offline.
+_LOCATION_KEYS = ("data.tokenizer_file", "data.tokenizer_url", "data.urls")
+
 # What the plugin's config accepts (hydra/sweeper=spam_optuna); conf/hparams_search/optuna.yaml sets them.
 DEFAULTS: dict[str, Any] = {
     "direction": "maximize",  # maximize | minimize the jobs' return value (train.py: validation accuracy)
@@ -233,7 +237,8 @@ class OptunaSearch:
             study.set_user_attr(_SPACE, ours)
             study.set_user_attr(_FIXED, fixed)
             return
-        theirs, their_fixed = study.user_attrs[_SPACE], study.user_attrs.get(_FIXED, [])
+        theirs, their_fixed = study.user_attrs[_SPACE], _results_relevant(study.user_attrs.get(_FIXED, []))
+        fixed = _results_relevant(fixed)
         differences = [
             *(
                 f"  {key}: {theirs.get(key)} in the study, {ours.get(key)} now"
@@ -308,3 +313,7 @@ class OptunaSearch:
         else:
             log.error("no trial of study %r completed", study.study_name)
         OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+
+
+def _results_relevant(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _LOCATION_KEYS]

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
+from spam_lightning.errors import UserError
 from spam_lightning.gpt import POOLS, GPTConfig, GPTModel, make_config
 from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, PAD_TOKEN_ID, file_sha256, get_tokenizer
 
@@ -56,7 +57,7 @@ DATAMODULE_KEY = "SmsSpamDataModule"  # where Lightning keeps the datamodule's s
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or exported model that cannot be used (missing, corrupt, foreign, incomplete)."""
 
 
@@ -64,7 +65,7 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holding pickled objects other than tensors and plain containers: refused, never run."""
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Unusable input texts: the message names the file and line."""
 
 
@@ -234,7 +235,7 @@ def spec_from_checkpoint(ckpt: Mapping[str, Any], path: Path) -> ModelSpec:
     max_length = min(data.get("max_length") or context, context)
     tokenizer_file = data.get("tokenizer_file")
     if tokenizer_file is not None and not Path(tokenizer_file).expanduser().is_file():
-        log.warning("the training tokenizer_file %s is not here: using tiktoken's gpt2 encoding", tokenizer_file)
+        log.warning("the training tokenizer_file %s is not here: using the cached GPT-2 vocabulary", tokenizer_file)
         tokenizer_file = None
     data_state = {k: v for k, v in (state or {}).items() if k in ("seed", "splits_sha256")}
     data_keys = ("source", "data_dir", "seed", "verify_checksum", "tokenizer_file")

@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import binary_average_precision, binary_precision_recall_curve
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,9 @@ def plot_training_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
                 ax.plot([e + 1 for e in epochs], [values[e] for e in epochs], style, marker="o", label=label)
         ax.set_xlabel("Epochs")
         ax.set_ylabel(ylabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        # Whole epochs. min_n_ticks=1: MaxNLocator keeps to integers only where the view holds min_n_ticks of
+        # them, and a one-epoch run's view (0.945 to 1.055) holds one.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend()
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"{metric}.png"))
@@ -70,8 +75,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: st
     ax.set_yticks([0, 1], ["ham", "spam"])
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
-    ax.set_title(f"Confusion matrix {title}".strip())
-    fig.tight_layout()
+    _fit_title(fig, ax, f"Confusion matrix {title}".strip())
     return _save(fig, path)
 
 
@@ -94,9 +98,8 @@ def plot_pr_curve(
     ax.set_ylabel("Precision (spam)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"Precision-recall {title}".strip())
     ax.legend(loc="lower left", fontsize="small")
-    fig.tight_layout()
+    _fit_title(fig, ax, f"Precision-recall {title}".strip())
     return _save(fig, path)
 
 
@@ -136,6 +139,22 @@ def _test_pr_curve(ckpt_path: Path, path: Path) -> Path:
     scores, _ = predictor.spam_probabilities(texts)
     points = {"threshold 0.5": precision_recall_at(scores, labels, 0.5)}  # type: ignore[arg-type]
     return plot_pr_curve(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), path, points, "(test)")
+
+
+def _fit_title(fig: Figure, ax: Axes, title: str) -> None:
+    """Set ax's title and tight_layout the figure, wrapping the title onto more lines (at spaces, and inside
+    words longer than a line, such as file names) until it lies within the figure: never clipped."""
+    width = max(len(title), 8)
+    while True:
+        text = ax.set_title("\n".join(textwrap.wrap(title, width)))
+        fig.tight_layout()
+        box, page = text.get_window_extent(), fig.bbox
+        centre = (box.x0 + box.x1) / 2  # the title is centred over the axes, not the figure
+        room = 2 * min(centre - page.x0, page.x1 - centre)
+        if box.width <= room or width <= 8:
+            return
+        longest = max(len(line) for line in text.get_text().split("\n"))
+        width = max(8, min(longest - 1, int(longest * room / box.width)))
 
 
 def _save(fig: Figure, path: Path) -> Path:

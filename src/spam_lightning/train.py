@@ -16,15 +16,18 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
+from spam_lightning.errors import ConfigError, DownloadError, user_error
 from spam_lightning.files import atomic_write_bytes
-from spam_lightning.gpt import make_config
+from spam_lightning.gpt import PRESETS, make_config
+from spam_lightning.logs import log_through_root, silence_false_warnings
+from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_training_report
 
 log = logging.getLogger(__name__)
@@ -37,33 +40,35 @@ REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
 ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes", "trainable_layers")
 
 
-class ConfigError(ValueError):
-    """A config value, or a checkpoint that does not fit the config; raised before any training starts."""
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or continue) one run as configured; returns what it writes to metrics.json."""
+    log_through_root()  # Hydra has set up its handlers by now: our and Lightning's messages reach train.log
+    silence_false_warnings()
     run_dir = Path(cfg.run_dir)
+    _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
-    context_length = make_config(OmegaConf.to_container(cfg.model.arch, resolve=True)).context_length
+    context_length = make_config(cfg.model.arch).context_length
     datamodule: SmsSpamDataModule = instantiate(cfg.data, context_length=context_length)
     ckpt_path = _checkpoint_to_continue(cfg, run_dir)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # logger=null: nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(progress_bar())
+    fit_timer = FitTimer()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, fit_timer], logger=loggers or False)
+    model = build_model_and_fetch_data(cfg.model, datamodule)
 
     config_file = run_dir / "config.yaml"
     if trainer.is_global_zero and not _is_ddp_worker():
         atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
     launcher = use_resolved_config_launcher(trainer, config_file.resolve())
     try:
-        model: SpamClassifier = instantiate(cfg.model)
         if ckpt_path is not None:
             _check_compatible(ckpt_path, model)
-        start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        fit_seconds = time.perf_counter() - start
         if trainer.interrupted:
             info("training interrupted; continue with resume=true run_name=%s", run_dir.name)
             return {}
@@ -75,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary = {
             **results,
             "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
-            "time_seconds": {"fit": round(fit_seconds, 2), "test": round(time.perf_counter() - start, 2)},
+            "time_seconds": {"fit": round(fit_timer.seconds, 2), "test": round(time.perf_counter() - start, 2)},
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "best_checkpoint": best,
@@ -85,11 +90,74 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
             if cfg.get("report", True):
                 write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
-            print_results(summary, run_dir)
+            log.info(results_table(summary, run_dir))
         return summary
     finally:
         if launcher is not None:
             launcher.finish()
+
+
+# Config keys that hold local paths (URLs and preset names are left as they are).
+PATH_KEYS = ("data.source", "data.data_dir", "data.tokenizer_file", "model.pretrained", "model.cache_dir", "ckpt_path")
+
+
+def _make_paths_absolute(cfg: DictConfig) -> None:
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and "://" not in value and value not in PRESETS:
+            OmegaConf.update(cfg, key, str(Path(value).expanduser().absolute()))
+
+
+def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: SmsSpamDataModule) -> SpamClassifier:
+    """The model (its config checked first, then the pretrained weights downloaded or found in the cache), and
+    the data and vocabulary (`prepare_data`), before the run writes anything. Offline, the run fails at once
+    with one message naming every download it could not make and the override that replaces each one."""
+    failed: list[DownloadError] = []
+    model = None
+    try:
+        model = instantiate(model_cfg)
+    except Exception as err:
+        cause = user_error(err)
+        if not isinstance(cause, DownloadError):
+            raise
+        failed.append(cause)
+    if not _is_ddp_worker():  # rank 0 prepares the data; Lightning has the other nodes' local rank 0 do it
+        try:
+            datamodule.prepare_data()
+        except DownloadError as err:
+            failed.insert(0, err)
+    if failed:
+        raise DownloadError.combine(failed)
+    assert model is not None
+    return model
+
+
+class FitTimer(Callback):
+    """Wall time of the fit, summed over the sessions of a resumed run (the sum is saved in checkpoints; the
+    time an interrupted session spent after its last checkpoint is not counted)."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        if self.start is None:
+            return self.before
+        return self.before + (self.end or time.perf_counter()) - self.start
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))
 
 
 def evaluate(
@@ -100,6 +168,7 @@ def evaluate(
     results = {}
     for split in EVAL_SPLITS:
         model.test_prefix = "test" if split == "test" else f"eval_{split}"
+        name_test_pass(trainer, f"Evaluating {split}")
         logged = trainer.test(model, dataloaders=datamodule.eval_dataloader(split), ckpt_path=ckpt_path, verbose=False)
         ckpt_path = None  # loaded once; the model now holds those weights
         results[split] = {key.split("/", 1)[1]: round(float(v), 6) for key, v in logged[0].items()}
@@ -109,7 +178,7 @@ def evaluate(
     return results
 
 
-def print_results(summary: dict[str, Any], run_dir: Path) -> None:
+def results_table(summary: dict[str, Any], run_dir: Path) -> str:
     header = f"{'split':<12}" + "".join(f"{m:>10}" for m in REPORTED_METRICS)
     rows = [
         f"{split:<12}" + "".join(f"{summary[split].get(m, float('nan')):>10.4f}" for m in REPORTED_METRICS)
@@ -117,18 +186,15 @@ def print_results(summary: dict[str, Any], run_dir: Path) -> None:
     ]
     params = summary["parameters"]
     times = summary["time_seconds"]
-    print(
-        "\n".join(
-            [
-                "",
-                header,
-                *rows,
-                f"trainable parameters: {params['trainable']:,} of {params['total']:,}; "
-                f"fit {times['fit']:.1f} s, test {times['test']:.1f} s",
-                f"run directory: {run_dir}",
-            ]
-        ),
-        flush=True,
+    return "\n".join(
+        [
+            "",
+            header,
+            *rows,
+            f"trainable parameters: {params['trainable']:,} of {params['total']:,}; "
+            f"fit {times['fit']:.1f} s, test {times['test']:.1f} s",
+            f"run directory: {run_dir}",
+        ]
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from spam_lightning.errors import DownloadError, UserError
 from spam_lightning.gpt import PRESETS, GPTConfig, GPTModel
 
 HF_REPO_OWNER = "openai-community"
@@ -39,11 +40,11 @@ OFFLINE_HINT = (
 )
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """A pretrained weights file is missing, unreadable or does not fit the model config."""
 
 
-class PretrainedDownloadError(PretrainedWeightsError):
+class PretrainedDownloadError(PretrainedWeightsError, DownloadError):
     """The pretrained weights could not be fetched from the Hugging Face Hub."""
 
 

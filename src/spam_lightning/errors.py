@@ -1,0 +1,39 @@
+"""Errors a user can fix (a config value, a file, a missing download), as opposed to bugs.
+
+The entry points print a `UserError` as one `error: ...` message and exit with status 1, without a
+traceback; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or environment: the message says what was wrong and where (file, line, config key)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value, or a checkpoint that does not fit the config; raised before any training starts."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """A file could not be downloaded; the message names it and how to run without the download."""
+
+    @classmethod
+    def combine(cls, errors: list[DownloadError]) -> DownloadError:
+        """One error for several failed downloads (each on its own line), so offline use fails once, listing all."""
+        if len(errors) == 1:
+            return errors[0]
+        return cls("several downloads failed:\n" + "\n".join(f"- {err}" for err in errors))
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error behind `err`, else None. Hydra wraps what a constructor raised while it
+    instantiates the config; Lightning raises MisconfigurationException for trainer settings (a missing GPU)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException  # only the entry points need it
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, UserError | MisconfigurationException):
+            return cause
+        cause = cause.__cause__
+    return None

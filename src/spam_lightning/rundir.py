@@ -1,0 +1,71 @@
+"""One run per run directory: a second run never writes into a folder that holds another one, and a run that
+fails before it starts leaves no folder behind.
+
+`RunDirGuard` (a Hydra callback, `hydra.callbacks` in conf/train.yaml) checks before Hydra creates or writes
+anything in the folder; `remove_unstarted` cleans up after a run that failed before writing its config.yaml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+# What a run writes once it has started; a folder holding one of these holds a run.
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json")
+# What Hydra writes into a run directory before our code runs.
+HYDRA_FILES = (".hydra", "train.log")
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in RUN_MARKERS)
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Remove Hydra's files from a run directory whose run failed before it started, and the folder if that
+    leaves it empty (a failed config must not leave `runs/<timestamp>/` folders holding only `.hydra/`)."""
+    if not run_dir.is_dir() or holds_run(run_dir):
+        return
+    if any(p.name not in HYDRA_FILES for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / "train.log").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something appeared meanwhile: leave it
+        run_dir.rmdir()
+
+
+def _continues(config: DictConfig) -> bool:
+    return bool(config.get("resume") or config.get("ckpt_path"))
+
+
+def _refusal(run_dir: Path) -> str:
+    return (
+        f"error: {run_dir} already holds a run; continue it with resume=true, or start a new one with "
+        "another run_name=NAME (nothing was written)"
+    )
+
+
+class RunDirGuard(Callback):
+    """Refuse to start a run (or a grid sweep) whose folder holds an earlier one, unless it continues it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("RANK", "0") != "0":  # torchrun: the other ranks share rank 0's folder
+            return
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        if holds_run(run_dir) and not _continues(config):
+            raise SystemExit(_refusal(run_dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_")):
+            return  # an Optuna search continues its study into new trial folders
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        if _continues(config) or not sweep_dir.is_dir():
+            return
+        for job_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+            if holds_run(job_dir):
+                raise SystemExit(_refusal(sweep_dir).replace("holds a run", f"holds a sweep ({job_dir.name}/ ...)"))

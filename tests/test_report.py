@@ -1,0 +1,163 @@
+"""Plots (titles that fit the figure, whole-epoch ticks); evaluate.py never writes into an exported folder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from spam_lightning import report
+from spam_lightning.evaluate import run as evaluate_run
+from spam_lightning.export import export_model
+from spam_lightning.predict import Predictor
+from spam_lightning.train import run as train_run
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+EVALUATION_FILES = {"evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png"}
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
+    """A one-epoch smoke run (tiny model, 20 steps) and its export: run dir, best ckpt, export folder."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    cfg = compose_cfg(
+        "train",
+        "experiment=smoke",
+        f"run_dir={tmp / 'run'}",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}",
+        f"data.data_dir={tmp / 'data'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "data.eval_batch_size=100",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    )
+    ckpt = Path(train_run(cfg)["best_checkpoint"])
+    export = tmp / "run" / "export"
+    export_model(Predictor.from_checkpoint(ckpt, device="cpu"), export)
+    return {"run_dir": tmp / "run", "ckpt": ckpt, "export": export, "tmp": tmp}
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
+    """{file name: Figure} of every plot the report module saves while the test runs (still written)."""
+    saved: dict[str, Figure] = {}
+    save = report._save
+
+    def capture(fig: Figure, path: Path) -> Path:
+        saved[path.name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", capture)
+    return saved
+
+
+def title_of(fig: Figure) -> str:
+    """The title after drawing, checked to lie within the figure (nothing clipped)."""
+    fig.draw_without_rendering()
+    title = fig.axes[0].title
+    box, page = title.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, (
+        f"title {title.get_text()!r} at {box.extents} outside the figure {page.extents}"
+    )
+    return title.get_text()
+
+
+def visible_xtick_labels(fig: Figure) -> list[str]:
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    return [label.get_text() for label, x in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True) if lo <= x <= hi]
+
+
+# -- titles -----------------------------------------------------------------------------------------
+
+
+def test_long_titles_fit_the_figure(smoke: dict, sms_tsv: Path, tmp_path: Path, figures: dict[str, Figure]) -> None:
+    stem = "sms_messages_labelled_by_the_support_team_for_the_spam_filter_review_2024"
+    data = tmp_path / f"{stem}.tsv"
+    data.write_text("".join(sms_tsv.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    cfg = compose_cfg(
+        "evaluate", f"ckpt_path={smoke['ckpt']}", f"data_file={data}", f"out_dir={tmp_path / 'out'}",
+        "device=cpu", "target_precision=null",
+    )  # fmt: skip
+    evaluate_run(cfg)
+    for name in ("confusion_matrix.png", "pr_curve.png"):
+        title = title_of(figures[name])
+        assert "\n" in title and stem in "".join(title.split())  # wrapped, nothing left out
+
+    path = str(tmp_path / "a" / "much" / "longer" / "folder" / "path" / f"{stem}.tsv")
+    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", f"{path} (t=0.5)")
+    scores, labels = torch.linspace(0, 1, 20, dtype=torch.float64), torch.tensor([0, 1] * 10)
+    report.plot_pr_curve(scores, labels, tmp_path / "pr.png", {"threshold 0.5": (0.5, 0.5)}, path)
+    for name in ("cm.png", "pr.png"):
+        assert path in "".join(title_of(figures[name]).split())
+
+    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", "test (t=0.5)")
+    assert title_of(figures["cm.png"]) == "Confusion matrix test (t=0.5)"  # a short title stays one line
+
+
+# -- epoch ticks ------------------------------------------------------------------------------------
+
+
+def test_epoch_ticks_are_integers(smoke: dict, tmp_path: Path, figures: dict[str, Figure]) -> None:
+    report.plot_training_curves(smoke["run_dir"] / "logs" / "metrics.csv", tmp_path / "one")  # a real 1-epoch run
+    assert {"loss.png", "accuracy.png"} <= set(figures)
+    for name in ("loss.png", "accuracy.png"):
+        assert visible_xtick_labels(figures[name]) == ["1"]
+
+    three = tmp_path / "metrics.csv"  # a 3-epoch run's epoch rows, as Lightning's CSVLogger writes them
+    with three.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", "train/accuracy", "train/loss", "val/accuracy", "val/loss"])
+        for epoch in range(3):
+            writer.writerow([epoch, 10 * epoch + 9, 0.7 + 0.1 * epoch, 0.6 - 0.1 * epoch, 0.72 + 0.1 * epoch, 0.5])
+    figures.clear()
+    report.plot_training_curves(three, tmp_path / "three")
+    for name in ("loss.png", "accuracy.png"):
+        assert visible_xtick_labels(figures[name]) == ["1", "2", "3"]
+
+
+# -- evaluate.py model_dir=... ----------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under folder: a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_evaluate_model_dir_leaves_the_export_unchanged(
+    smoke: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = smoke["export"]
+    before = snapshot(export)
+    assert set(before) == {"model.safetensors", "config.json", "gpt2.tiktoken"}
+    monkeypatch.chdir(tmp_path)
+
+    result = evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu"))
+    assert snapshot(export) == before
+    out = tmp_path / "evaluations" / "run" / "export" / "test"  # evaluations/<parent>/<folder>/<split>
+    assert {p.name for p in out.iterdir()} == EVALUATION_FILES
+    assert result["n"] == 300
+
+    elsewhere = tmp_path / "elsewhere"  # out_dir= still decides
+    evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu", f"out_dir={elsewhere}"))
+    assert {p.name for p in elsewhere.iterdir()} == EVALUATION_FILES
+    assert snapshot(export) == before
+
+    monkeypatch.chdir(export)  # the default would land inside the export: refused, nothing written
+    with pytest.raises(ValueError, match="inside model_dir"):
+        evaluate_run(compose_cfg("evaluate", "model_dir=.", "device=cpu", "target_precision=null"))
+    assert snapshot(export) == before
