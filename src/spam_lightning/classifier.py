@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -139,6 +139,9 @@ class SpamClassifier(L.LightningModule):
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C), rows = true class
+        # Every evaluated text's P(spam) and label (binary; gathered from all processes): the PR curve's input.
+        self.test_scores, self.test_labels = CatMetric(), CatMetric()
+        self.test_scored: torch.Tensor | None = None  # (N, 2): label, P(spam)
         # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
@@ -277,6 +280,9 @@ class SpamClassifier(L.LightningModule):
         mean_loss.update(loss.detach(), weight=labels.shape[0])
         if stage == "test":
             self.test_confusion.update(scores, labels)
+            if self.num_classes == 2:
+                self.test_scores.update(scores)
+                self.test_labels.update(labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -320,6 +326,10 @@ class SpamClassifier(L.LightningModule):
         matrix = self.test_confusion.compute()  # synced across processes
         self.test_confusion.reset()
         self.test_confusion_matrix = matrix.cpu()
+        if self.num_classes == 2:
+            self.test_scored = torch.stack([self.test_labels.compute(), self.test_scores.compute()], dim=1).cpu()
+            self.test_scores.reset()
+            self.test_labels.reset()
         if self.num_classes == 2:
             (tn, fp), (fn, tp) = matrix.tolist()
             for name, value in (("tp", tp), ("fp", fp), ("tn", tn), ("fn", fn)):

@@ -38,7 +38,7 @@ from spam_lightning.predict import (
     read_table,
     split_lines,
 )
-from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves
+from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
 from spam_lightning.tokenizer import file_sha256
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,6 @@ def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float 
     }
     metrics["auroc"] = round(float(binary_auroc(scores, labels)), 6) if 0 < labels.sum() < len(labels) else None
     return {**metrics, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "confusion_matrix": matrix.tolist()}
-
-
-def precision_recall_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> tuple[float, float]:
-    tp = sum(1 for s, y in zip(scores, labels, strict=True) if s > threshold and y == 1)
-    predicted, positives = sum(1 for s in scores if s > threshold), sum(labels)
-    return (tp / predicted if predicted else 0.0), (tp / positives if positives else 0.0)
 
 
 def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float) -> float | None:

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import binary_average_precision, binary_precision_recall_curve
 
+from spam_lightning.files import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 CURVES = {"loss": "Loss", "accuracy": "Accuracy"}
@@ -103,13 +105,23 @@ def plot_pr_curve(
     return _save(fig, path)
 
 
-def write_training_report(run_dir: str | Path, pr_curve: bool = True) -> list[Path]:
+TEST_SCORES = "test_scores.csv"
+
+
+def write_test_scores(run_dir: str | Path, scored: torch.Tensor) -> Path:
+    """test_scores.csv: the label and P(spam) of each test text (any order), as the run's test loop scored them."""
+    rows = "".join(f"{int(label)},{score!r}\n" for label, score in scored.tolist())
+    path = Path(run_dir) / TEST_SCORES
+    atomic_write_bytes(path, ("label,spam_probability\n" + rows).encode())
+    return path
+
+
+def write_training_report(run_dir: str | Path) -> list[Path]:
     """The end-of-training plots, written into run_dir; returns the files written.
 
     loss.png and accuracy.png from logs/metrics.csv, confusion_matrix.png from metrics.json's test
-    confusion matrix, and (pr_curve=True) pr_curve.png from the best checkpoint's P(spam) on the test
-    split (predicted again, since metrics.json has no per-text scores). Missing inputs are skipped; a
-    PR curve that cannot be made is logged as a warning, never raised.
+    confusion matrix, pr_curve.png from test_scores.csv (what the test loop scored: nothing is predicted
+    again). Missing inputs are skipped.
     """
     run_dir = Path(run_dir)
     paths: list[Path] = []
@@ -121,24 +133,23 @@ def write_training_report(run_dir: str | Path, pr_curve: bool = True) -> list[Pa
     matrix = metrics.get("test", {}).get("confusion_matrix")
     if matrix is not None:
         paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)"))
-    best = metrics.get("best_checkpoint")
-    if pr_curve and best:
-        try:
-            paths.append(_test_pr_curve(Path(best), run_dir / "pr_curve.png"))
-        except (OSError, ValueError, RuntimeError) as err:  # a plot is not worth failing a finished run
-            log.warning("no PR curve for %s: %s", run_dir, err)
+    scores_file = run_dir / TEST_SCORES
+    if scores_file.is_file():
+        with scores_file.open(newline="", encoding="utf-8") as f:
+            rows = [(int(row["label"]), float(row["spam_probability"])) for row in csv.DictReader(f)]
+        labels, scores = [label for label, _ in rows], [score for _, score in rows]
+        points = {"threshold 0.5": precision_recall_at(scores, labels, 0.5)}
+        pr_path = run_dir / "pr_curve.png"
+        scored = torch.tensor(scores, dtype=torch.float64)
+        paths.append(plot_pr_curve(scored, torch.tensor(labels), pr_path, points, "(test)"))
     return paths
 
 
-def _test_pr_curve(ckpt_path: Path, path: Path) -> Path:
-    from spam_lightning.evaluate import load_split, precision_recall_at  # evaluate imports this module
-    from spam_lightning.predict import Predictor
-
-    predictor = Predictor.from_checkpoint(ckpt_path)
-    texts, labels = load_split(predictor.spec, "test")
-    scores, _ = predictor.spam_probabilities(texts)
-    points = {"threshold 0.5": precision_recall_at(scores, labels, 0.5)}  # type: ignore[arg-type]
-    return plot_pr_curve(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), path, points, "(test)")
+def precision_recall_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> tuple[float, float]:
+    """Spam precision and recall when a text is spam iff its score > threshold."""
+    tp = sum(1 for s, y in zip(scores, labels, strict=True) if s > threshold and y == 1)
+    predicted, positives = sum(1 for s in scores if s > threshold), sum(labels)
+    return (tp / predicted if predicted else 0.0), (tp / positives if positives else 0.0)
 
 
 def _fit_title(fig: Figure, ax: Axes, title: str) -> None:

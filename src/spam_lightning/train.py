@@ -28,7 +28,7 @@ from spam_lightning.files import atomic_write_bytes
 from spam_lightning.gpt import PRESETS, make_config
 from spam_lightning.logs import log_through_root, silence_false_warnings
 from spam_lightning.progress import name_test_pass, progress_bar
-from spam_lightning.report import write_training_report
+from spam_lightning.report import write_test_scores, write_training_report
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return {}
         start = time.perf_counter()
         best = _best_checkpoint(trainer)
-        results = evaluate(trainer, model, datamodule, best)
+        results, test_scored = evaluate(trainer, model, datamodule, best)
         summary = {
             **results,
             "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
@@ -88,6 +88,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+            if test_scored is not None:
+                write_test_scores(run_dir, test_scored)
             if cfg.get("report", True):
                 write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
             log.info(results_table(summary, run_dir))
@@ -162,8 +164,9 @@ class FitTimer(Callback):
 
 def evaluate(
     trainer: L.Trainer, model: SpamClassifier, datamodule: SmsSpamDataModule, ckpt_path: str | None
-) -> dict[str, dict[str, float]]:
-    """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode."""
+) -> tuple[dict[str, dict[str, float]], torch.Tensor | None]:
+    """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode; and each
+    test text's label and P(spam) (binary models), the input of the PR curve."""
     datamodule.setup("test")
     results = {}
     for split in EVAL_SPLITS:
@@ -175,7 +178,7 @@ def evaluate(
         if model.test_confusion_matrix is not None:
             results[split]["confusion_matrix"] = model.test_confusion_matrix.tolist()
     model.test_prefix = "test"
-    return results
+    return results, model.test_scored
 
 
 def results_table(summary: dict[str, Any], run_dir: Path) -> str:
