@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 from helpers.scripts import run_script
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from helpers.smoke import compose_cfg, train_smoke
 
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
@@ -31,17 +30,9 @@ from spam_lightning.predict import (
     read_texts,
 )
 from spam_lightning.report import write_training_report
-from spam_lightning.train import run as train_run
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 TINY = {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 64, "dropout": 0.0, "qkv_bias": True}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def compose_cfg(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,20 +49,7 @@ def one_thread():
 def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
     """A smoke run (tiny model, 1 short epoch, batch padding, pool last_token): run dir, best ckpt, metrics."""
     tmp = tmp_path_factory.mktemp("smoke")
-    cfg = compose_cfg(
-        "train",
-        "experiment=smoke",
-        f"run_dir={tmp / 'run'}",
-        f"data.source={sms_zip}",
-        f"data.tokenizer_file={tokenizer_file}",
-        f"data.data_dir={tmp / 'data'}",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=20",
-        "data.eval_batch_size=100",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-    )
-    metrics = train_run(cfg)
+    metrics = train_smoke(tmp, sms_zip, tokenizer_file)
     return {"run_dir": tmp / "run", "ckpt": Path(metrics["best_checkpoint"]), "metrics": metrics, "tmp": tmp}
 
 

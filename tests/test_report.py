@@ -7,44 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers.smoke import compose_cfg, train_smoke
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 
 from spam_lightning import report
 from spam_lightning.evaluate import run as evaluate_run
 from spam_lightning.export import export_model
 from spam_lightning.predict import Predictor
-from spam_lightning.train import run as train_run
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
 EVALUATION_FILES = {"evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png"}
-
-
-def compose_cfg(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
     """A one-epoch smoke run (tiny model, 20 steps) and its export: run dir, best ckpt, export folder."""
     tmp = tmp_path_factory.mktemp("smoke")
-    cfg = compose_cfg(
-        "train",
-        "experiment=smoke",
-        f"run_dir={tmp / 'run'}",
-        f"data.source={sms_zip}",
-        f"data.tokenizer_file={tokenizer_file}",
-        f"data.data_dir={tmp / 'data'}",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=20",
-        "data.eval_batch_size=100",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-    )
-    ckpt = Path(train_run(cfg)["best_checkpoint"])
+    ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
     export = tmp / "run" / "export"
     export_model(Predictor.from_checkpoint(ckpt, device="cpu"), export)
     return {"run_dir": tmp / "run", "ckpt": ckpt, "export": export, "tmp": tmp}

@@ -1,0 +1,38 @@
+"""Composing the project's configs in-process, and the short smoke run that prediction, evaluation and report
+tests start from (tiny model, one epoch of 20 steps, the real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from spam_lightning.train import run as train_run
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) -> dict[str, Any]:
+    """A one-epoch smoke run into tmp/run (data in tmp/data); returns its metrics.json content."""
+    cfg = compose_cfg(
+        "train",
+        "experiment=smoke",
+        f"run_dir={tmp / 'run'}",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}",
+        f"data.data_dir={tmp / 'data'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "data.eval_batch_size=100",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *overrides,
+    )
+    return train_run(cfg)
