@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format train clean
+.PHONY: install test test-all lint format train mutation clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ format: install
 
 train: install
 	$(BIN)/python train.py $(ARGS)
+
+# Mutation score of the test suite (not part of `make test`; ~20 min): make mutation ARGS="--only predict-inverted"
+mutation: install
+	nice -n 10 $(BIN)/python tests/mutation/run_mutations.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -216,7 +216,9 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = [b for b in batches if len(b) == self.batch_size]
         generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
-        return iter([batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()])
+        # yield, not return iter(...): the order is drawn when iteration starts, after Lightning's set_epoch
+        # (it creates the iterator first), so a run resumed in a later epoch gets that epoch's order.
+        yield from [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -510,11 +512,13 @@ class SmsSpamDataModule(L.LightningDataModule):
         return self._loader("train", {"batch_sampler": ResumableBatchSampler(batches, self._batches_done())})
 
     def _batches_done(self) -> int:
-        """Batches of the current epoch already trained, when Lightning restarts mid-epoch from a checkpoint."""
+        """Batches of the current epoch already trained, when Lightning restarts mid-epoch from a checkpoint
+        (0 when the checkpoint ended the epoch, also one shortened by limit_train_batches: a new one starts)."""
         trainer = self.trainer
         if trainer is None or not trainer.fit_loop.restarting:
             return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return 0 if progress.is_last_batch else progress.current.processed
 
     def eval_dataloader(self, name: str) -> DataLoader:
         """An unshuffled loader over any split (each item once, across all ranks)."""

@@ -1,0 +1,378 @@
+"""The mutations `run_mutations.py` plants, one at a time: small bugs a user would feel.
+
+Each is (id, file, original, replacement, tests, description, kind):
+
+- `original` is an exact snippet of the file (it must occur exactly once; otherwise the mutation is reported
+  as stale, never applied blindly). Keep anchors short and on code that is unlikely to be reworded.
+- `tests` are selections, each "FILE", "FILE::TEST" or "FILE -k EXPR" (paths from the repository root);
+  the runner joins them into one pytest call. List the new targeted tests and the older tests that could
+  catch the bug, so that a run without the new test files (`--without`) shows what the older suite alone
+  catches.
+- `kind`: "issue" for the bugs listed in the issue "Tests that pin the method down", "item5" for the one
+  item 5 (not this tool's tests) covers, "" for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PKG = "src/spam_lightning/"
+POOLING = "tests/test_method_pooling.py"
+PREDICTION = "tests/test_method_prediction.py"
+SAMPLING = "tests/test_method_sampling.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    file: str
+    original: str
+    replacement: str
+    tests: tuple[str, ...]
+    description: str
+    kind: str = ""
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # --- the bugs listed in the issue ---------------------------------------------------------------
+    Mutation(
+        "predict-inverted",
+        PKG + "predict.py",
+        "label = None if p is None else LABELS[int(p > threshold)]",
+        "label = None if p is None else LABELS[int(p <= threshold)]",
+        (PREDICTION + " -k predictor_label or boundary", "tests/test_predict.py -k bad_texts or cli or bf16"),
+        "Predictor.predict labels inverted (P(spam) 0.993 called ham)",
+        "issue",
+    ),
+    Mutation(
+        "last-token-early",
+        PKG + "gpt.py",
+        "pos = lengths - 1",
+        "pos = (lengths - 2).clamp(min=0)",
+        (POOLING, "tests/test_classifier.py -k pool", "tests/test_predict.py::test_spamnet_is_spamclassifier_forward"),
+        "pool=last_token reads one position early (clamped at 0), in training and prediction alike",
+        "issue",
+    ),
+    Mutation(
+        "train-last-position",
+        PKG + "gpt.py",
+        "pos = torch.full((b,), t - 1, device=x.device)",
+        "pos = torch.full((b,), t - 1 - int(self.training), device=x.device)",
+        (POOLING + " -k training_loss", "tests/test_performance.py -k cache_gives or one_position"),
+        "pool=last: training-mode logits at position T-2, evaluation at T-1 (experiment=book trains the wrong one)",
+        "issue",
+    ),
+    Mutation(
+        "resume-skip-too-many",
+        PKG + "data.py",
+        "itertools.islice(iter(self.batch_sampler), skip, None)",
+        "itertools.islice(iter(self.batch_sampler), skip + 1, None)",
+        (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
+        "mid-epoch resume skips one batch too many",
+        "issue",
+    ),
+    Mutation(
+        "resume-skip-too-few",
+        PKG + "data.py",
+        "itertools.islice(iter(self.batch_sampler), skip, None)",
+        "itertools.islice(iter(self.batch_sampler), max(skip - 1, 0), None)",
+        (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
+        "mid-epoch resume skips one batch too few (repeats the last trained batch)",
+        "issue",
+    ),
+    Mutation(
+        "resume-batches-done",
+        PKG + "data.py",
+        "return trainer.fit_loop.epoch_loop.batch_progress.current.processed",
+        "return trainer.fit_loop.epoch_loop.batch_progress.current.processed + 1",
+        (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
+        "the data module counts one batch more than Lightning processed before the checkpoint",
+        "issue",
+    ),
+    Mutation(
+        "eval-shards-overlap",
+        PKG + "data.py",
+        "self.indices = range(rank, size, world_size)",
+        "self.indices = range(0, size, world_size)",
+        (SAMPLING + " -k shard", "tests/test_train.py::test_ddp_two_cpu_processes"),
+        "DDP evaluation shards overlap: every rank starts from item 0",
+        "issue",
+    ),
+    Mutation(
+        "evaluate-threshold-ge",
+        PKG + "evaluate.py",
+        "if int(s > threshold) != labels[i]",
+        "if int(s >= threshold) != labels[i]",
+        (PREDICTION + " -k boundary or reproduce", "tests/test_predict.py -k evaluate"),
+        "evaluate's misclassified list counts P(spam) == threshold as spam (>=), predict as ham (>)",
+        "issue",
+    ),
+    Mutation(
+        "predict-threshold-ge",
+        PKG + "predict.py",
+        "label = None if p is None else LABELS[int(p > threshold)]",
+        "label = None if p is None else LABELS[int(p >= threshold)]",
+        (PREDICTION + " -k predictor_label or boundary", "tests/test_predict.py -k bad_texts or cli or bf16"),
+        "predict calls P(spam) == threshold spam (>=), evaluate and the training metrics ham (>)",
+        "issue",
+    ),
+    Mutation(
+        "precision-at-threshold-ge",
+        PKG + "evaluate.py",
+        "if s > threshold and y == 1)",
+        "if s >= threshold and y == 1)",
+        (PREDICTION + " -k boundary", "tests/test_predict.py -k choose_threshold or evaluate"),
+        "the precision/recall reported for a threshold count ties as spam (>=)",
+        "issue",
+    ),
+    Mutation(
+        "cached-zip-not-checked",
+        PKG + "data.py",
+        "if not (zip_path.is_file() and file_sha256(zip_path) == ZIP_SHA256):",
+        "if not zip_path.is_file():",
+        ("tests/test_data.py -k zip or download or checksum or corrupt",),
+        "a corrupt zip already in data_dir is used without re-checking its sha256",
+        "item5",
+    ),
+    # --- data ---------------------------------------------------------------------------------------
+    Mutation(
+        "split-off-by-one",
+        PKG + "data.py",
+        "train_end = int(n * SPLIT_FRACTIONS[0])",
+        "train_end = int(n * SPLIT_FRACTIONS[0]) + 1",
+        ("tests/test_data.py -k split",),
+        "70/10/20 split one text off (1046/148/300)",
+    ),
+    Mutation(
+        "parse-last-tab",
+        PKG + "data.py",
+        'label, tab, text = decoded.partition("\\t")',
+        'label, tab, text = decoded.rpartition("\\t")',
+        ("tests/test_data.py -k parse or crlf or bad_lines",),
+        "lines split at their last tab instead of the first",
+    ),
+    Mutation(
+        "pad-with-zero",
+        PKG + "data.py",
+        "input_ids = torch.full((len(batch), width), PAD_TOKEN_ID, dtype=torch.long)",
+        "input_ids = torch.full((len(batch), width), 0, dtype=torch.long)",
+        (
+            "tests/test_data.py -k padding",
+            "tests/test_predict.py::test_fixed_padding_and_pool_last_match_the_datamodule",
+        ),
+        "batches padded with token 0 instead of <|endoftext|>",
+    ),
+    Mutation(
+        "truncate-one-short",
+        PKG + "data.py",
+        "ids = [tokens[: self.max_length] for tokens in",
+        "ids = [tokens[: self.max_length - 1] for tokens in",
+        (
+            "tests/test_data.py -k padding or context",
+            "tests/test_predict.py::test_fixed_padding_and_pool_last_match_the_datamodule",
+        ),
+        "texts truncated one token shorter than data.max_length / the context length",
+    ),
+    Mutation(
+        "train-order-fixed",
+        PKG + "data.py",
+        "generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)",
+        "generator = torch.Generator().manual_seed(self.sampler.seed)",
+        (SAMPLING + " -k resumed_epoch", "tests/test_performance.py -k length_buckets"),
+        "length-bucketed batches in the same order every epoch",
+    ),
+    # --- tokenizer ----------------------------------------------------------------------------------
+    Mutation(
+        "pad-token-id",
+        PKG + "tokenizer.py",
+        "PAD_TOKEN_ID = 50256",
+        "PAD_TOKEN_ID = 50255",
+        ("tests/test_data.py -k padding", "tests/test_classifier.py -k pool"),
+        "padding token 50255 instead of <|endoftext|> (50256)",
+    ),
+    # --- GPT and weights ----------------------------------------------------------------------------
+    Mutation(
+        "attention-not-causal",
+        PKG + "gpt.py",
+        "is_causal=True",
+        "is_causal=False",
+        ("tests/test_weights.py -k tiny_oracle", "tests/test_classifier.py -k padding_invariant"),
+        "attention sees later tokens (no causal mask)",
+    ),
+    Mutation(
+        "block-wrong-norm",
+        PKG + "gpt.py",
+        "x = x + self.drop_shortcut(self.att(self.norm1(x)))",
+        "x = x + self.drop_shortcut(self.att(self.norm2(x)))",
+        ("tests/test_weights.py -k tiny_oracle",),
+        "attention reads the second LayerNorm",
+    ),
+    Mutation(
+        "forward-at-mask",
+        PKG + "gpt.py",
+        "hidden = torch.arange(t, device=x.device) > pos[:, None]",
+        "hidden = torch.arange(t, device=x.device) >= pos[:, None]",
+        (POOLING + " -k after_the_blocks", "tests/test_performance.py -k one_position"),
+        "the one-position top block also masks the pooled position itself",
+    ),
+    Mutation(
+        "qkv-split-order",
+        PKG + "weights.py",
+        'q_w, k_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)',
+        'k_w, q_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)',
+        ("tests/test_weights.py -k oracle",),
+        "OpenAI's fused c_attn split as key, query, value",
+    ),
+    Mutation(
+        "weights-wrong-bias",
+        PKG + "weights.py",
+        'b + "att.out_proj.bias": state[h + "attn.c_proj.bias"],',
+        'b + "att.out_proj.bias": state[h + "mlp.c_proj.bias"],',
+        ("tests/test_weights.py -k oracle",),
+        "the attention output projection gets the MLP's bias (same shape: a copy-paste bug)",
+    ),
+    # --- pooling ------------------------------------------------------------------------------------
+    Mutation(
+        "mean-over-padding",
+        PKG + "gpt.py",
+        "return normed.sum(dim=1) / lengths[:, None].to(normed.dtype)",
+        "return normed.sum(dim=1) / x.shape[1]",
+        (POOLING + " -k pooled or mean", "tests/test_classifier.py -k pool"),
+        "pool=mean divides by the padded width instead of the text's length",
+    ),
+    Mutation(
+        "first-is-second",
+        PKG + "gpt.py",
+        "pos = torch.zeros(b, dtype=torch.long, device=x.device)",
+        "pos = torch.ones(b, dtype=torch.long, device=x.device)",
+        (POOLING + " -k pooled or first", "tests/test_classifier.py -k pool"),
+        "pool=first reads the second position",
+    ),
+    # --- freezing -----------------------------------------------------------------------------------
+    Mutation(
+        "final-norm-frozen",
+        PKG + "classifier.py",
+        'self.final_norm_trainable = trainable_layers != "head"',
+        'self.final_norm_trainable = trainable_layers == "all"',
+        ("tests/test_classifier.py -k freezing or counts",),
+        "the final LayerNorm frozen for last_block (the book trains it)",
+    ),
+    Mutation(
+        "frozen-dropout-on",
+        PKG + "classifier.py",
+        "        for module in self._frozen_modules():\n            module.eval()",
+        "        for module in self._frozen_modules():\n            module.train(mode)",
+        ("tests/test_classifier.py -k freezing", "tests/test_performance.py -k cache_gives"),
+        "frozen blocks run dropout in training",
+    ),
+    # --- optimizer ----------------------------------------------------------------------------------
+    Mutation(
+        "no-weight-decay",
+        PKG + "classifier.py",
+        "weight_decay=hp.weight_decay, fused=fused)",
+        "weight_decay=0.0, fused=fused)",
+        ("tests/test_classifier.py -k optimizer",),
+        "AdamW without the configured weight decay",
+    ),
+    Mutation(
+        "warmup-from-zero",
+        PKG + "classifier.py",
+        "return (step + 1) / warmup_steps",
+        "return step / warmup_steps",
+        ("tests/test_classifier.py -k warmup or cosine",),
+        "the warmup's first step has learning rate 0",
+    ),
+    # --- checkpoints --------------------------------------------------------------------------------
+    Mutation(
+        "resume-any-trainable",
+        PKG + "train.py",
+        'ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes", "trainable_layers")',
+        'ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes")',
+        ("tests/test_train.py -k incompatible",),
+        "a checkpoint with another trainable part is continued",
+    ),
+    Mutation(
+        "unsafe-checkpoint-load",
+        PKG + "predict.py",
+        'ckpt = torch.load(path, map_location="cpu", weights_only=True,',
+        'ckpt = torch.load(path, map_location="cpu", weights_only=False,',
+        ("tests/test_predict.py::test_checkpoint_with_pickled_code_is_refused",),
+        "predict unpickles arbitrary objects from a checkpoint",
+    ),
+    # --- DDP sharding (training) --------------------------------------------------------------------
+    Mutation(
+        "train-shards-same",
+        PKG + "data.py",
+        'self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed',
+        'self.datasets["train"], num_replicas=world, rank=0, shuffle=True, seed=self.seed',
+        (SAMPLING + " -k training_shards", "tests/test_train.py::test_ddp_two_cpu_processes"),
+        "every DDP rank trains on rank 0's shard",
+    ),
+    # --- feature cache ------------------------------------------------------------------------------
+    Mutation(
+        "cache-drops-padding",
+        PKG + "classifier.py",
+        'FrozenFeatureCache(keep_padding=pool == "last"',
+        'FrozenFeatureCache(keep_padding=pool == "mean"',
+        (POOLING + " -k training_loss", "tests/test_performance.py -k cache_gives"),
+        "pool=last with the cache: the padded positions are zeros instead of the pad token's features",
+    ),
+    Mutation(
+        "cache-never-invalidated",
+        PKG + "feature_cache.py",
+        "if digest != self._digest:",
+        "if self._digest is None:",
+        ("tests/test_performance.py -k cache_empties or memory_mapped",),
+        "the cache keeps stale features after the frozen weights change",
+    ),
+    # --- prediction and export ----------------------------------------------------------------------
+    Mutation(
+        "predict-truncates-short",
+        PKG + "predict.py",
+        "out.append(Encoded(tokens[:limit], len(tokens) > limit))",
+        "out.append(Encoded(tokens[: limit - 1], len(tokens) > limit))",
+        ("tests/test_predict.py -k bad_texts or fixed_padding",),
+        "predict truncates one token shorter than training",
+    ),
+    Mutation(
+        "predict-ignores-pad-length",
+        PKG + "predict.py",
+        "width = self.spec.pad_length if self.spec.pad_length is not None else max(lengths)",
+        "width = max(lengths)",
+        ("tests/test_predict.py::test_fixed_padding_and_pool_last_match_the_datamodule",),
+        "pool=last models: predict pads to the batch's longest text, not the training length",
+    ),
+    Mutation(
+        "export-pool",
+        PKG + "predict.py",
+        '"head": {"num_classes": self.num_classes, "labels": list(LABELS), "pool": self.pool},',
+        '"head": {"num_classes": self.num_classes, "labels": list(LABELS), "pool": "last"},',
+        ("tests/test_predict.py -k export",),
+        "an exported model records pool=last whatever it was trained with",
+    ),
+    Mutation(
+        "choose-threshold-strict",
+        PKG + "evaluate.py",
+        "if tp / (k + 1) >= target_precision:",
+        "if tp / (k + 1) > target_precision:",
+        ("tests/test_predict.py -k choose_threshold",),
+        "a threshold whose precision equals the target is not chosen",
+    ),
+    # --- sweeps -------------------------------------------------------------------------------------
+    Mutation(
+        "sweep-sort-reversed",
+        PKG + "sweep.py",
+        'scored.sort(key=lambda r: r.value(metric), reverse=mode == "max")',
+        'scored.sort(key=lambda r: r.value(metric), reverse=mode == "min")',
+        ("tests/test_sweeps.py -k fabricated",),
+        "the sweep summary lists the worst job first",
+    ),
+    Mutation(
+        "sweep-fail-on-any",
+        PKG + "sweep.py",
+        "return int(failed > 0)",
+        "return int(failed > 1)",
+        ("tests/test_sweeps.py -k fabricated",),
+        "a sweep with one failed job exits 0",
+    ),
+)
