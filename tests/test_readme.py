@@ -1,0 +1,613 @@
+"""Every command in README.md's ```bash blocks (and its ```python snippet) is run by a test, or is covered by
+another test, or cannot run here (a GPU, several machines, SLURM) and the README says so beside it.
+
+`HOW` maps each command, by its text (backslash continuations joined, a `for ...; do` ... `done; wait` loop as one
+command, the trailing `# comment` removed), to one of:
+
+- `Run(group)`: executed, in README order with the other commands of its group, as one bash script
+  (`set -euo pipefail`) in a fresh copy of the repository (`helpers.user_machine.UserMachine`: empty caches, the
+  downloads served from 127.0.0.1), with the extra overrides of the constants below appended;
+- `Covered(where)`: another test (or CI) runs it as users type it;
+- `NotRun(reason)`: it cannot run on our machines; the README must say so beside it.
+
+The fast tests check that table against the README (a new command without an entry fails, a stale entry fails).
+The groups are slow: they train (shortened) and run the prediction, evaluation and export tools.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.local_internet import LocalInternet
+from helpers.user_machine import SHORT, UserMachine, serve_downloads
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+# -- what differs from the README's command lines: every extra override, in one place ---------------------------
+# (appended to the command, so they win over the README's own values: Hydra takes the last value of a key)
+
+# Offline: the data and the GPT-2 vocabulary are downloaded from the local server instead of UCI and OpenAI
+# (UserMachine.url_overrides, filled in per machine). The 124M weights need no override: huggingface_hub reaches
+# the server's Hub stand-in through HF_ENDPOINT (UserMachine.env).
+URLS = "{url_overrides}"
+# Offline: the Hub stand-in serves GPT-2 124M only, so a larger size starts from random weights.
+RANDOM_INIT = "model.pretrained=null"
+# Shorter: the plots after training predict the test split again (~30 s for 124M on a CPU); the trained_model
+# group (the smoke run) makes them.
+NO_PLOTS = "report=false"
+# Shorter: one epoch of one batch for training, validation and each split of the final evaluation: the runs of the
+# 124M model (a sweep job with trainable_layers=all trains all of it) and of GPT-2 medium. The smoke run that the
+# trained_model group predicts with: 1 epoch of its 3 (~96% validation accuracy already, so predictions mean
+# something).
+ONE_EPOCH = "trainer.max_epochs=1"
+# The resume trio counts epochs: book1 trains 1, resume=true continues it to 2, ckpt_path= from its last.ckpt to 3
+# (not the README's 10).
+TO_EPOCH_2 = "trainer.max_epochs=2"
+TO_EPOCH_3 = "trainer.max_epochs=3"
+ONE_BATCH = "trainer.limit_train_batches=1 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
+# Shorter: 2 texts a batch instead of 8 (of 8, 16 or 32 in the Optuna search, which this takes out of the search
+# space): a 124M forward pass of 8 texts takes ~1.7 s on our CPUs, and these runs are mostly forward passes.
+SMALL_BATCHES = "data.batch_size=2"
+ONE_BATCH_RUN = f"{URLS} {ONE_EPOCH} {ONE_BATCH} {SMALL_BATCHES} {NO_PLOTS}"
+# Shorter: Optuna studies of 1 trial instead of 20; the README's "20 more" (n_trials=40) becomes 1 more.
+ONE_TRIAL = "hydra.sweeper.n_trials=1"
+TWO_TRIALS = "hydra.sweeper.n_trials=2"
+# Shorter, for the tiny model of experiment=smoke: SHORT (helpers/user_machine.py), one epoch of 3 training
+# batches, 2 validation batches and 2 test batches per split; no plots.
+SMOKE = f"{SHORT} {NO_PLOTS}"
+# The two-node loop: any free port instead of 29500 (CI machines are shared), the extras before its `&`.
+TORCHRUN_PORT = ("127.0.0.1:29500", "127.0.0.1:{port}")
+TORCHRUN_EXTRAS = ("experiment=smoke &", f"experiment=smoke {URLS} {SMOKE} &")
+# `pip install -e '.[search]'` as a dry run that may not reach PyPI: installing for real would point the shared
+# .venv's spam_lightning at the throwaway copy. It passes if the extra needs nothing beyond what `make install`
+# installed (the dev extra includes optuna).
+PIP_OFFLINE_DRY_RUN = "--dry-run --no-index --no-build-isolation"
+
+
+@dataclass(frozen=True)
+class Run:
+    group: str  # the test that runs it: test_group_<group>
+    extra: str = ""  # appended to the command
+    replace: tuple[tuple[str, str], ...] = ()  # (text in the command, its replacement)
+
+
+@dataclass(frozen=True)
+class Covered:
+    where: str  # "tests/FILE.py::test_name", or a CI script that runs the command as a line
+
+
+@dataclass(frozen=True)
+class NotRun:
+    reason: str
+
+
+SMOKE_TRAINING = (
+    "python train.py experiment=smoke run_name=smoke "
+    "data.source=../shared/data/sms_spam_collection/sms+spam+collection.zip "
+    "data.tokenizer_file=../shared/assets/gpt2.tiktoken"
+)
+TWO_NODES = (
+    "for node in 0 1; do\n"
+    "torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:29500 "
+    "train.py trainer.accelerator=cpu trainer.num_nodes=2 run_name=two_nodes experiment=smoke &\n"
+    "done; wait"
+)
+MAIN_JOB = "tests/test_main_job.py::"
+GPU = "needs GPUs; our machines have none"
+
+HOW: dict[str, Run | Covered | NotRun] = {
+    # Set-up
+    "make train": Covered(MAIN_JOB + "test_make_train_default_recipe_through_the_downloads"),
+    "make test": Covered(".ci/run"),
+    'make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"': NotRun(
+        "the CUDA wheel index (download.pytorch.org) cannot be reached from our machines"
+    ),
+    # Training
+    "python train.py": Covered(MAIN_JOB + "test_make_train_default_recipe_through_the_downloads"),
+    (
+        "python train.py experiment=smoke data.source=../shared/data/sms_spam_collection/sms+spam+collection.zip "
+        "data.tokenizer_file=../shared/assets/gpt2.tiktoken"
+    ): Run("training", SMOKE),
+    "python train.py experiment=book": Covered(MAIN_JOB + "test_book_experiment_uses_the_caches"),
+    "python train.py trainer.devices=2": NotRun(GPU),
+    "python train.py trainer.accelerator=cpu trainer.devices=2": Covered(MAIN_JOB + "test_ddp_over_two_cpu_processes"),
+    "python train.py model=gpt2-medium": Run("training", f"{RANDOM_INIT} {ONE_BATCH_RUN}"),
+    "python train.py experiment=smoke --cfg job": Run("training"),
+    # Continuing a run
+    "python train.py run_name=book1": Run("continuing", ONE_BATCH_RUN),
+    "python train.py run_name=book1 resume=true": Run("continuing", f"{ONE_BATCH_RUN} {TO_EPOCH_2}"),
+    "python train.py ckpt_path=runs/book1/checkpoints/last.ckpt trainer.max_epochs=10": Run(
+        "continuing", f"{ONE_BATCH_RUN} {TO_EPOCH_3}"
+    ),
+    # Using a trained model
+    SMOKE_TRAINING: Run("trained_model", ONE_EPOCH),
+    """CKPT=$(python -c 'import json; print(json.load(open("runs/smoke/metrics.json"))["best_checkpoint"])')""": Run(
+        "trained_model"
+    ),
+    r"printf 'See you at 6\nFree entry! Text WIN to 80086\n' > messages.txt": Run("trained_model"),
+    """python predict.py ckpt_path=$CKPT 'text="WINNER!! Claim your £900 prize, call 09061701461 now"'""": Run(
+        "trained_model"
+    ),
+    """python predict.py ckpt_path=$CKPT 'text=["See you at 6","Free entry! Text WIN to 80086"]'""": Run(
+        "trained_model"
+    ),
+    "python predict.py ckpt_path=$CKPT input_file=messages.txt": Run("trained_model"),
+    "python predict.py ckpt_path=$CKPT input_file=data/sms_spam/test.csv": Run("trained_model"),
+    "cat messages.txt | python predict.py ckpt_path=$CKPT > predictions.jsonl": Run("trained_model"),
+    (
+        "python predict.py ckpt_path=$CKPT input_file=messages.txt output=predictions.jsonl threshold=0.8 device=cpu"
+    ): Run("trained_model"),
+    "python evaluate.py ckpt_path=$CKPT": Run("trained_model"),
+    "python evaluate.py ckpt_path=$CKPT split=validation target_precision=0.995": Run("trained_model"),
+    r"printf 'label,text\nham,See you at 6\nspam,Free entry! Text WIN to 80086\n' > labelled.csv": Run("trained_model"),
+    "python evaluate.py ckpt_path=$CKPT data_file=labelled.csv": Run("trained_model"),
+    "python evaluate.py ckpt_path=$CKPT data_file=../shared/data/sms_spam_collection/SMSSpamCollection": Run(
+        "trained_model"
+    ),
+    (
+        "python -c 'from spam_lightning.report import write_training_report; "
+        """print(write_training_report("runs/smoke"))'"""
+    ): Run("trained_model"),
+    "python export.py ckpt_path=$CKPT": Run("trained_model"),
+    """python predict.py model_dir=runs/smoke/export 'text="Free entry! Text WIN to 80086"'""": Run("trained_model"),
+    "python evaluate.py model_dir=runs/smoke/export": Run("trained_model"),
+    (  # the ```python snippet
+        "from spam_lightning.predict import Predictor\n\n"
+        'model = Predictor.from_dir("runs/smoke/export")  # or Predictor.from_checkpoint(ckpt_path)\n'
+        'for p in model.predict(["See you at 6", "WINNER!! Claim your prize now"]):\n'
+        "    print(p.label, p.spam_probability, p.truncated, p.error)"
+    ): Run("trained_model"),
+    # Grid sweeps
+    "python train.py -m model.lr=1e-5,5e-5 model.trainable_layers=last_block,all run_name=grid1": Run(
+        "grid", ONE_BATCH_RUN
+    ),
+    (
+        "python train.py -m experiment=smoke model.lr=1e-3,5e-4 model.trainable_layers=last_block,all "
+        "run_name=grid_smoke"
+    ): Run("grid", f"{URLS} {SMOKE}"),
+    # Optuna search
+    "pip install -e '.[search]'": Run("optuna", PIP_OFFLINE_DRY_RUN),
+    "python train.py -m hparams_search=optuna": Run("optuna", f"{ONE_BATCH_RUN} {ONE_TRIAL}"),  # twice in the README
+    "python train.py -m hparams_search=optuna hydra.sweeper.n_trials=40": Run(
+        "optuna", f"{ONE_BATCH_RUN} {TWO_TRIALS}"
+    ),
+    "python train.py -m hparams_search=optuna run_name=search2 experiment=smoke trainer.max_epochs=2": Run(
+        "optuna", f"{URLS} {ONE_BATCH} {NO_PLOTS} {ONE_TRIAL}"
+    ),
+    # Multirun with DDP
+    "python train.py -m experiment=smoke trainer.accelerator=cpu trainer.devices=2 model.lr=1e-4,5e-5": Run(
+        "multirun_ddp", f"{URLS} {SMOKE}"
+    ),
+    "python train.py -m trainer.devices=4 model.lr=1e-5,5e-5": NotRun(GPU),
+    # Several nodes with torchrun
+    TWO_NODES: Run("torchrun", replace=(TORCHRUN_PORT, TORCHRUN_EXTRAS)),
+    (
+        "torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST_OF_NODE_0:29500 "
+        "--rdzv_id=spam1 train.py trainer.num_nodes=2 trainer.devices=4 run_name=spam1 runs_dir=/shared/runs"
+    ): NotRun("needs two machines with 4 GPUs each"),
+    # SLURM
+    "pip install -e '.[slurm]'": NotRun(
+        "hydra-submitit-launcher is in no extra that `make install` installs, and PyPI cannot be reached here"
+    ),
+    (
+        "python train.py -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu hydra.launcher.nodes=2 "
+        "hydra.launcher.tasks_per_node=4 hydra.launcher.gpus_per_node=4 hydra.launcher.cpus_per_task=8 "
+        "hydra.launcher.timeout_min=240 trainer.accelerator=gpu trainer.num_nodes=2 trainer.devices=4 "
+        "runs_dir=/shared/runs run_name=slurm1 model.lr=1e-5,5e-5"
+    ): NotRun("needs a SLURM cluster with GPUs"),
+    # Performance
+    (
+        "python benchmarks/bench_finetune.py --device cuda --model gpt2 --epochs 5 --runs ab "
+        '--variant "bf16=trainer.precision=bf16-mixed"'
+    ): NotRun(GPU),
+    "python benchmarks/bench_predict.py --device cuda --messages 1500 --batch-sizes 64,256 --precisions 32,bf16": (
+        NotRun(GPU)
+    ),
+}
+
+# -- README parsing ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    text: str  # its identity: continuations joined, a loop as one command, without its trailing comment
+    language: str  # "bash" or "python"
+    line: int  # where it starts in README.md
+    comment: str  # its trailing comments
+    context: str  # the paragraph (or heading) just above its code block
+
+
+FENCE = re.compile(r"^```(\w*)\s*$")
+
+
+def readme_commands(text: str) -> list[Command]:
+    """The commands of the ```bash blocks, and each ```python block as one, in README order."""
+    lines = text.splitlines()
+    commands: list[Command] = []
+    i = 0
+    while i < len(lines):
+        fence = FENCE.match(lines[i])
+        if fence is None:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+        context = paragraph_above(lines, i)
+        if fence[1] == "bash":
+            commands += bash_commands(lines[i + 1 : end], i + 2, context)
+        elif fence[1] == "python":
+            commands.append(Command("\n".join(lines[i + 1 : end]).strip(), "python", i + 2, "", context))
+        i = end + 1
+    return commands
+
+
+def paragraph_above(lines: list[str], fence: int) -> str:
+    i = fence - 1
+    while i >= 0 and not lines[i].strip():
+        i -= 1
+    paragraph: list[str] = []
+    while i >= 0 and lines[i].strip() and not lines[i].startswith("```"):
+        paragraph.insert(0, lines[i])
+        i -= 1
+    return "\n".join(paragraph)
+
+
+def bash_commands(block: list[str], first_line: int, context: str) -> list[Command]:
+    logical: list[tuple[str, str, int]] = []  # (code, comment, line)
+    parts: list[str] = []
+    comments: list[str] = []
+    start = 0
+    for number, raw in enumerate(block, first_line):
+        code, comment = split_comment(raw)
+        if not parts:
+            if not code:
+                continue  # a blank line or a comment line
+            start = number
+        comments += [comment] if comment else []
+        if code.endswith("\\"):
+            parts.append(code[:-1].strip())
+            continue
+        parts.append(code.strip())
+        logical.append((" ".join(p for p in parts if p), " ".join(comments), start))
+        parts, comments = [], []
+    assert not parts, f"README.md line {start}: a continuation with nothing after it"
+
+    commands: list[Command] = []
+    loop: list[tuple[str, str, int]] = []
+    for code, comment, line in logical:
+        if loop or re.match(r"(for|while) ", code):
+            loop.append((code, comment, line))
+            if code.startswith("done"):
+                text = "\n".join(c for c, _, _ in loop)
+                commands.append(Command(text, "bash", loop[0][2], " ".join(c for _, c, _ in loop if c), context))
+                loop = []
+            continue
+        commands.append(Command(code, "bash", line, comment, context))
+    assert not loop, f"README.md line {loop[0][2]}: a loop without its done"
+    return commands
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """(the code, stripped; the comment's text) of one shell line: a `#` after a space, outside quotes."""
+    quote = ""
+    for i, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].strip(), line[i + 1 :].strip()
+    return line.strip(), ""
+
+
+def commands() -> list[Command]:
+    return readme_commands(README.read_text(encoding="utf-8"))
+
+
+# -- fast: the table against the README --------------------------------------------------------------------------
+
+
+def test_every_readme_command_has_an_entry() -> None:
+    found = {c.text for c in commands()}
+    missing = sorted(found - HOW.keys())
+    stale = sorted(HOW.keys() - found)
+    assert not missing, "README commands without an entry in tests/test_readme.py HOW:\n" + "\n".join(missing)
+    assert not stale, "entries in tests/test_readme.py HOW for commands no longer in README.md:\n" + "\n".join(stale)
+
+
+def test_entries_point_at_what_exists() -> None:
+    for text, how in HOW.items():
+        if isinstance(how, Run):
+            assert f"test_group_{how.group}" in globals(), f"no test runs group {how.group!r} ({text})"
+            for old, _new in how.replace:
+                assert old in text, f"{old!r} is not in {text!r}"
+        elif isinstance(how, Covered):
+            file, _, test = how.where.partition("::")
+            source = (REPO / file).read_text(encoding="utf-8")
+            if test:
+                assert f"def {test}(" in source, f"{how.where} does not exist ({text})"
+            else:
+                assert text in source.splitlines(), f"{file} does not run {text!r}"
+
+
+def test_commands_not_run_say_so_in_the_readme() -> None:
+    """'Where a command cannot run here (a GPU, SLURM), the README says so beside it': in its comment, or in the
+    paragraph or heading just above its code block."""
+    silent = [
+        f"README.md line {c.line}: {c.text}"
+        for c in commands()
+        if isinstance(HOW.get(c.text), NotRun) and not re.search(r"not (run|tested)", f"{c.comment}\n{c.context}", re.I)
+    ]
+    assert not silent, "commands our tests do not run, without a 'not run/not tested' note beside them:\n" + "\n".join(
+        silent
+    )
+
+
+def test_parsing() -> None:
+    text = """
+```bash
+a x \\
+    y   # one command  # two comments
+# a comment line
+
+for n in 0 1; do
+  b --p='#not a comment' "$n" &   # first
+done; wait
+```
+
+```
+not a command
+```
+
+```python
+print("hi")  # kept
+```
+"""
+    found = readme_commands(text)
+    assert [(c.text, c.language, c.line, c.comment) for c in found] == [
+        ("a x y", "bash", 3, "one command  # two comments"),
+        ("for n in 0 1; do\nb --p='#not a comment' \"$n\" &\ndone; wait", "bash", 7, "first"),
+        ('print("hi")  # kept', "python", 17, ""),
+    ]
+
+
+# -- running a group ---------------------------------------------------------------------------------------------
+
+MARK = "::readme-command::"
+
+
+@dataclass
+class GroupRun:
+    commands: list[Command]
+    stdouts: list[str]
+    machine: UserMachine
+
+    def stdout(self, part: str) -> str:
+        """The output of the command whose text is `part`, or else the one command whose text contains it (of its
+        last run, if it runs twice)."""
+        texts = {c.text for c in self.commands if part == c.text} or {c.text for c in self.commands if part in c.text}
+        assert len(texts) == 1, f"{part!r} names {len(texts)} commands"
+        return [out for c, out in zip(self.commands, self.stdouts, strict=True) if c.text in texts][-1]
+
+    def path(self, name: str) -> Path:
+        return self.machine.clone / name
+
+
+def script_line(command: Command, how: Run, values: dict[str, str]) -> str:
+    text = command.text
+    for old, new in how.replace:
+        text = text.replace(old, new.format(**values))
+    if how.extra:
+        text += " " + how.extra.format(**values)
+    if command.language == "python":
+        return f"python - <<'PYTHON'\n{text}\nPYTHON"
+    return text
+
+
+def run_group(machine: UserMachine, group: str, timeout: float = 1200) -> GroupRun:
+    """The group's commands in README order, as one bash script in the machine's copy of the repository; fails
+    naming the first command that failed."""
+    selected = [(c, how) for c in commands() if isinstance(how := HOW.get(c.text), Run) and how.group == group]
+    assert selected, f"no README command in group {group!r}"
+    values = {"url_overrides": machine.url_overrides, "port": str(free_port())}
+    lines = ["set -euo pipefail"]
+    for i, (command, how) in enumerate(selected):  # a marker line before each command's output, on both streams
+        marker = f"printf '\\n{MARK}{i}\\n'"
+        lines += [f"{marker}; {marker} >&2", script_line(command, how, values)]
+    script = "\n".join(lines) + "\n"
+
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    result = machine.sh(script, timeout=timeout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"README group {group}: {time.monotonic() - start:.0f} s wall, {cpu:.0f} s CPU")
+
+    if result.returncode != 0:
+        started = [int(n) for n in re.findall(rf"^{MARK}(\d+)$", result.stderr, re.M)]
+        failed = selected[started[-1]][0] if started else None
+        where = f"README.md line {failed.line}: {failed.text}" if failed else "before the first command"
+        raise AssertionError(
+            f"exit status {result.returncode} at {where}\nscript:\n{script}\n"
+            f"stdout (end):\n{result.stdout[-4000:]}\nstderr (end):\n{result.stderr[-8000:]}"
+        )
+    stdouts = [""] * len(selected)
+    pieces = re.split(rf"^{MARK}(\d+)\n", result.stdout, flags=re.M)
+    for index, out in zip(pieces[1::2], pieces[2::2], strict=True):
+        stdouts[int(index)] = out
+    return GroupRun([c for c, _ in selected], stdouts, machine)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInternet]:
+    weights = tmp_path_factory.mktemp("served")
+    with LocalInternet() as server:
+        serve_downloads(server, weights)
+        yield server
+    shutil.rmtree(weights, ignore_errors=True)
+
+
+@pytest.fixture
+def machine(tmp_path: Path, internet: LocalInternet) -> Iterator[UserMachine]:
+    """A fresh copy of the repository with empty caches; removed after the test (checkpoints of 124M are large)."""
+    yield UserMachine(tmp_path, internet)
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def summary_rows(sweep_dir: Path) -> list[list[str]]:
+    """The job rows of the sweep's summary.md (without the header and alignment rows)."""
+    rows = [line.strip("|").split(" | ") for line in (sweep_dir / "summary.md").read_text().splitlines()]
+    return [[cell.strip() for cell in row] for row in rows if row[0].strip().isdigit()]
+
+
+def job_dirs(sweep_dir: Path) -> list[str]:
+    return sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+
+
+def test_a_failing_command_fails_its_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = [Command(text, "bash", line, "", "") for line, text in ((1, "echo one"), (2, "false"), (3, "echo three"))]
+    monkeypatch.setattr(sys.modules[__name__], "commands", lambda: fake)
+    for command in fake:
+        monkeypatch.setitem(HOW, command.text, Run("fake"))
+    with LocalInternet() as nothing_served:
+        machine = UserMachine(tmp_path, nothing_served)
+        with pytest.raises(AssertionError, match=r"exit status 1 at README.md line 2: false\n") as failed:
+            run_group(machine, "fake")
+    assert "echo three" in str(failed.value)  # the script is shown, and
+    assert "three\n" not in str(failed.value).split("stdout (end):")[1]  # nothing ran after the failure
+
+
+# -- the groups (slow) -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_group_training(machine: UserMachine) -> None:
+    done = run_group(machine, "training")
+    runs = machine.run_dirs()
+    assert len(runs) == 2, runs  # the smoke run and GPT-2 medium; --cfg job only prints
+    configs = [(run / "config.yaml").read_text() for run in runs]
+    assert sum("arch: gpt2-medium\n" in c for c in configs) == 1, configs
+    for run in runs:
+        assert metrics(run)["global_step"] in (1, 3)
+    assert "emb_dim: 64" in done.stdout("--cfg job") and "run_name:" in done.stdout("--cfg job")
+
+
+@pytest.mark.slow
+def test_group_trained_model(machine: UserMachine) -> None:
+    done = run_group(machine, "trained_model")
+    smoke = done.path("runs/smoke")
+    trained = metrics(smoke)
+    assert trained["epochs"] == 1 and trained["test"]["accuracy"] >= 0.85
+    for plot in ("loss.png", "accuracy.png", "confusion_matrix.png", "pr_curve.png"):
+        assert (smoke / plot).stat().st_size > 1000, plot
+
+    def texts(part: str) -> list[str]:
+        return [p["text"] for p in jsonl(done.stdout(part))]
+
+    winner = jsonl(done.stdout("Claim your £900"))
+    assert [p["text"] for p in winner] == ["WINNER!! Claim your £900 prize, call 09061701461 now"]
+    assert winner[0]["label"] == "spam"
+    messages = ["See you at 6", "Free entry! Text WIN to 80086"]
+    assert texts("'text=[") == messages
+    assert texts("python predict.py ckpt_path=$CKPT input_file=messages.txt") == messages
+    assert len(texts("input_file=data/sms_spam/test.csv")) == 300
+    predictions = jsonl(done.path("predictions.jsonl").read_text())  # the last command writing it: threshold 0.8
+    assert [p["text"] for p in predictions] == messages
+    assert all((p["label"] == "spam") == (p["spam_probability"] > 0.8) for p in predictions)
+
+    for out_dir, n in (("test", 300), ("validation", 149), ("labelled", 2), ("SMSSpamCollection", 5574)):
+        evaluation = json.loads((smoke / "evaluation" / out_dir / "evaluation.json").read_text())
+        assert evaluation["n"] == n, out_dir
+    test_eval = json.loads((smoke / "evaluation" / "test" / "evaluation.json").read_text())
+    assert test_eval["metrics"]["accuracy"] == pytest.approx(trained["test"]["accuracy"])
+    assert "loss.png" in done.stdout("write_training_report")
+
+    export = smoke / "export"
+    assert {p.name for p in export.iterdir()} >= {"model.safetensors", "config.json", "gpt2.tiktoken"}
+    assert texts("model_dir=runs/smoke/export 'text=") == ["Free entry! Text WIN to 80086"]
+    assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
+    snippet = done.stdout("from spam_lightning.predict import Predictor").split()
+    assert snippet[0] in ("ham", "spam") and len(snippet) == 8
+
+
+@pytest.mark.slow
+def test_group_continuing(machine: UserMachine) -> None:
+    run_group(machine, "continuing")
+    book1 = machine.clone / "runs" / "book1"
+    # One batch an epoch: book1 ran 1 epoch and resumed to 2; the ckpt_path run continued from there to 3.
+    assert (metrics(book1)["epochs"], metrics(book1)["global_step"]) == (2, 2)
+    assert "resuming from" in (book1 / "train.log").read_text()
+    [other] = [run for run in machine.run_dirs() if run.name != "book1"]
+    assert (metrics(other)["epochs"], metrics(other)["global_step"]) == (3, 3)
+
+
+@pytest.mark.slow
+def test_group_grid(machine: UserMachine) -> None:
+    run_group(machine, "grid")
+    for name in ("grid1", "grid_smoke"):
+        sweep = machine.clone / "runs" / name
+        assert job_dirs(sweep) == ["0", "1", "2", "3"], name
+        rows = summary_rows(sweep)
+        assert sorted(r[0] for r in rows) == ["0", "1", "2", "3"] and all(r[-1] == "ok" for r in rows), rows
+        assert (sweep / "summary.csv").is_file() and (sweep / "multirun.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_group_optuna(machine: UserMachine) -> None:
+    import optuna
+
+    done = run_group(machine, "optuna")
+    # Nothing but this package itself would be installed: the search extra is in what `make install` installed.
+    would_install = [line for line in done.stdout("'.[search]'").splitlines() if line.startswith("Would install")]
+    assert would_install == ["Would install spam_lightning-0.1.0"], done.stdout("'.[search]'")
+
+    for name, n_trials in (("optuna", 2), ("search2", 1)):  # optuna: 1, again 1 (nothing left), then 2
+        sweep = machine.clone / "runs" / name
+        study = optuna.load_study(study_name="spam_lightning", storage=f"sqlite:///{sweep / 'optuna.db'}")
+        assert len(study.trials) == n_trials, name
+        rows = summary_rows(sweep)  # a failed trial does not fail the command (fail_on: all): it shows here
+        assert [r[-1] for r in rows] == ["ok"] * n_trials, rows
+        assert (sweep / "optimization_results.yaml").is_file()
+    [trial] = job_dirs(machine.clone / "runs" / "search2")
+    assert metrics(machine.clone / "runs" / "search2" / trial)["epochs"] == 2  # the command's own max_epochs
+
+
+@pytest.mark.slow
+def test_group_multirun_ddp(machine: UserMachine) -> None:
+    run_group(machine, "multirun_ddp")
+    [sweep] = machine.run_dirs()
+    assert job_dirs(sweep) == ["0", "1"]
+    assert [metrics(sweep / job)["world_size"] for job in ("0", "1")] == [2, 2]
+    assert [r[-1] for r in summary_rows(sweep)] == ["ok", "ok"]
+
+
+@pytest.mark.slow
+def test_group_torchrun(machine: UserMachine) -> None:
+    run_group(machine, "torchrun")
+    # `wait` does not report the loop's failures: the run directory shows whether both nodes trained.
+    [run] = machine.run_dirs()
+    assert run.name == "two_nodes" and metrics(run)["world_size"] == 2
