@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -25,7 +27,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> Any:
         # Our checkpoints hold only tensors and plain values: never run pickled code when reading one.
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        # Not super(): TorchCheckpointIO.load_checkpoint takes weights_only only from Lightning 2.6 on (2.4 and
+        # 2.5 read with weights_only=False); the reader it calls takes weights_only in every Lightning >= 2.4.
+        if not get_filesystem(path).exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return pl_load(path, map_location=map_location, weights_only=True)
 
 
 class LastCheckpoint(Callback):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE  # here in Lightning 2.4-2.6
 
 
 class _NamedTestPass:
