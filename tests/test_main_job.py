@@ -111,6 +111,7 @@ def test_offline_fails_with_one_message(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     error = result.stderr[result.stderr.index("error: ") :]
+    assert error.startswith("error: several downloads failed:\n- could not") and error.count("\n- ") == 3
     for part in (
         "could not download the SMS Spam Collection",
         "data.source=/path/to/sms+spam+collection.zip",

@@ -18,12 +18,17 @@ class ConfigError(UserError, ValueError):
 class DownloadError(UserError, RuntimeError):
     """A file could not be downloaded; the message names it and how to run without the download."""
 
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or [message]  # one message per failed download
+
     @classmethod
     def combine(cls, errors: list[DownloadError]) -> DownloadError:
         """One error for several failed downloads (each on its own line), so offline use fails once, listing all."""
-        if len(errors) == 1:
+        failures = [failure for err in errors for failure in err.failures]
+        if len(failures) == 1:
             return errors[0]
-        return cls("several downloads failed:\n" + "\n".join(f"- {err}" for err in errors))
+        return cls("several downloads failed:\n" + "\n".join(f"- {f}" for f in failures), failures)
 
 
 def user_error(err: BaseException) -> BaseException | None:
