@@ -3,15 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from spam_lightning.errors import one_line_errors
 from spam_lightning.evaluate import run
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
         run(cfg)
-    except (OSError, ValueError) as err:  # bad paths, inputs, checkpoints: one line, no traceback
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -140,10 +140,10 @@ class EpochTimer(Callback):
 # --------------------------------------------------------------------------------------------------
 
 
-def book_model(arch: str | dict[str, int], seed: int) -> nn.Module:
+def book_model(arch: str | dict[str, int], seed: int, weights: str | None = None) -> nn.Module:
     """Chapter 6's classifier: GPT-2, a new 2-class head, only the last block + final norm + head train."""
     torch.manual_seed(seed)
-    model = build_gpt(make_config(arch), None)
+    model = build_gpt(make_config(arch), weights)
     model.out_head = nn.Linear(model.cfg.emb_dim, 2)  # same RNG draws, so the same weights as SpamClassifier
     for p in model.parameters():
         p.requires_grad = False
@@ -164,13 +164,15 @@ def book_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) ->
     return correct / total
 
 
-def run_book(dm: SmsSpamDataModule, arch: str | dict[str, int], epochs: int, seed: int, device: torch.device) -> dict:
+def run_book(
+    dm: SmsSpamDataModule, arch: str | dict[str, int], epochs: int, seed: int, device: torch.device, weights: str | None
+) -> dict:
     collate = pad_collate(dm.pad_length)  # the longest training text: 120 tokens
     torch.manual_seed(seed)
     train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
     val_loader = DataLoader(dm.datasets["validation"], batch_size=8, collate_fn=collate)
     test_loader = DataLoader(dm.datasets["test"], batch_size=8, collate_fn=collate)
-    model = book_model(arch, seed).to(device)
+    model = book_model(arch, seed, weights).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
     epoch_seconds, epoch_cpu, val_seconds, seen = [], [], [], 0
     with PeakMemory(device) as memory:
@@ -287,7 +289,9 @@ def run_project(
     seen = trainer.global_step * dm.batch_size
     times = (fit_seconds, total_seconds, cpu_seconds)
     result = summary(seen, timer.epochs, timer.validation, *times, memory, val_accuracy, test_accuracy)
-    return {**result, "epoch_cpu_s": timer.epochs_cpu}
+    checkpoints = sorted(Path(cfg.run_dir, "checkpoints").glob("*.ckpt"))
+    sizes = {path.name: round(path.stat().st_size / 2**20, 1) for path in checkpoints}
+    return {**result, "epoch_cpu_s": timer.epochs_cpu, "checkpoint_MiB": sizes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,14 +299,14 @@ def run_project(
 # --------------------------------------------------------------------------------------------------
 
 
-def weights_fingerprint(arch: str | dict[str, int], seed: int) -> tuple[float, float]:
+def weights_fingerprint(arch: str | dict[str, int], seed: int, weights: str | None) -> tuple[float, float]:
     """(a) and (b) start from the same weights: compare both models' parameter sums."""
-    book = book_model(arch, seed)
+    book = book_model(arch, seed, weights)
     L.seed_everything(seed, verbose=False)
-    ours = SpamClassifier(arch=arch, pretrained=None, cache_frozen=False)
+    ours = SpamClassifier(arch=arch, pretrained=weights, cache_frozen=False)
     return (
         float(sum(p.double().sum() for p in book.parameters())),
-        float(sum(p.double().sum() for p in ours.gpt.parameters())),
+        float(sum(p.double().sum() for p in ours.net.gpt.parameters())),
     )
 
 
@@ -335,6 +339,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokenizer-file", default=None, help="gpt2.tiktoken (default: ../shared copy)")
     parser.add_argument("--work-dir", default="runs/bench_finetune", help="data splits, checkpoints, logs")
     parser.add_argument("--json", default=None, help="write all figures to this file")
+    parser.add_argument(
+        "--weights-file",
+        default=None,
+        help="start (a) and (b) from this Hub-layout model.safetensors, as a run with pretrained weights does (its "
+        "checkpoints then hold only the trained tensors); 'random': write a random one of --model's shape into "
+        "--work-dir. Default: random init (model.pretrained=null, full checkpoints)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for (b), e.g. trainer.precision=bf16-mixed")
     parser.add_argument(
         "--variant",
@@ -360,8 +371,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     source = args.source or (str(shared_zip) if shared_zip.is_file() else None)
     tokenizer = args.tokenizer_file or (str(shared_tokenizer) if shared_tokenizer.is_file() else None)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
+    weights = args.weights_file
+    if weights == "random":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from helpers.local_internet import write_gpt2_safetensors
+
+        weights = str(write_gpt2_safetensors(work / f"{args.model}-random.safetensors", make_config(arch)))
     common = [
-        "model.pretrained=null",
+        f"model.pretrained={weights}" if weights else "model.pretrained=null",
         f"seed={args.seed}",
         f"data.data_dir={work / 'data'}",
         f"data.source={source}" if source else "data.source=null",
@@ -377,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     book_dm.prepare_data()
     book_dm.setup()
 
-    a_sum, b_sum = weights_fingerprint(arch, args.seed)
+    a_sum, b_sum = weights_fingerprint(arch, args.seed, weights)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
@@ -390,9 +407,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_before": os.getloadavg(),
     }
     print(f"load average before: {machine['load_average_before']}", flush=True)
-    n_params = sum(p.numel() for p in book_model(arch, args.seed).parameters())
+    n_params = sum(p.numel() for p in book_model(arch, args.seed, weights).parameters())
     header = (
-        f"model {args.model} ({n_params:,} parameters, random init), batch 8, AdamW lr 5e-5 wd 0.1, "
+        f"model {args.model} ({n_params:,} parameters, {Path(weights).name if weights else 'random init'}), "
+        "batch 8, AdamW lr 5e-5 wd 0.1, "
         f"{args.epochs} epochs ((c): {args.overhead_epochs or args.epochs}), "
         f"{machine['device']} {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
         f"torch {machine['torch']}, lightning {machine['lightning']}; "
@@ -405,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in args.runs:
         print(f"running {labels[key]} ...", flush=True)
         if key == "a":
-            results[key] = run_book(book_dm, arch, args.epochs, args.seed, device)
+            results[key] = run_book(book_dm, arch, args.epochs, args.seed, device, weights)
         elif key == "b":
             cfg = project_config([*common, f"trainer.max_epochs={args.epochs}", *args.overrides], arch, work / "b")
             results[key] = run_project(cfg, device)

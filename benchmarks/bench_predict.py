@@ -19,6 +19,7 @@ where the forward pass is compute-bound (a CPU), book/ours in that column bounds
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -30,10 +31,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from spam_lightning.checkpoint import TrainedModel
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
-from spam_lightning.gpt import make_config
-from spam_lightning.predict import ModelSpec, Predictor, build_net
+from spam_lightning.inference import Predictor
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.sms_spam import LABELS
 from spam_lightning.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +74,11 @@ def book_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: i
 
 
 def project_scorer(model: SpamClassifier, tokenizer_file: str | None, batch_size: int, precision: str) -> Scorer:
-    """spam_lightning.predict.Predictor around the model's weights."""
-    arch = make_config(model.hparams.arch).to_dict()
-    spec = ModelSpec(arch, model.pool, 2, "batch", None, make_config(arch).context_length, tokenizer_file)
-    net = build_net(spec, {k: v.clone() for k, v in model.state_dict().items()}, "bench")
-    predictor = Predictor(net, spec, get_tokenizer(tokenizer_file), model.device, precision)
+    """spam_lightning.inference.Predictor around a copy of the model's network."""
+    net = copy.deepcopy(model.net)
+    context = net.gpt.cfg.context_length
+    preprocessing = Preprocessing(LABELS, max_length=context, pad_length=None, padding="batch", pool=net.pool)
+    predictor = Predictor(TrainedModel(net, preprocessing, {}), get_tokenizer(tokenizer_file), model.device, precision)
 
     def score(texts: Sequence[str]) -> list[float]:
         return [p for p in predictor.spam_probabilities(texts, batch_size)[0] if p is not None]

@@ -38,17 +38,17 @@ trainer = quiet_trainer
 
 # --- freezing -----------------------------------------------------------------------------------
 
-HEAD = ("gpt.out_head.",)
-NORM_HEAD = ("gpt.out_head.", "gpt.final_norm.")
+HEAD = ("net.gpt.out_head.",)
+NORM_HEAD = ("net.gpt.out_head.", "net.gpt.final_norm.")
 CASES = {  # trainable_layers -> (trainable parameter prefixes, first_trainable_block) for 3 blocks
     "head": (HEAD, 3),
     0: (NORM_HEAD, 3),
-    "last_block": ((*NORM_HEAD, "gpt.trf_blocks.2."), 2),
-    1: ((*NORM_HEAD, "gpt.trf_blocks.2."), 2),
-    "last_two_blocks": ((*NORM_HEAD, "gpt.trf_blocks.1.", "gpt.trf_blocks.2."), 1),
-    2: ((*NORM_HEAD, "gpt.trf_blocks.1.", "gpt.trf_blocks.2."), 1),
-    3: ((*NORM_HEAD, "gpt.trf_blocks."), 0),
-    "all": (("gpt.",), 0),
+    "last_block": ((*NORM_HEAD, "net.gpt.trf_blocks.2."), 2),
+    1: ((*NORM_HEAD, "net.gpt.trf_blocks.2."), 2),
+    "last_two_blocks": ((*NORM_HEAD, "net.gpt.trf_blocks.1.", "net.gpt.trf_blocks.2."), 1),
+    2: ((*NORM_HEAD, "net.gpt.trf_blocks.1.", "net.gpt.trf_blocks.2."), 1),
+    3: ((*NORM_HEAD, "net.gpt.trf_blocks."), 0),
+    "all": (("net.gpt.",), 0),
 }
 
 
@@ -65,8 +65,8 @@ def test_freezing(trainable_layers: str | int) -> None:
 
     model.eval()
     model.train()
-    for name, module in model.gpt.named_modules(prefix="gpt"):
-        if name in ("gpt", "gpt.trf_blocks"):
+    for name, module in model.net.gpt.named_modules(prefix="net.gpt"):
+        if name in ("net.gpt", "net.gpt.trf_blocks"):
             continue  # containers of both kinds
         assert module.training == (name + ".").startswith(prefixes), name
 
@@ -148,7 +148,7 @@ def test_invalid_values_raise(kwargs: dict, match: str) -> None:
 def test_hyperparameters_are_plain_and_rebuild_the_model() -> None:
     model = tiny(arch=OmegaConf.create(TINY), trainable_layers=2, pool="mean", dropout=0.1)
     assert type(model.hparams["arch"]) is dict
-    assert model.gpt.cfg.dropout == 0.1
+    assert model.net.gpt.cfg.dropout == 0.1
     rebuilt = SpamClassifier(**model.hparams)
     rebuilt.load_state_dict(model.state_dict())
     batch = pad([[5, 6, 7]], 4)
@@ -239,7 +239,8 @@ def test_tiny_model_overfits_real_messages(
     assert (test["test/tp"], test["test/tn"], test["test/fp"], test["test/fn"]) == (8, 8, 0, 0)
     assert test["test/precision"] == 1.0 and test["test/recall"] == 1.0
 
-    (probs,) = fit.predict(model, loader)
+    with torch.no_grad():  # the network alone, as prediction runs it
+        probs = model.eval().net(sixteen_messages["input_ids"], sixteen_messages["lengths"]).softmax(dim=-1)
     assert probs.shape == (16, 2)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(16))
     assert torch.equal(probs.argmax(dim=1), sixteen_messages["labels"])

@@ -11,15 +11,9 @@ import pytest
 import torch
 from helpers.local_internet import LocalInternet
 
-from spam_lightning.data import (
-    TSV_NAME,
-    ZIP_NAME,
-    DataError,
-    SmsSpamDataModule,
-    extract_tsv,
-    parse_sms_collection,
-)
-from spam_lightning.errors import DownloadError
+from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.errors import DataError, DownloadError
+from spam_lightning.sms_spam import TSV_NAME, ZIP_NAME, extract_tsv, parse_sms_collection
 from spam_lightning.tokenizer import get_tokenizer, tokenizer_path
 
 

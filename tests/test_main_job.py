@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from helpers.local_internet import LocalInternet
 from helpers.user_machine import EVAL_TEXTS, SHORT, UserMachine, serve_downloads
 
-from spam_lightning.train import load_checkpoint
-from spam_lightning.weights import read_safetensors
+from spam_lightning.checkpoint import RECORD_KEY
+from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.files import file_sha256
+from spam_lightning.weights import HF_REVISIONS
 
 PARAMETERS_124M = {"trainable": 7_090_946, "total": 124_441_346}  # last block + final norm + 2-class head
 PLOTS = ("loss.png", "accuracy.png", "confusion_matrix.png", "pr_curve.png")
@@ -68,10 +69,18 @@ def test_make_train_default_recipe_through_the_downloads(machine: UserMachine) -
     assert machine.downloads() == {"zip": 1, "tokenizer": 1, "weights": 1}
     config = (run_dir / "config.yaml").read_text()
     assert "arch: gpt2\n" in config and "pretrained: gpt2\n" in config and "pool: last_token" in config
-    # The served weights are the ones trained from: the frozen embeddings equal the file's.
-    served = read_safetensors(machine.root / "model.safetensors")
-    state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
-    assert torch.equal(state["gpt.tok_emb.weight"], served["wte.weight"])
+    # The served weights are the ones trained from, and the checkpoints hold only what training changed: the
+    # last block, the final norm and the head (7,090,946 parameters), with the frozen weights' provenance.
+    last = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert last[RECORD_KEY]["frozen_weights"] == {
+        "pretrained": "gpt2",
+        "revision": HF_REVISIONS["gpt2"],
+        "sha256": file_sha256(machine.root / "model.safetensors"),
+    }
+    assert sum(t.numel() for t in last["state_dict"].values()) == 7_090_946
+    [best] = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    assert best.stat().st_size <= 30e6, best.stat().st_size  # the default recipe's model: <= 30 MB (was ~555 MB)
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_size <= 90e6  # + AdamW state
     assert (machine.clone / "data" / "sms_spam" / "train.csv").is_file()
     assert (machine.root / "cache" / "gpt2.tiktoken").is_file()
 

@@ -21,7 +21,10 @@ from torch import nn
 
 import spam_lightning.evaluate as evaluate
 import spam_lightning.predict as predict
-from spam_lightning.predict import ModelSpec, Prediction, Predictor
+from spam_lightning.checkpoint import TrainedModel
+from spam_lightning.inference import Prediction, Predictor
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.sms_spam import LABELS as CLASS_NAMES
 from spam_lightning.tokenizer import get_tokenizer
 
 TINY_ARCH = {"emb_dim": 16, "n_layers": 1, "n_heads": 2, "context_length": 64, "dropout": 0.0, "qkv_bias": True}
@@ -32,7 +35,7 @@ def confusion(predicted: list[str | None], labels: list[int]) -> list[list[int]]
     matrix = [[0, 0], [0, 0]]
     for label, truth in zip(predicted, labels, strict=True):
         if label is not None:
-            matrix[truth][predict.LABELS.index(label)] += 1
+            matrix[truth][CLASS_NAMES.index(label)] += 1
     return matrix
 
 
@@ -41,6 +44,8 @@ def confusion(predicted: list[str | None], labels: list[int]) -> list[list[int]]
 
 class StubNet(nn.Module):
     """Logits (0, n - 2) for a text of n tokens: P(spam) is exactly 0.5 for two tokens (both logits 0)."""
+
+    num_classes = 2
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.zeros(len(lengths)), lengths.float() - 2], dim=1)
@@ -64,8 +69,8 @@ def tokenizer(tokenizer_file: str) -> tiktoken.Encoding:
 
 @pytest.fixture
 def stub(tokenizer: tiktoken.Encoding) -> Predictor:
-    spec = ModelSpec(arch=TINY_ARCH, pool="last_token", num_classes=2, padding="batch", pad_length=None, max_length=64)
-    return Predictor(StubNet(), spec, tokenizer, torch.device("cpu"))
+    preprocessing = Preprocessing(CLASS_NAMES, max_length=64, pad_length=None, padding="batch", pool="last_token")
+    return Predictor(TrainedModel(StubNet(), preprocessing, {}), tokenizer, "cpu")
 
 
 def test_stub_puts_texts_exactly_on_the_threshold(stub: Predictor) -> None:
@@ -130,12 +135,12 @@ def test_predict_and_evaluate_apply_the_same_boundary(
     assert metrics["confusion_matrix"] == expected == confusion([r["label"] for r in rows], LABELS)
     assert (metrics["tn"], metrics["fp"], metrics["fn"], metrics["tp"]) == (*expected[0], *expected[1])
     classified = [i for i, label in enumerate(BOUNDARY[threshold]) if label is not None]
-    accuracy = sum(BOUNDARY[threshold][i] == predict.LABELS[LABELS[i]] for i in classified) / len(classified)
+    accuracy = sum(BOUNDARY[threshold][i] == CLASS_NAMES[LABELS[i]] for i in classified) / len(classified)
     assert metrics["accuracy"] == pytest.approx(accuracy)
 
     lines = (tmp_path / "evaluation" / "misclassified.jsonl").read_text().splitlines()
     misclassified = {m["row"]: m["predicted"] for m in map(json.loads, lines)}
-    wrong = {i: BOUNDARY[threshold][i] for i in classified if BOUNDARY[threshold][i] != predict.LABELS[LABELS[i]]}
+    wrong = {i: BOUNDARY[threshold][i] for i in classified if BOUNDARY[threshold][i] != CLASS_NAMES[LABELS[i]]}
     assert misclassified == wrong
 
 
@@ -181,7 +186,7 @@ def test_predictions_on_the_test_split_reproduce_metrics_json_and_evaluate(
 
     saved = json.loads((trained["ckpt"].parent.parent / "metrics.json").read_text())["test"]
     assert matrix == saved["confusion_matrix"]
-    assert sum(p == predict.LABELS[y] for p, y in zip(predicted, labels, strict=True)) / 300 == pytest.approx(
+    assert sum(p == CLASS_NAMES[y] for p, y in zip(predicted, labels, strict=True)) / 300 == pytest.approx(
         saved["accuracy"], abs=1e-6
     )
 
@@ -196,5 +201,5 @@ def test_predictions_on_the_test_split_reproduce_metrics_json_and_evaluate(
     assert result["metrics"]["confusion_matrix"] == matrix
     lines = (tmp_path / "eval" / "misclassified.jsonl").read_text().splitlines()
     misclassified = {m["row"]: m["predicted"] for m in map(json.loads, lines)}
-    wrong = {i: p for i, (p, y) in enumerate(zip(predicted, labels, strict=True)) if p != predict.LABELS[y]}
+    wrong = {i: p for i, (p, y) in enumerate(zip(predicted, labels, strict=True)) if p != CLASS_NAMES[y]}
     assert misclassified == wrong

@@ -19,7 +19,8 @@ from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import LengthBucketBatchSampler, SmsSpamDataModule
+from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.samplers import LengthBucketBatchSampler
 
 TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
@@ -115,12 +116,12 @@ def test_cache_empties_when_frozen_weights_change(data_dir: str, tokenizer_file:
     assert len(clf.feature_cache) > 149  # the validation texts and the 16 training texts read
 
     clf.load_state_dict(copy.deepcopy(clf.state_dict()))  # same values: the cache stays
-    clf.feature_cache.check(clf._frozen_tensors())
+    clf.feature_cache.check(clf.frozen_parameters())
     assert len(clf.feature_cache) > 149
     (val_before,) = fitter.validate(clf, datamodule=dm, verbose=False)
 
     with torch.no_grad():
-        clf.gpt.trf_blocks[0].ff.layers[0].weight.mul_(2.0)  # another frozen trunk
+        clf.net.gpt.trf_blocks[0].ff.layers[0].weight.mul_(2.0)  # another frozen trunk
     (cached,) = fitter.validate(clf, datamodule=dm, verbose=False)
     uncached_clf = copy.deepcopy(clf)
     assert len(uncached_clf.feature_cache) == 0  # copies start empty
@@ -147,7 +148,7 @@ def test_results_do_not_depend_on_batching_or_padding(data_dir: str, tokenizer_f
 @pytest.mark.parametrize("pool", ["last_token", "last", "first"])
 def test_one_position_top_block_matches_the_full_block(pool: str) -> None:
     clf = model(pool=pool, dropout=0.1).eval()
-    block = clf.gpt.trf_blocks[-1]
+    block = clf.net.gpt.trf_blocks[-1]
     x = torch.randn(4, 9, TINY["emb_dim"])
     pos = torch.tensor([8, 0, 3, 5])
     with torch.no_grad():

@@ -11,25 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
+from spam_lightning.checkpoint import RECORD_KEY
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
 from spam_lightning.evaluate import choose_threshold, load_split, precision_recall_at, read_labelled
 from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_model
-from spam_lightning.predict import (
-    DATAMODULE_KEY,
-    CheckpointError,
-    InputError,
-    Predictor,
-    SpamNet,
-    UnsafeCheckpointError,
-    read_texts,
-)
+from spam_lightning.export import export_checkpoint
+from spam_lightning.inference import Predictor
 from spam_lightning.report import write_training_report
+from spam_lightning.textio import InputError, read_texts
 
 TINY = {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 64, "dropout": 0.0, "qkv_bias": True}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,40 +79,25 @@ def test_evaluate_test_split_reproduces_metrics_json(smoke: dict, tmp_path: Path
     assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == ours
 
 
-def test_spamnet_is_spamclassifier_forward() -> None:
-    ids = torch.randint(0, 50257, (4, 12))
-    lengths = torch.tensor([12, 5, 1, 9])
-    for pool in ("last", "last_token", "first", "mean"):
-        torch.manual_seed(0)
-        model = SpamClassifier(arch=TINY, pretrained=None, pool=pool, trainable_layers="last_block").eval()
-        net = SpamNet(model.gpt.cfg, 2, pool)
-        net.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            torch.testing.assert_close(net.eval()(ids, lengths), model(ids, lengths), rtol=0, atol=1e-6)
-
-
 def test_fixed_padding_and_pool_last_match_the_datamodule(smoke: dict, tokenizer_file: str, tmp_path: Path) -> None:
     """Book-style preprocessing (every text padded/truncated to one length, logits at the last position)."""
     pad = 40  # shorter than some texts: truncation matters too
     ckpt = torch.load(smoke["ckpt"], map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["pool"] = "last"
-    ckpt["hyper_parameters"]["pretrained"] = "gpt2"  # never downloaded: the checkpoint holds all weights
-    ckpt[DATAMODULE_KEY]["pad_length"] = pad
-    run_dir = tmp_path / "run"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save(ckpt, run_dir / "checkpoints" / "book.ckpt")
-    config = yaml.safe_load((smoke["run_dir"] / "config.yaml").read_text())
-    config["data"]["padding"] = pad
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    record = ckpt[RECORD_KEY]
+    record["net"]["pool"] = "last"
+    record["preprocessing"] |= {"pad_length": pad, "padding": pad, "pool": "last"}  # prediction reads only this
+    torch.save(ckpt, tmp_path / "book.ckpt")
 
-    predictor = Predictor.from_checkpoint(run_dir / "checkpoints" / "book.ckpt", device="cpu")
-    assert (predictor.spec.pad_length, predictor.spec.pool, predictor.spec.token_limit) == (pad, "last", pad)
-    texts, _ = load_split(predictor.spec, "test")
+    predictor = Predictor.from_checkpoint(tmp_path / "book.ckpt", device="cpu")
+    pre = predictor.preprocessing
+    assert (pre.pad_length, pre.pool, pre.token_limit, predictor.net.pool) == (pad, "last", pad, "last")
+    texts, _ = load_split(predictor, "test")
     encoded = predictor.encode(texts)
     ours = predictor.probabilities([e.ids for e in encoded], batch_size=37)
 
     dm = SmsSpamDataModule(
-        data_dir=config["data"]["data_dir"], tokenizer_file=tokenizer_file, padding=pad, context_length=128
+        data_dir=record["data"]["data_dir"], tokenizer_file=tokenizer_file, padding=pad, context_length=128
     )
     dm.setup("test")
     model = SpamClassifier(**{**ckpt["hyper_parameters"], "pretrained": None}).eval()
@@ -136,25 +115,26 @@ def test_fixed_padding_and_pool_last_match_the_datamodule(smoke: dict, tokenizer
 
 def test_export_gives_the_checkpoint_probabilities(smoke: dict, predictor: Predictor, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    paths = export_model(predictor, out)
+    paths = export_checkpoint(smoke["ckpt"], out)
     assert {p.name for p in paths} == {"model.safetensors", "config.json", "gpt2.tiktoken"}
     config = json.loads((out / "config.json").read_text())
-    assert config["head"] == {"num_classes": 2, "labels": ["ham", "spam"], "pool": "last_token"}
+    assert (config["net"]["num_classes"], config["net"]["pool"]) == (2, "last_token")
+    assert config["preprocessing"]["labels"] == ["ham", "spam"] and config["preprocessing"]["pool"] == "last_token"
     assert config["preprocessing"]["pad_length"] is None and config["preprocessing"]["max_length"] == 128
 
     exported = Predictor.from_dir(out, device="cpu")
-    texts, _ = load_split(predictor.spec, "test")
+    texts, _ = load_split(predictor, "test")
     a, _ = predictor.spam_probabilities(texts)
     b, _ = exported.spam_probabilities(texts)
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))  # type: ignore[operator]
     print(f"max |P(spam) export - checkpoint| over {len(texts)} test texts: {diff:.3g}")
     assert diff <= 1e-6
     with pytest.raises(FileExistsError):
-        export_model(predictor, out)
+        export_checkpoint(smoke["ckpt"], out)
 
     # Loading and predicting from the folder imports no Lightning (and unpickles nothing: safetensors + JSON).
     code = (
-        "import sys; from spam_lightning.predict import Predictor; "
+        "import sys; from spam_lightning.inference import Predictor; "
         f"p = Predictor.from_dir({str(out)!r}, device='cpu'); print(p.predict(['Win cash now!!'])[0].label); "
         "assert not [m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning'))]"
     )

@@ -163,7 +163,7 @@ HOW: dict[str, Run | Covered | NotRun] = {
     """python predict.py model_dir=runs/smoke/export 'text="Free entry! Text WIN to 80086"'""": Run("trained_model"),
     "python evaluate.py model_dir=runs/smoke/export": Run("trained_model"),
     (  # the ```python snippet
-        "from spam_lightning.predict import Predictor\n\n"
+        "from spam_lightning.inference import Predictor\n\n"
         'model = Predictor.from_dir("runs/smoke/export")  # or Predictor.from_checkpoint(ckpt_path)\n'
         'for p in model.predict(["See you at 6", "WINNER!! Claim your prize now"]):\n'
         "    print(p.label, p.spam_probability, p.truncated, p.error)"
@@ -550,7 +550,7 @@ def test_group_trained_model(machine: UserMachine) -> None:
     assert {p.name for p in export.iterdir()} >= {"model.safetensors", "config.json", "gpt2.tiktoken"}
     assert texts("model_dir=runs/smoke/export 'text=") == ["Free entry! Text WIN to 80086"]
     assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
-    snippet = done.stdout("from spam_lightning.predict import Predictor").split()
+    snippet = done.stdout("from spam_lightning.inference import Predictor").split()
     assert snippet[0] in ("ham", "spam") and len(snippet) == 8
 
 

@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.smoke import final_weights, train_cli
 
-from spam_lightning.train import load_checkpoint, run
+from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.train import run
 
 REPO = Path(__file__).resolve().parents[1]
-HELPERS = Path(__file__).resolve().parent / "helpers"
-
-
-def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
-    """`python train.py experiment=smoke ...` in a subprocess (so it can be SIGKILLed)."""
-    env = {**os.environ, "PYTHONPATH": str(HELPERS), "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "train.py",
-        "experiment=smoke",
-        "trainer.max_epochs=2",
-        "trainer.deterministic=true",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "test_after_fit=false",
-        f"runs_dir={tmp / 'runs'}",
-        "run_name=r",
-        f"data.source={sms_zip}",
-        f"data.tokenizer_file={tokenizer_file}",
-        f"data.data_dir={tmp / 'data'}",
-        *overrides,
-    ]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
-def final_weights(tmp: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(tmp / "runs" / "r" / "checkpoints" / "last.ckpt")["state_dict"]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from matplotlib.figure import Figure
 
 from spam_lightning import report
 from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_model
-from spam_lightning.predict import Predictor
+from spam_lightning.export import export_checkpoint
 
 EVALUATION_FILES = {"evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png"}
 
@@ -24,7 +23,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_fil
     tmp = tmp_path_factory.mktemp("smoke")
     ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
     export = tmp / "run" / "export"
-    export_model(Predictor.from_checkpoint(ckpt, device="cpu"), export)
+    export_checkpoint(ckpt, export)
     return {"run_dir": tmp / "run", "ckpt": ckpt, "export": export, "tmp": tmp}
 
 

@@ -14,7 +14,9 @@ from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from spam_lightning.train import ConfigError, load_checkpoint, run
+from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.errors import CheckpointError
+from spam_lightning.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -178,7 +180,7 @@ def test_resume_with_incompatible_config_is_refused(override: str, message: str,
 def test_truncated_checkpoint_is_a_clear_error(cfg_factory, tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
-    with pytest.raises(ConfigError, match=r"bad\.ckpt' cannot be read"):
+    with pytest.raises(CheckpointError, match=r"bad\.ckpt' cannot be read"):
         run(cfg_factory(f"ckpt_path={bad}"))
 
 

@@ -1,37 +1,76 @@
-"""Checkpoints a crash cannot corrupt, and last.ckpt written every n steps and on interruption."""
+"""Lightning plumbing for checkpoints: written so a crash cannot corrupt them, read by the one reader
+(`spam_lightning.checkpoint.read_checkpoint`), and last.ckpt written every n steps and on interruption."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import _load as pl_load
-from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from spam_lightning.checkpoint import read_checkpoint
 from spam_lightning.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint atomically (`spam_lightning.files.atomic_write`): a crash never leaves a
-    truncated last.ckpt that resume would load."""
+    """Write each checkpoint atomically (`spam_lightning.files.atomic_write`: a temporary file, fsync, rename):
+    a crash never leaves a truncated last.ckpt that resume would load.
+
+    The file is written by a background thread, so training goes on while it reaches the disk (on a GPU
+    the write took longer than an epoch of the book's recipe). What it writes is a CPU copy taken at the save,
+    so later steps cannot change it. Writes and removals run one at a time in the order Lightning asked for
+    them; reading a checkpoint, and the end of fit or test, wait for the writes queued before. Under DDP
+    (another process may read the file as soon as the save returns) the write is synchronous.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: list[Future[None]] = []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.wait()
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+            return
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
+        self._queue(atomic_write, path, lambda f: torch.save(snapshot, f))
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        self._queue(super().remove_checkpoint, path)
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> Any:
-        # Our checkpoints hold only tensors and plain values: never run pickled code when reading one.
-        # Not super(): TorchCheckpointIO.load_checkpoint takes weights_only only from Lightning 2.6 on (2.4 and
-        # 2.5 read with weights_only=False); the reader it calls takes weights_only in every Lightning >= 2.4.
-        if not get_filesystem(path).exists(path):
-            raise FileNotFoundError(f"Checkpoint file not found: {path}")
-        return pl_load(path, map_location=map_location, weights_only=True)
+        # The one checkpoint reader (weights_only=True: never runs pickled code), onto the CPU; Lightning moves
+        # the state to the model's device as it loads it.
+        self.wait()
+        return read_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until every queued write and removal is done; re-raise the first that failed."""
+        queued, self._queued = self._queued, []
+        for future in queued:
+            future.result()
+
+    def _queue(self, fn: Callable[..., Any], *args: Any) -> None:
+        failed = [f for f in self._queued if f.done() and f.exception() is not None]
+        if failed:
+            self.wait()  # raises: a checkpoint that could not be written stops training
+        self._queued = [f for f in self._queued if not f.done()]
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._queued.append(self._writer.submit(fn, *args))
 
 
 class LastCheckpoint(Callback):

@@ -1,52 +1,43 @@
 """GPT-2 as a spam classifier (chapter 6 of the book) wrapped in a LightningModule.
 
-The vocabulary head is replaced by Linear(emb_dim, num_classes) and everything except the chosen
-trainable part is frozen. The forward pass is split in two halves so the frozen prefix can run
-without autograd and be cached (`spam_lightning.feature_cache`):
-
-    frozen_features(input_ids)     embeddings + frozen blocks [0, first_trainable_block), no grad
-    head_logits(hidden, lengths)   trainable blocks, final LayerNorm, pooling, out_head
-
-With the cache on (model.cache_frozen), training, validation and test steps compute the frozen part
-once per text and then only run the trainable top; forward() and predict_step never use the cache.
+The network (`spam_lightning.net.SpamNet`: GPT-2 with its vocabulary head replaced by
+Linear(emb_dim, num_classes)) is built here; this module adds what training needs: which parameters are
+frozen, the last-token loss, metrics and the optimizer, and what a checkpoint records (`spam_lightning
+.checkpoint`). With frozen blocks below the trainable ones, the frozen part can run once per text
+(`spam_lightning.feature_cache`, a callback this module asks for): a batch then arrives with its frozen
+features, and the step runs only the trainable top.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
     BinaryConfusionMatrix,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-    MulticlassAccuracy,
-    MulticlassAUROC,
     MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
 )
-from tqdm import tqdm
 
-from spam_lightning.errors import ConfigError
-from spam_lightning.feature_cache import FrozenFeatureCache, fill_batches
+from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, read_record
+from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import POOLS, make_config
-from spam_lightning.weights import build_gpt
+from spam_lightning.metrics import classification_metrics
+from spam_lightning.net import SpamNet
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.weights import build_gpt, provenance
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
@@ -97,15 +88,13 @@ class SpamClassifier(L.LightningModule):
             )
         self.save_hyperparameters()
 
-        self.gpt = build_gpt(cfg, pretrained)
-        self.gpt.out_head = nn.Linear(cfg.emb_dim, num_classes)
+        self.net = SpamNet(build_gpt(cfg, pretrained), num_classes, pool)
 
         named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
         n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
         self.first_trainable_block: int = cfg.n_layers - n_trainable_blocks
         self.embeddings_trainable = trainable_layers == "all"
         self.final_norm_trainable = trainable_layers != "head"
-        self.pool = pool
         self.num_classes = num_classes
 
         self.requires_grad_(False)
@@ -118,7 +107,7 @@ class SpamClassifier(L.LightningModule):
         self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
         if cache_frozen is True and self.cache_off_reason:
             raise ConfigError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
-        self.feature_cache: FrozenFeatureCache | None = None
+        self.feature_cache: FrozenFeatureCache | None = None  # a callback: see configure_callbacks
         if self.cache_off_reason is None:
             self.feature_cache = FrozenFeatureCache(keep_padding=pool == "last", directory=cache_dir)
             info(
@@ -131,10 +120,10 @@ class SpamClassifier(L.LightningModule):
         # in full (benchmarks).
         self.pooled_top_block = True
         if compile:
-            for block in self.gpt.trf_blocks:
+            for block in self.net.gpt.trf_blocks:
                 block.compile()  # in place: parameter names (and checkpoints) stay the same
 
-        self.train_metrics = _metrics(num_classes, prefix="train/")
+        self.train_metrics = classification_metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
@@ -146,10 +135,18 @@ class SpamClassifier(L.LightningModule):
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
 
+        # What checkpoints record besides the weights: set from the data module in setup().
+        self.preprocessing: Preprocessing | None = None
+        self.data_record: dict[str, Any] | None = None
+        # Checkpoints hold only the trainable tensors when the frozen ones can be read again from the pretrained
+        # weights (checked by sha256); random-init runs and trainable_layers=all keep every weight.
+        self.small_checkpoints = pretrained is not None and not self.embeddings_trainable
+        self._provenance: dict[str, Any] | None = None
+
     # --- freezing -------------------------------------------------------------------------------
 
     def _trainable_modules(self) -> list[nn.Module]:
-        gpt = self.gpt
+        gpt = self.net.gpt
         modules: list[nn.Module] = [gpt.out_head, *gpt.trf_blocks[self.first_trainable_block :]]
         if self.final_norm_trainable:
             modules.append(gpt.final_norm)
@@ -158,7 +155,7 @@ class SpamClassifier(L.LightningModule):
         return modules
 
     def _frozen_modules(self) -> list[nn.Module]:
-        gpt = self.gpt
+        gpt = self.net.gpt
         modules: list[nn.Module] = list(gpt.trf_blocks[: self.first_trainable_block])
         if not self.final_norm_trainable:
             modules.append(gpt.final_norm)
@@ -174,9 +171,9 @@ class SpamClassifier(L.LightningModule):
             return f"trainable_layers={layers}: every block trains, only the embeddings are frozen"
         return None
 
-    def _frozen_tensors(self) -> list[torch.Tensor]:
+    def frozen_parameters(self) -> list[torch.Tensor]:
         """What frozen_features() depends on: embeddings and the frozen blocks."""
-        gpt = self.gpt
+        gpt = self.net.gpt
         modules = [gpt.tok_emb, gpt.pos_emb, *gpt.trf_blocks[: self.first_trainable_block]]
         return [p for module in modules for p in module.parameters()]
 
@@ -200,21 +197,16 @@ class SpamClassifier(L.LightningModule):
     def frozen_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings + frozen blocks: (B, T) ids -> (B, T, D) hidden states (no autograd if frozen)."""
         with torch.set_grad_enabled(self.embeddings_trainable and torch.is_grad_enabled()):
-            hidden = self.gpt.embed(input_ids)
-            return self.gpt.run_blocks(hidden, 0, self.first_trainable_block)
+            return self.net.frozen_features(input_ids, self.first_trainable_block)
 
-    def head_logits(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Trainable blocks, final LayerNorm, pooling and head: (B, T, D) -> (B, num_classes) logits.
-
-        `lengths` (B,) are the true token counts of right-padded rows; needed by last_token and mean.
-        """
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, frozen: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, num_classes) logits; `frozen`: the frozen part's output when already computed (the cache)."""
+        hidden = self.frozen_features(input_ids) if frozen is None else frozen
         # With dropout active the full top block runs, so the random masks stay those of the plain forward.
-        one_position_top = self.pooled_top_block and not (self.training and self.gpt.cfg.dropout > 0)
-        pooled = self.gpt.pooled(hidden, lengths, self.pool, self.first_trainable_block, one_position_top)
-        return self.gpt.out_head(pooled)
-
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head_logits(self.frozen_features(input_ids), lengths)
+        one_position_top = self.pooled_top_block and not (self.training and self.net.gpt.cfg.dropout > 0)
+        return self.net.head_logits(hidden, lengths, self.first_trainable_block, one_position_top)
 
     # --- Lightning steps ------------------------------------------------------------------------
 
@@ -223,55 +215,14 @@ class SpamClassifier(L.LightningModule):
         probs = logits.softmax(dim=-1)
         return probs[:, 1] if self.num_classes == 2 else probs
 
-    def _logits(self, batch: Batch) -> torch.Tensor:
-        """forward() for the Lightning steps: the frozen part comes from the cache when it is on."""
+    def configure_callbacks(self) -> list[Callback]:
         cache = self.feature_cache
-        if cache is None:
-            return self(batch["input_ids"], batch["lengths"])
-        cache.check(self._frozen_tensors())
-        hidden = cache.features(batch["input_ids"], batch["lengths"], self.frozen_features)
-        return self.head_logits(hidden, batch["lengths"])
-
-    def _fill_cache(self, loaders: DataLoader | Iterable[DataLoader] | None, batches_run: int | float) -> None:
-        """Fill the cache for a loader's texts in length-sorted batches (little padding) before the epoch
-        needs them; texts it misses (other datasets) are filled by the steps themselves. An epoch limited
-        to fewer batches than its loader has (limit_*_batches, fast_dev_run) fills only what it reads."""
-        cache = self.feature_cache
-        if cache is None or loaders is None:
-            return
-        loaders = [loaders] if isinstance(loaders, DataLoader) else list(loaders)
-        if batches_run < sum(len(loader) for loader in loaders):
-            return
-        cache.check(self._frozen_tensors())
-        new = 0
-        max_tokens = 512 if self.device.type == "cpu" else 16384  # small batches run fastest on CPUs
-        show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
-        texts = sum(len(getattr(loader.batch_sampler, "sampler", None) or loader.sampler) for loader in loaders)
-        with (
-            self.trainer.precision_plugin.forward_context(),
-            tqdm(total=texts, desc="frozen-feature cache", unit="text", disable=not show, leave=False) as bar,
-        ):
-            for loader in loaders:
-                for i, batch in enumerate(fill_batches(loader, max_tokens)):
-                    ids, lengths = batch["input_ids"], batch["lengths"]
-                    if i == 0 and cache.keep_padding and ids.shape[1] == int(lengths.max()):
-                        break  # pool=last with per-batch padding: rows of these widths would never be read
-                    new += cache.fill(ids.to(self.device), lengths.to(self.device), self.frozen_features)[1]
-                    bar.update(len(ids))
-        if new:
-            info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(cache), cache.nbytes / 2**20)
-
-    def on_train_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.train_dataloader, self.trainer.num_training_batches)
-
-    def on_validation_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.val_dataloaders, sum(self.trainer.num_val_batches))
-
-    def on_test_epoch_start(self) -> None:
-        self._fill_cache(self.trainer.test_dataloaders, sum(self.trainer.num_test_batches))
+        if cache is None or (self._trainer is not None and cache in self._trainer.callbacks):
+            return []  # off, or attached by an earlier fit or test of this trainer (it keeps its rows)
+        return [cache]
 
     def _step(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self._logits(batch)
+        logits = self(batch["input_ids"], batch["lengths"], batch.get(FROZEN_FEATURES))
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
         scores = self._scores(logits.detach())
@@ -335,13 +286,50 @@ class SpamClassifier(L.LightningModule):
             for name, value in (("tp", tp), ("fp", fp), ("tn", tn), ("fn", fn)):
                 self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks
 
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Class probabilities (B, num_classes)."""
-        return self(batch["input_ids"], batch.get("lengths")).softmax(dim=-1)
-
     def setup(self, stage: str) -> None:
         if self.hparams.tf32 and self.trainer.strategy.root_device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "preprocessing", None) is not None:
+            self.preprocessing = replace(datamodule.preprocessing, pool=self.net.pool)
+            self.data_record = datamodule.record()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def frozen_weights_provenance(self) -> dict[str, Any]:
+        if self._provenance is None:
+            self._provenance = provenance(self.net.gpt.cfg, self.hparams.pretrained)
+        return self._provenance
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        frozen = self.frozen_weights_provenance() if self.small_checkpoints else None
+        checkpoint[RECORD_KEY] = {
+            "format": RECORD_FORMAT,
+            "net": self.net.args(),
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing is not None else None,
+            "data": self.data_record,
+            "frozen_weights": frozen,
+        }
+        if frozen is not None:
+            trainable = {NET_PREFIX + name for name, p in self.net.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning loads the state dict: a checkpoint of the trained tensors only gets the frozen ones
+        from this model, once their recorded provenance is checked to be this model's."""
+        source = f"checkpoint {str(self.trainer.ckpt_path)!r}" if self._trainer is not None else "the checkpoint"
+        frozen = read_record(checkpoint, source).get("frozen_weights")
+        if frozen is None:
+            return
+        ours = self.frozen_weights_provenance() if self.hparams.pretrained is not None else None
+        if ours != frozen:
+            raise CheckpointError(
+                f"{source} was trained on the frozen weights {frozen}, but this model's are "
+                f"{ours or 'randomly initialised (model.pretrained=null)'}; use the same model.pretrained"
+            )
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
 
     def on_fit_start(self) -> None:
         trainable, total = self.num_trainable_parameters, self.num_total_parameters
@@ -417,24 +405,3 @@ def _validate_speed(cache_frozen: Any, cache_dir: Any, compile: Any, tf32: Any) 
     for name, value in (("compile", compile), ("tf32", tf32)):
         if not isinstance(value, bool):
             raise ConfigError(f"model.{name} must be true or false, got {value!r}")
-
-
-def _metrics(num_classes: int, prefix: str) -> MetricCollection:
-    if num_classes == 2:
-        metrics = {
-            "accuracy": BinaryAccuracy(),
-            "precision": BinaryPrecision(),
-            "recall": BinaryRecall(),
-            "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
-        }
-    else:
-        kw: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}
-        metrics = {
-            "accuracy": MulticlassAccuracy(**kw),
-            "precision": MulticlassPrecision(**kw),
-            "recall": MulticlassRecall(**kw),
-            "f1": MulticlassF1Score(**kw),
-            "auroc": MulticlassAUROC(**kw),
-        }
-    return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]

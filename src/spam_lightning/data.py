@@ -1,156 +1,56 @@
-"""The UCI SMS Spam Collection as a LightningDataModule: download, parse, balance, split, pad.
+"""The UCI SMS Spam Collection as a LightningDataModule: obtain and split the data (`spam_lightning.sms_spam`),
+tokenize, pad and batch it.
 
-Follows chapter 6 of *Build a Large Language Model (From Scratch)*: undersample ham to the 747 spam
-messages, shuffle with a seed, split 70/10/20 (1045/149/300), encode with GPT-2's BPE and right-pad
-with <|endoftext|> (50256) to the longest training text.
+Follows chapter 6 of *Build a Large Language Model (From Scratch)*: encode with GPT-2's BPE and right-pad
+with <|endoftext|> (50256) to the longest training text. What that means for a text is recorded once, in
+`preprocessing` (`spam_lightning.preprocess.Preprocessing`), which checkpoints and exports carry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import tiktoken
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from spam_lightning.downloads import fetch
-from spam_lightning.errors import ConfigError, DownloadError, UserError
-from spam_lightning.files import atomic_write_bytes
-from spam_lightning.tokenizer import PAD_TOKEN_ID, TIKTOKEN_URL, file_sha256, get_tokenizer
+from spam_lightning.errors import ConfigError, DataError, DownloadError
+from spam_lightning.files import atomic_write_bytes, file_sha256
+from spam_lightning.preprocess import Preprocessing, pad
+from spam_lightning.samplers import LengthBucketBatchSampler, ResumableBatchSampler, ShardSampler
+from spam_lightning.sms_spam import (
+    BACKUP_URL,
+    LABELS,
+    MANIFEST_NAME,
+    SPLITS,
+    TSV_NAME,
+    TSV_SHA256,
+    UCI_URL,
+    ZIP_NAME,
+    ZIP_SHA256,
+    balance_and_split,
+    check_sha256,
+    class_counts,
+    download_zip,
+    extract_tsv,
+    parse_sms_collection,
+)
+from spam_lightning.tokenizer import TIKTOKEN_URL, get_tokenizer
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)  # one summary, not one per DDP rank
-
-UCI_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
-BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip"  # the book's
-ZIP_NAME = "sms+spam+collection.zip"
-ZIP_SHA256 = "1587ea43e58e82b14ff1f5425c88e17f8496bfcdb67a583dbff9eefaf9963ce3"
-TSV_NAME = "SMSSpamCollection"  # the one zip member we extract
-TSV_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
-LABELS = {"ham": 0, "spam": 1}
-SPLITS = ("train", "validation", "test")
-SPLIT_FRACTIONS = (0.7, 0.1)  # train, validation; test gets the rest
-MANIFEST_NAME = "splits.json"
-
-
-class DataError(UserError, ValueError):
-    """Bad input data: the message names the file (and line) and what was expected."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Files: checked downloads, safe extraction
-# --------------------------------------------------------------------------------------------------
-
-
-def download_zip(urls: Sequence[str], data_dir: Path) -> Path:
-    """The UCI zip in data_dir: a verified copy there, else downloaded from the first URL that works."""
-    return fetch(
-        urls,
-        ZIP_SHA256,
-        data_dir / ZIP_NAME,
-        what="the SMS Spam Collection",
-        offline_hint="pass a local copy: data.source=/path/to/sms+spam+collection.zip (or the extracted "
-        "SMSSpamCollection file)",
-    )
-
-
-def check_sha256(path: Path, expected: str) -> None:
-    actual = file_sha256(path)
-    if actual != expected:
-        raise DataError(f"{path}: sha256 is {actual}, expected {expected} (corrupt or different file)")
-
-
-def extract_tsv(zip_path: Path, dest: Path, verify: bool = True) -> None:
-    """Extract only the `SMSSpamCollection` member, to a path we choose (no path traversal)."""
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            if TSV_NAME not in archive.namelist():
-                raise DataError(f"{zip_path}: no member {TSV_NAME!r} (members: {archive.namelist()[:10]})")
-            data = archive.read(TSV_NAME)  # also checks the member's CRC-32
-    except (zipfile.BadZipFile, EOFError, OSError) as err:
-        raise DataError(f"{zip_path}: not a valid zip archive ({err})") from err
-    if verify:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != TSV_SHA256:
-            raise DataError(f"{zip_path}!{TSV_NAME}: sha256 is {actual}, expected {TSV_SHA256}")
-    atomic_write_bytes(dest, data)
-
-
-# --------------------------------------------------------------------------------------------------
-# Parsing, balancing, splitting
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_sms_collection(path: str | Path) -> pd.DataFrame:
-    """Read `label<TAB>text` lines into a DataFrame with columns label (0 ham, 1 spam) and text.
-
-    Each line is split at its first tab; quotes are ordinary characters (pandas' default quoting
-    merges lines and loses two messages). A BOM and CRLF endings are accepted.
-    """
-    path = Path(path)
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the trailing newline
-    labels, texts = [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            decoded = line.removesuffix(b"\r").decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}, line {number}: invalid UTF-8 at byte {err.start}") from err
-        label, tab, text = decoded.partition("\t")
-        if not tab:
-            raise DataError(f"{path}, line {number}: expected 'label<TAB>text', found no tab")
-        if label not in LABELS:
-            raise DataError(f"{path}, line {number}: unknown label {label!r}, expected 'ham' or 'spam'")
-        if not text.strip():
-            raise DataError(f"{path}, line {number}: empty text")
-        labels.append(LABELS[label])
-        texts.append(text)
-    if not labels:
-        raise DataError(f"{path}: no messages")
-    return pd.DataFrame({"label": labels, "text": texts})
-
-
-def balance_and_split(df: pd.DataFrame, seed: int, source: str = "data") -> dict[str, pd.DataFrame]:
-    """Undersample the majority class to the minority count, shuffle, split 70/10/20 (the book's way)."""
-    counts = df["label"].value_counts()
-    if len(counts) < 2:
-        raise DataError(f"{source}: only one class present ({dict(counts)}); need both ham and spam")
-    minority = int(counts.min())
-    n = 2 * minority
-    if int(n * SPLIT_FRACTIONS[0]) < 1 or int(n * SPLIT_FRACTIONS[1]) < 1 or n - int(n * 0.7) - int(n * 0.1) < 1:
-        raise DataError(f"{source}: {n} balanced rows are too few for a 70/10/20 split with no empty part")
-    # Like the book: sample the majority class, then concatenate ham before spam, then shuffle.
-    parts = [
-        group.sample(minority, random_state=seed) if len(group) > minority else group
-        for _, group in sorted(df.groupby("label"))
-    ]
-    balanced = pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
-    train_end = int(n * SPLIT_FRACTIONS[0])
-    val_end = train_end + int(n * SPLIT_FRACTIONS[1])
-    return {
-        "train": balanced[:train_end].reset_index(drop=True),
-        "validation": balanced[train_end:val_end].reset_index(drop=True),
-        "test": balanced[val_end:].reset_index(drop=True),
-    }
-
-
-def _class_counts(df: pd.DataFrame) -> dict[str, int]:
-    spam = int(df["label"].sum())
-    return {"ham": len(df) - spam, "spam": spam}
-
 
 # --------------------------------------------------------------------------------------------------
 # Tokenised dataset, padding, sampling
@@ -171,92 +71,21 @@ class TokenizedSplit(Dataset):
         return self.ids[i], self.labels[i]
 
 
-def pad_collate(pad_to: int | None) -> Callable[[list[tuple[list[int], int]]], dict[str, torch.Tensor]]:
-    """Right-pad with <|endoftext|> to `pad_to` tokens, or to the batch's longest when None."""
-
-    def collate(batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        lengths = [len(ids) for ids, _ in batch]
-        width = pad_to if pad_to is not None else max(lengths)
-        input_ids = torch.full((len(batch), width), PAD_TOKEN_ID, dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return {
-            "input_ids": input_ids,
-            "lengths": torch.tensor(lengths, dtype=torch.long),
-            "labels": torch.tensor([label for _, label in batch], dtype=torch.long),
-        }
-
-    return collate
+def collate(batch: list[tuple[list[int], int]], pad_to: int | None) -> dict[str, torch.Tensor]:
+    """Right-pad with <|endoftext|> to `pad_to` tokens, or to the batch's longest when None (`preprocess.pad`)."""
+    rows = [ids for ids, _ in batch]
+    input_ids, lengths = pad(rows, pad_to)
+    # token_ids, the unpadded ids on the CPU, let the frozen-feature cache find a batch's rows without waiting for
+    # the GPU. An object array: Lightning moves the batch's tensors without walking through it, as it would a list.
+    token_ids = np.empty(len(rows), dtype=object)
+    for i, ids in enumerate(rows):
+        token_ids[i] = ids
+    labels = torch.tensor([label for _, label in batch])
+    return {"input_ids": input_ids, "lengths": lengths, "labels": labels, "token_ids": token_ids}
 
 
-class LengthBucketBatchSampler(Sampler[list[int]]):
-    """Training batches of similar length (less padding with padding="batch").
-
-    Takes the shuffled order of `sampler` (a DistributedSampler: this rank's share for the epoch), sorts
-    each window of `window` batches by length, cuts it into batches and shuffles the batches. Like the
-    sampler it depends only on (seed, epoch); Lightning sets the epoch on `self.sampler`.
-    """
-
-    def __init__(
-        self, sampler: DistributedSampler, lengths: Sequence[int], batch_size: int, drop_last: bool, window: int = 50
-    ) -> None:
-        self.sampler = sampler
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.window = window
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(self.sampler)
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
-        # yield, not return iter(...): the order is drawn when iteration starts, after Lightning's set_epoch
-        # (it creates the iterator first), so a run resumed in a later epoch gets that epoch's order.
-        yield from [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """The batches of `batch_sampler`, skipping the first `skip` of them once: a run resumed mid-epoch
-    continues with the batch after the last one it trained, not from the epoch's start."""
-
-    def __init__(self, batch_sampler: Sampler[list[int]], skip: int = 0) -> None:
-        self.batch_sampler = batch_sampler
-        self.sampler = batch_sampler.sampler  # Lightning calls sampler.set_epoch through this attribute
-        self.skip = skip if 0 < skip < len(batch_sampler) else 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0
-        return itertools.islice(iter(self.batch_sampler), skip, None)
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)  # Lightning counts the skipped batches as done already
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation sampler: rank r of w takes items r, r+w, ...; every item is seen exactly once.
-
-    (torch's DistributedSampler pads with repeated items to divide evenly, which would count
-    duplicates in validation and test metrics.)
-    """
-
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = range(rank, size, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+def pad_collate(pad_to: int | None) -> partial[dict[str, torch.Tensor]]:
+    return partial(collate, pad_to=pad_to)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,7 +124,8 @@ class SmsSpamDataModule(L.LightningDataModule):
             padding: "longest_train" (the book: every split padded/truncated to the longest training
                 text), an int (that fixed length), "batch" (each batch to its own longest), or "auto":
                 "batch" unless `pool` is "last", whose result depends on the padding ("longest_train").
-            pool: the model's pooling (model.pool); only used to resolve padding="auto".
+            pool: the model's pooling (model.pool): resolves padding="auto"; recorded in `preprocessing`
+                (the model records its own pooling in checkpoints).
             bucket_by_length: group training texts of similar length into batches (less padding with
                 padding="batch"; the batches are no longer uniformly random).
             max_length: truncate texts to this many tokens (None: only the context length limits).
@@ -338,7 +168,8 @@ class SmsSpamDataModule(L.LightningDataModule):
         self.verify_checksum = verify_checksum
         self.urls = list(urls)
         self.datasets: dict[str, TokenizedSplit] = {}
-        self.pad_length: int | None = None  # fixed padded length, None for padding="batch"
+        self.pool = pool
+        self.preprocessing: Preprocessing | None = None  # made by setup() from the training split
         self._summarized = False  # the data summary was logged
 
     # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
@@ -403,13 +234,13 @@ class SmsSpamDataModule(L.LightningDataModule):
         if not self._splits_are_current(manifest_path, source_sha):
             df = parse_sms_collection(tsv)
             splits = balance_and_split(df, self.seed, str(tsv))
-            counts = {"parsed": _class_counts(df), "balanced": _class_counts(pd.concat(splits.values()))}
+            counts = {"parsed": class_counts(df), "balanced": class_counts(pd.concat(splits.values()))}
             manifest = {"source_sha256": source_sha, "seed": self.seed, "files": {}, "counts": counts}
             for name, split in splits.items():
                 data = split[["label", "text"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
                 atomic_write_bytes(self.data_dir / f"{name}.csv", data)
                 manifest["files"][f"{name}.csv"] = hashlib.sha256(data).hexdigest()
-                counts[name] = _class_counts(split)
+                counts[name] = class_counts(split)
             # The manifest goes last: splits without a matching manifest are rebuilt.
             atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
         elif self._summarized:
@@ -436,9 +267,24 @@ class SmsSpamDataModule(L.LightningDataModule):
 
     # -- checkpoint state: a run can only be continued on the same splits ---------------------------
 
+    @property
+    def pad_length(self) -> int | None:
+        """The fixed padded length (None: each batch padded to its longest); known after setup()."""
+        return self.preprocessing.pad_length if self.preprocessing is not None else None
+
     def state_dict(self) -> dict[str, object]:
         manifest = json.loads((self.data_dir / MANIFEST_NAME).read_text())
         return {"seed": self.seed, "splits_sha256": manifest["files"], "pad_length": self.pad_length}
+
+    def record(self) -> dict[str, Any]:
+        """Where the training data came from, for checkpoints: evaluation finds and checks the same splits."""
+        return {
+            "source": self.source,
+            "data_dir": str(self.data_dir.absolute()),
+            "seed": self.seed,
+            "verify_checksum": self.verify_checksum,
+            "splits_sha256": self.state_dict()["splits_sha256"],
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         ours = self.state_dict()
@@ -460,26 +306,18 @@ class SmsSpamDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         tokenizer = self.tokenizer()
-        wanted = {"fit": SPLITS[:2], "validate": ("validation",), "test": ("test",), "predict": ("test",)}
-        names = ["train", *wanted.get(stage, SPLITS)] if stage else list(SPLITS)
-        for name in dict.fromkeys(names):  # train first: it fixes the padded length
-            if name in self.datasets:
-                continue
-            df = self.read_split(name)
-            ids = [tokens[: self.max_length] for tokens in tokenizer.encode_ordinary_batch(df["text"].tolist())]
-            self.datasets[name] = TokenizedSplit(ids, df["label"].tolist())
-            if name == "train":
-                longest = max(len(i) for i in ids)
-                self.pad_length = {"longest_train": longest, "batch": None}.get(self.padding, self.padding)
-                info(
-                    "longest training text: %d tokens; padding=%s -> padded length %s",
-                    longest, self.padding, self.pad_length,
-                )  # fmt: skip
-                if isinstance(self.pad_length, int):
-                    for split in self.datasets.values():  # splits tokenised earlier, if any
-                        split.ids = [i[: self.pad_length] for i in split.ids]
-            elif self.pad_length is not None:
-                self.datasets[name].ids = [i[: self.pad_length] for i in ids]
+        if self.preprocessing is None:  # the training split fixes the padded length
+            unpadded = Preprocessing(LABELS, self.max_length, None, "batch", self.pool)
+            longest = max(len(ids) for ids in unpadded.encode(tokenizer, self.read_split("train")["text"].tolist())[0])
+            pad_length = {"longest_train": longest, "batch": None}.get(self.padding, self.padding)
+            self.preprocessing = Preprocessing(LABELS, self.max_length, pad_length, self.padding, self.pool)
+            info("longest training text: %d tokens; padding=%s -> padded length %s", longest, self.padding, pad_length)
+        wanted = {"fit": SPLITS[:2], "validate": ("validation",), "test": ("test",)}
+        for name in ["train", *wanted.get(stage, SPLITS)] if stage else SPLITS:
+            if name not in self.datasets:
+                df = self.read_split(name)
+                ids, _ = self.preprocessing.encode(tokenizer, df["text"].tolist())
+                self.datasets[name] = TokenizedSplit(ids, df["label"].tolist())
 
     # -- loaders -----------------------------------------------------------------------------
 
@@ -491,19 +329,20 @@ class SmsSpamDataModule(L.LightningDataModule):
         return DataLoader(
             self.datasets[name],
             **batching,
-            collate_fn=pad_collate(self.pad_length),
+            collate_fn=pad_collate(self.pad_length),  # the recorded preprocessing's padding
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_and_world()
+    def _train_sampler(self) -> DistributedSampler:
         # The order depends only on (seed, epoch): Lightning calls set_epoch, so a resumed run
         # sees the same batches as an uninterrupted one, and each rank a disjoint shard.
-        sampler = DistributedSampler(
-            self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
+        rank, world = self._rank_and_world()
+        return DistributedSampler(self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self._train_sampler()
         if self.bucket_by_length:
             lengths = [len(ids) for ids in self.datasets["train"].ids]
             batches = LengthBucketBatchSampler(sampler, lengths, self.batch_size, self.drop_last)
@@ -522,15 +361,25 @@ class SmsSpamDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, name: str) -> DataLoader:
         """An unshuffled loader over any split (each item once, across all ranks)."""
+        return self._loader(name, {"sampler": self._eval_sampler(name), "batch_size": self.eval_batch_size})
+
+    def _eval_sampler(self, name: str) -> ShardSampler:
         rank, world = self._rank_and_world()
-        sampler = ShardSampler(len(self.datasets[name]), rank, world)
-        return self._loader(name, {"sampler": sampler, "batch_size": self.eval_batch_size})
+        return ShardSampler(len(self.datasets[name]), rank, world)
+
+    def token_ids(self, split: str, epoch: int = 0) -> list[list[int]]:
+        """Token ids (as the batches carry them, unpadded) of the texts this process reads from `split`
+        in `epoch`: its shard under DDP, all of them in one process. In data order, not the epoch's order."""
+        if split == "train":
+            sampler = self._train_sampler()
+            sampler.set_epoch(epoch)
+        else:
+            sampler = self._eval_sampler(split)
+        ids = self.datasets[split].ids
+        return [ids[i] for i in sorted(set(sampler))]
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
-
-    def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")

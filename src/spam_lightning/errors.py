@@ -6,6 +6,9 @@ traceback; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Bad input or environment: the message says what was wrong and where (file, line, config key)."""
@@ -13,6 +16,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value, or a checkpoint that does not fit the config; raised before any training starts."""
+
+
+class DataError(UserError, ValueError):
+    """Bad input data: the message names the file (and line) and what was expected."""
 
 
 class DownloadError(UserError, RuntimeError):
@@ -31,6 +38,15 @@ class DownloadError(UserError, RuntimeError):
         return cls("several downloads failed:\n" + "\n".join(f"- {f}" for f in failures), failures)
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or exported model that cannot be used (missing, corrupt, foreign, from another version,
+    or trained on other frozen weights than the ones available)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holding pickled objects other than tensors and plain containers: refused, never run."""
+
+
 def user_error(err: BaseException) -> BaseException | None:
     """The user-fixable error behind `err`, else None. Hydra wraps what a constructor raised while it
     instantiates the config; Lightning raises MisconfigurationException for trainer settings (a missing GPU)."""
@@ -42,3 +58,15 @@ def user_error(err: BaseException) -> BaseException | None:
             return cause
         cause = cause.__cause__
     return None
+
+
+@contextmanager
+def one_line_errors(also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """For entry points: a user error (or one of `also`) ends the program with one `error: ...` line, exit 1."""
+    try:
+        yield
+    except Exception as err:
+        cause = user_error(err) or (err if isinstance(err, also) else None)
+        if cause is None:
+            raise  # a bug: keep the traceback
+        raise SystemExit(f"error: {cause}") from None

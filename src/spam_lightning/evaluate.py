@@ -28,23 +28,18 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
-from spam_lightning.data import DataError, SmsSpamDataModule
-from spam_lightning.predict import (
-    LABELS,
-    ModelSpec,
-    Predictor,
-    decode_utf8,
-    load_predictor,
-    read_table,
-    split_lines,
-)
+from spam_lightning.checkpoint import run_dir_of
+from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.errors import DataError
+from spam_lightning.files import file_sha256
+from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
-from spam_lightning.tokenizer import file_sha256
+from spam_lightning.sms_spam import LABELS, SPLITS
+from spam_lightning.textio import decode_utf8, read_table, split_lines
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-LABEL_VALUES = {"0": 0, "1": 1, "ham": 0, "spam": 1}
+LABEL_VALUES = {**{str(i): i for i in range(len(LABELS))}, **{name: i for i, name in enumerate(LABELS)}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,15 +47,15 @@ LABEL_VALUES = {"0": 0, "1": 1, "ham": 0, "spam": 1}
 # --------------------------------------------------------------------------------------------------
 
 
-def load_split(spec: ModelSpec, split: str, data_dir: str | None = None) -> tuple[list[str], list[int]]:
+def load_split(predictor: Predictor, split: str, data_dir: str | None = None) -> tuple[list[str], list[int]]:
     """A split of the model's training data, checked against the split hashes its checkpoint recorded.
 
-    The folder is `data_dir`, else the training config's data.data_dir. Missing split files are made
-    again from the training data config (same source and seed), as training made them.
+    The folder is `data_dir`, else the one training recorded. Missing split files are made again from the
+    recorded source and seed, as training made them.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    data = spec.training.get("data", {})
+    data = predictor.training.get("data") or {}
     directory = Path(data_dir or data.get("data_dir") or "data/sms_spam").expanduser()
     path = directory / f"{split}.csv"
     if not path.is_file():
@@ -68,7 +63,6 @@ def load_split(spec: ModelSpec, split: str, data_dir: str | None = None) -> tupl
         SmsSpamDataModule(
             source=data.get("source"),
             data_dir=str(directory),
-            tokenizer_file=spec.tokenizer_file,
             seed=data.get("seed", 123),
             verify_checksum=data.get("verify_checksum", True),
         ).prepare_data()
@@ -176,13 +170,12 @@ def score_texts(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
-    spec = predictor.spec
     if cfg.get("data_file"):
         name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
         texts, labels = read_labelled(cfg.data_file, cfg.column, cfg.label_column)
     else:
         name = data_name = cfg.split
-        texts, labels = load_split(spec, cfg.split, cfg.get("data_dir"))
+        texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
     rows, scores, truncated = score_texts(predictor, texts, labels, cfg.batch_size)
     y = [labels[i] for i in rows]
@@ -240,7 +233,7 @@ def _select_threshold(
 ) -> dict[str, Any] | None:
     target = float(cfg.target_precision)
     try:
-        val_texts, val_labels = load_split(predictor.spec, "validation", cfg.get("data_dir"))
+        val_texts, val_labels = load_split(predictor, "validation", cfg.get("data_dir"))
     except (DataError, OSError) as err:
         log.warning("no threshold choice: the validation split is not available (%s)", err)
         return None
@@ -277,7 +270,7 @@ def default_out_dir(cfg: DictConfig, name: str) -> Path:
 def _model_home(cfg: DictConfig) -> Path:
     """The run directory of cfg.ckpt_path (above checkpoints/, else the checkpoint's folder)."""
     ckpt = Path(cfg.ckpt_path)
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir_of(ckpt) or ckpt.parent
 
 
 def _print_summary(

@@ -1,42 +1,45 @@
-"""Export a trained classifier as a self-contained folder that needs no Lightning and no pickle:
+"""The exported model format: a self-contained folder that needs no Lightning and no pickle.
 
-    model.safetensors   the weights (keys gpt.*, as in the Lightning checkpoint's state_dict)
-    config.json         architecture, head (classes, pooling), preprocessing (padding, padded and
-                        maximum length, pad token), tokenizer identity and sha256, weights sha256,
-                        and where it came from (checkpoint, hyper-parameters, data seed and split hashes)
+    model.safetensors   every weight of the SpamNet (keys gpt.*), frozen ones included
+    config.json         format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), where it came
+                        from (checkpoint, hyper-parameters, data, frozen weights), the weights' sha256
     gpt2.tiktoken       the GPT-2 BPE ranks file (sha256-pinned), so predicting needs no download
 
-`Predictor.from_dir(folder)` (or `python predict.py model_dir=FOLDER`) loads it.
+`write_export` and `read_export` are the format's only writer and reader; `inference.Predictor.from_dir`
+(`python predict.py model_dir=FOLDER`) loads a folder through `read_export`.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
+from typing import Any
 
+import tiktoken
 from omegaconf import DictConfig
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from spam_lightning.predict import (
-    CONFIG_NAME,
-    EXPORT_FORMAT,
-    TOKENIZER_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    Predictor,
-    load_predictor,
-)
-from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, file_sha256
+from spam_lightning.checkpoint import TrainedModel, load_net_state, load_trained, run_dir_of
+from spam_lightning.errors import CheckpointError
+from spam_lightning.files import file_sha256
+from spam_lightning.net import SpamNet
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, get_tokenizer
 
 log = logging.getLogger(__name__)
 
+EXPORT_FORMAT = "spam_lightning.classifier/2"  # /1 (before the preprocessing record): refused
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "gpt2.tiktoken"
 
-def export_model(predictor: Predictor, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+
+def write_export(
+    model: TrainedModel, out_dir: str | Path, tokenizer: tiktoken.Encoding, overwrite: bool = False
+) -> list[Path]:
     """Write model.safetensors, gpt2.tiktoken and config.json (last) into out_dir; returns their paths."""
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_NAME).exists() and not overwrite:
@@ -45,44 +48,88 @@ def export_model(predictor: Predictor, out_dir: str | Path, overwrite: bool = Fa
     weights_file, tokenizer_file, config_file = out_dir / WEIGHTS_NAME, out_dir / TOKENIZER_NAME, out_dir / CONFIG_NAME
     config_file.unlink(missing_ok=True)  # a folder without config.json is never taken for a complete export
 
-    state = {k: v.detach().cpu().contiguous() for k, v in predictor.net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     save_file(state, weights_file, metadata={"format": EXPORT_FORMAT})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(weights_file, 0o666 & ~umask)  # safetensors writes 0600; give the usual permissions
-    _write_tokenizer(predictor, tokenizer_file)
-    config = {**predictor.spec.to_json(), "weights_sha256": file_sha256(weights_file)}
+    _write_tokenizer(tokenizer, tokenizer_file)
+    config = {
+        "format": EXPORT_FORMAT,
+        "net": model.net.args(),
+        "preprocessing": model.preprocessing.to_dict(),
+        "training": model.training,
+        "tokenizer_file": TOKENIZER_NAME,
+        "weights_sha256": file_sha256(weights_file),
+    }
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return [weights_file, tokenizer_file, config_file]
 
 
-def _write_tokenizer(predictor: Predictor, dest: Path) -> None:
-    source = predictor.spec.tokenizer_file
-    if source is not None and Path(source).resolve() != dest.resolve():
-        shutil.copyfile(source, dest)  # get_tokenizer() checked its sha256 when the predictor was loaded
-    elif source is None:
-        # tiktoken's own gpt2 encoding: write its ranks in the .tiktoken format (the pinned file's exact bytes)
-        ranks = sorted(predictor.tokenizer._mergeable_ranks.items(), key=lambda item: item[1])
-        dest.write_bytes(b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks))
-    actual = hashlib.sha256(dest.read_bytes()).hexdigest()
+def _write_tokenizer(tokenizer: tiktoken.Encoding, dest: Path) -> None:
+    """GPT-2's ranks in the .tiktoken format: exactly the bytes of the sha256-pinned file."""
+    ranks = sorted(tokenizer._mergeable_ranks.items(), key=lambda item: item[1])
+    dest.write_bytes(b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks))
+    actual = file_sha256(dest)
     if actual != GPT2_TIKTOKEN_SHA256:
         raise ValueError(f"{dest}: sha256 {actual} is not GPT-2's {GPT2_TIKTOKEN_SHA256}")
+
+
+def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
+    """The trained model in an exported folder, and its bundled tokenizer file (None if absent)."""
+    model_dir = Path(model_dir)
+    config_file, weights_file = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
+    for needed in (config_file, weights_file):
+        if not needed.is_file():
+            raise CheckpointError(f"{model_dir} is not an exported model: {needed.name} is missing")
+    try:
+        config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_file}: not valid JSON ({err})") from err
+    if config.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(
+            f"{config_file}: format {config.get('format')!r}, expected {EXPORT_FORMAT!r} (exported by another "
+            "version: export the checkpoint again)"
+        )
+    expected = config.get("weights_sha256")
+    if expected is not None and file_sha256(weights_file) != expected:
+        raise CheckpointError(f"{weights_file}: sha256 differs from config.json's weights_sha256 (corrupt?)")
+    try:
+        net = SpamNet.from_args(config["net"], device="meta")
+        preprocessing = Preprocessing.from_dict(config["preprocessing"], str(config_file))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_file}: incomplete model config ({err})") from err
+    try:
+        state = load_file(weights_file)
+    except Exception as err:
+        raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    load_net_state(net, state, str(weights_file))
+    bundled = model_dir / str(config.get("tokenizer_file", TOKENIZER_NAME))
+    model = TrainedModel(net.eval(), preprocessing, dict(config.get("training") or {}))
+    return model, (bundled if bundled.is_file() else None)
+
+
+def export_checkpoint(
+    ckpt_path: str | Path, out_dir: str | Path | None = None, tokenizer_file: str | None = None, overwrite: bool = False
+) -> list[Path]:
+    """Export a checkpoint (all weights, frozen ones included) into out_dir (default: <run dir>/export)."""
+    model = load_trained(ckpt_path)
+    out_dir = Path(out_dir) if out_dir else _default_out_dir(Path(ckpt_path))
+    paths = write_export(model, out_dir, get_tokenizer(tokenizer_file), overwrite=overwrite)
+    log.info("exported %s to %s (%s)", ckpt_path, out_dir, ", ".join(p.name for p in paths))
+    return paths
 
 
 def run(cfg: DictConfig) -> list[Path]:
     """`python export.py ckpt_path=... out_dir=...` (conf/export.yaml)."""
     if not cfg.get("ckpt_path"):
         raise CheckpointError("give the checkpoint to export: python export.py ckpt_path=PATH.ckpt")
-    predictor = load_predictor(cfg.ckpt_path, None, cfg.get("tokenizer_file"), device="cpu")
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else _default_out_dir(Path(cfg.ckpt_path))
-    paths = export_model(predictor, out_dir, overwrite=cfg.overwrite)
-    log.info("exported %s to %s (%s)", cfg.ckpt_path, out_dir, ", ".join(p.name for p in paths))
-    print(out_dir)
+    paths = export_checkpoint(cfg.ckpt_path, cfg.get("out_dir"), cfg.get("tokenizer_file"), cfg.overwrite)
+    print(paths[0].parent)
     return paths
 
 
 def _default_out_dir(ckpt_path: Path) -> Path:
     """<run dir>/export for <run dir>/checkpoints/NAME.ckpt, else NAME-export beside the checkpoint."""
-    if ckpt_path.parent.name == "checkpoints":
-        return ckpt_path.parent.parent / "export"
-    return ckpt_path.with_name(ckpt_path.stem + "-export")
+    run_dir = run_dir_of(ckpt_path)
+    return run_dir / "export" if run_dir is not None else ckpt_path.with_name(ckpt_path.stem + "-export")

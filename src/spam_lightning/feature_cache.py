@@ -10,34 +10,43 @@ text is a fixed function of its token ids. The cache keeps that output per text,
 - pool last: the pooled position is a padding token, so the padded row (T, D) is key and value.
 
 Keying by the ids makes the cache exact by construction: it needs no example indices, serves the
-training, validation and test splits alike, and two identical texts share one entry. It is not a
-buffer, so checkpoints never contain it (a resumed run refills it), and it empties itself when a
-frozen parameter changes. Rows live in RAM, or in memory-mapped files under `directory` for data
-sets that do not fit. In RAM they stay on the device that computed them (a GPU's memory when training
-on one: no copies and no CPU work per step).
+training, validation and test splits alike, and two identical texts share one entry. It empties itself
+when a frozen parameter changes, and is never saved in checkpoints (a resumed run refills it). Rows live
+in RAM, or in memory-mapped files under `directory` for data sets that do not fit. In RAM they stay on the
+device that computed them (a GPU's memory when training on one: no copies and no CPU work per step).
+
+`FrozenFeatureCache` is a Lightning callback. `SpamClassifier.configure_callbacks` adds it when the cache is
+exact and wanted. Before each epoch it fills itself from the data module's `token_ids(split, epoch)` in
+length-sorted batches (little padding); before each step it puts the batch's frozen features into the
+batch under `FROZEN_FEATURES`, where the step takes them instead of running the frozen blocks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from spam_lightning.data import ShardSampler
+from spam_lightning.preprocess import pad
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) frozen hidden states
+FROZEN_FEATURES = "frozen_features"  # the batch key of the precomputed frozen part
+TOKEN_IDS = "token_ids"  # the batch key of the unpadded token ids (CPU lists), when the data module adds them
 
 
 class _RamStore:
@@ -70,7 +79,7 @@ class _MappedStore:
         return view
 
 
-class FrozenFeatureCache:
+class FrozenFeatureCache(Callback):
     """Frozen hidden states per text. `keep_padding`: key and store the whole padded row (pool=last)."""
 
     def __init__(self, keep_padding: bool, directory: str | Path | None = None) -> None:
@@ -79,7 +88,7 @@ class FrozenFeatureCache:
         self.rows: dict[bytes, torch.Tensor] = {}
         self._store: _RamStore | _MappedStore = _RamStore() if directory is None else _MappedStore(directory)
         self._marks: tuple[tuple[int, int], ...] | None = None  # (data_ptr, version) of the frozen tensors
-        self._digest: bytes | None = None  # their content hash
+        self._digest: tuple[int, ...] | None = None  # their content fingerprint
 
     # Copies and pickles (DDP spawn, deepcopy) start empty: the rows are recomputable.
     def __getstate__(self) -> dict[str, Any]:
@@ -105,7 +114,7 @@ class FrozenFeatureCache:
         marks = tuple((t.data_ptr(), t._version) for t in tensors)
         if marks == self._marks:
             return
-        digest = _digest(tensors)  # only when something may have changed (a load, a move to a device)
+        digest = _fingerprint(tensors)  # only when something may have changed (a load, a move to a device)
         if digest != self._digest:
             if self.rows:
                 info("frozen weights changed: the frozen-feature cache starts over")
@@ -113,31 +122,51 @@ class FrozenFeatureCache:
             self._digest = digest
         self._marks = marks
 
-    def _widths(self, input_ids: torch.Tensor, lengths: torch.Tensor | None) -> list[int]:
-        if self.keep_padding or lengths is None:
-            return [input_ids.shape[1]] * input_ids.shape[0]
-        return lengths.tolist()
+    def _key(self, ids: Sequence[int], width: int) -> bytes:
+        """A text's key: its token ids; with keep_padding also the padded width (the row is the padded one)."""
+        key = np.asarray(ids, dtype=np.int64).tobytes()
+        return key + width.to_bytes(4, "little") if self.keep_padding else key
 
-    def fill(self, input_ids: torch.Tensor, lengths: torch.Tensor | None, compute: Compute) -> tuple[list[bytes], int]:
-        """Compute and store the rows that are missing; returns every row's key and how many were new."""
-        widths = self._widths(input_ids, lengths)
-        ids = input_ids.detach().to("cpu", torch.int64).numpy()
-        keys = [row[:n].tobytes() for row, n in zip(ids, widths, strict=True)]
+    def fill(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor | None,
+        compute: Compute,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[list[bytes], int]:
+        """Compute and store the rows that are missing; returns every row's key and how many were new.
+
+        `token_ids`: the rows' unpadded ids on the CPU, when the caller has them (the data module's batches
+        carry them): the keys then need no copy of `input_ids` from the device, which would wait for the GPU.
+        """
+        width = input_ids.shape[1]
+        if token_ids is None:
+            ids = input_ids.detach().to("cpu", torch.int64).numpy()
+            counts = lengths.tolist() if lengths is not None else [width] * len(ids)
+            token_ids = [row[:n] for row, n in zip(ids, counts, strict=True)]
+        widths = [width] * len(token_ids) if self.keep_padding else [len(ids) for ids in token_ids]
+        keys = [self._key(ids, width) for ids in token_ids]
         first = {key: i for i, key in reversed(list(enumerate(keys)))}  # a key's first row
         missing = sorted(i for key, i in first.items() if key not in self.rows)
         if missing:
-            width = max(widths[i] for i in missing)
+            needed = max(widths[i] for i in missing)
             with torch.no_grad():
-                hidden = compute(input_ids[missing, :width]).detach()
+                hidden = compute(input_ids[missing, :needed]).detach()
             if self.directory is not None:
                 hidden = hidden.cpu()
             for row, i in enumerate(missing):
                 self.rows[keys[i]] = self._store.put(hidden[row, : widths[i]].contiguous())
         return keys, len(missing)
 
-    def features(self, input_ids: torch.Tensor, lengths: torch.Tensor | None, compute: Compute) -> torch.Tensor:
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor | None,
+        compute: Compute,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
         """(B, T) ids -> (B, T, D) frozen hidden states on the ids' device, from the cache where possible."""
-        keys, _ = self.fill(input_ids, lengths, compute)
+        keys, _ = self.fill(input_ids, lengths, compute, token_ids)
         device = input_ids.device
         hidden = pad_sequence([self.rows[key].to(device, non_blocking=True) for key in keys], batch_first=True)
         width = input_ids.shape[1]
@@ -145,33 +174,79 @@ class FrozenFeatureCache:
             hidden = torch.nn.functional.pad(hidden, (0, 0, 0, width - hidden.shape[1]))
         return hidden
 
+    # -- the callback: fill before each epoch, hand each step its batch's features --------------------
 
-def _digest(tensors: Sequence[torch.Tensor]) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fill_split(trainer, pl_module, "train", trainer.num_training_batches, trainer.train_dataloader)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fill_split(trainer, pl_module, "validation", sum(trainer.num_val_batches), trainer.val_dataloaders)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fill_split(trainer, pl_module, "test", sum(trainer.num_test_batches), trainer.test_dataloaders)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
+        self._attach(trainer, pl_module, batch)
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any
+    ) -> None:
+        self._attach(trainer, pl_module, batch)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
+        self._attach(trainer, pl_module, batch)
+
+    def _attach(self, trainer: L.Trainer, pl_module: Any, batch: dict[str, torch.Tensor]) -> None:
+        self.check(pl_module.frozen_parameters())
+        with trainer.precision_plugin.forward_context():
+            batch[FROZEN_FEATURES] = self.features(
+                batch["input_ids"], batch["lengths"], pl_module.frozen_features, batch.get(TOKEN_IDS)
+            )
+
+    def _fill_split(
+        self, trainer: L.Trainer, pl_module: Any, split: str, batches_run: int | float, loaders: Any
+    ) -> None:
+        """Fill the cache with this process's texts of `split` for the epoch, in length-sorted batches of at
+        most max_tokens tokens (little padding), before the steps need them. Texts it misses (another data
+        set) are filled by the steps. An epoch limited to fewer batches than its loader has (limit_*_batches,
+        fast_dev_run) fills only what it reads; pool=last with per-batch padding cannot be filled ahead
+        (its keys depend on each batch's width)."""
+        datamodule = trainer.datamodule
+        preprocessing = getattr(datamodule, "preprocessing", None)
+        loaders = [loaders] if isinstance(loaders, DataLoader) else list(loaders or [])
+        if preprocessing is None or not loaders or batches_run < sum(len(loader) for loader in loaders):
+            return
+        if self.keep_padding and preprocessing.pad_length is None:
+            return
+        self.check(pl_module.frozen_parameters())
+        rows = sorted(datamodule.token_ids(split, trainer.current_epoch), key=len)  # stable: ties keep data order
+        max_tokens = 512 if pl_module.device.type == "cpu" else 16384  # small batches run fastest on CPUs
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        new = start = 0
+        with (
+            trainer.precision_plugin.forward_context(),
+            tqdm(total=len(rows), desc="frozen-feature cache", unit="text", disable=not show, leave=False) as bar,
+        ):
+            while start < len(rows):
+                stop = start + 1
+                while stop < len(rows) and (stop + 1 - start) * len(rows[stop]) <= max_tokens:
+                    stop += 1
+                chunk = rows[start:stop]
+                input_ids, lengths = (t.to(pl_module.device) for t in pad(chunk, preprocessing.pad_length))
+                new += self.fill(input_ids, lengths, pl_module.frozen_features, chunk)[1]
+                bar.update(stop - start)
+                start = stop
+        if new:
+            info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(self), self.nbytes / 2**20)
+
+
+def _fingerprint(tensors: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    """A content fingerprint computed where the tensors live (no copy of the weights to the CPU): per tensor,
+    the sum and the sum of squares of its elements' bits read as integers (int64, wrapping). A change to any one
+    element changes it; it is not a cryptographic hash (the cache guards against mistakes, not attacks)."""
+    integer = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    sums: list[int] = []
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return h.digest()
-
-
-def fill_batches(loader: DataLoader, max_tokens: int = 512) -> Iterator[dict[str, torch.Tensor]]:
-    """The loader's texts for this epoch (this rank's share), sorted by length and collated by the
-    loader's own collate_fn in batches of at most `max_tokens` tokens: filling the cache from these
-    wastes next to nothing on padding. Only for datasets with token lists (`.ids`); samplers that would
-    draw from the global RNG are not iterated (all texts are used instead), so the training order
-    stays what it would be without the cache."""
-    dataset = loader.dataset
-    ids: Sequence[Sequence[int]] | None = getattr(dataset, "ids", None)
-    if ids is None:
-        return
-    sampler = getattr(loader.batch_sampler, "sampler", None)  # the rank's share when sharded
-    if sampler is None:
-        sampler = loader.sampler
-    deterministic = isinstance(sampler, (DistributedSampler, SequentialSampler, ShardSampler))
-    indices = sorted(set(sampler) if deterministic else range(len(ids)), key=lambda i: (len(ids[i]), i))
-    start = 0
-    while start < len(indices):
-        stop = start + 1
-        while stop < len(indices) and (stop + 1 - start) * len(ids[indices[stop]]) <= max_tokens:
-            stop += 1
-        yield loader.collate_fn([dataset[i] for i in indices[start:stop]])
-        start = stop
+        bits = t.detach().reshape(-1).view(integer[t.element_size()]).to(torch.int64)
+        sums += [bits.numel(), int(bits.sum()), int((bits * bits).sum())]
+    return tuple(sums)

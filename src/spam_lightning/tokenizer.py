@@ -7,7 +7,6 @@ and prediction finds it: `data.tokenizer_file` is needed once, offline, and neve
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 from spam_lightning.downloads import cache_dir, fetch
 from spam_lightning.errors import UserError
-from spam_lightning.files import atomic_write_bytes
+from spam_lightning.files import atomic_write_bytes, file_sha256
 
 PAD_TOKEN_ID = 50256  # <|endoftext|>, the book's padding token
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -27,14 +26,6 @@ TOKENIZER_NAME = "gpt2.tiktoken"
 
 class TokenizerError(UserError, ValueError):
     """A tokenizer file that is missing or is not GPT-2's vocabulary."""
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tokenizer_path(tokenizer_file: str | None = None, url: str = TIKTOKEN_URL) -> Path:

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from spam_lightning.checkpoint import read_checkpoint, read_record
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
@@ -29,11 +30,11 @@ from spam_lightning.gpt import PRESETS, make_config
 from spam_lightning.logs import log_through_root, silence_false_warnings
 from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
+from spam_lightning.sms_spam import SPLITS
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
 
-EVAL_SPLITS = ("train", "validation", "test")
 REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
 # Hyperparameters that fix the shapes of the weights and of the optimizer state: a checkpoint made with
 # other values cannot be continued.
@@ -169,7 +170,7 @@ def evaluate(
     test text's label and P(spam) (binary models), the input of the PR curve."""
     datamodule.setup("test")
     results = {}
-    for split in EVAL_SPLITS:
+    for split in SPLITS:
         model.test_prefix = "test" if split == "test" else f"eval_{split}"
         name_test_pass(trainer, f"Evaluating {split}")
         logged = trainer.test(model, dataloaders=datamodule.eval_dataloader(split), ckpt_path=ckpt_path, verbose=False)
@@ -185,7 +186,7 @@ def results_table(summary: dict[str, Any], run_dir: Path) -> str:
     header = f"{'split':<12}" + "".join(f"{m:>10}" for m in REPORTED_METRICS)
     rows = [
         f"{split:<12}" + "".join(f"{summary[split].get(m, float('nan')):>10.4f}" for m in REPORTED_METRICS)
-        for split in EVAL_SPLITS
+        for split in SPLITS
     ]
     params = summary["parameters"]
     times = summary["time_seconds"]
@@ -220,17 +221,15 @@ def _checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint without running pickled code; a clear error if it is truncated or foreign."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        cause = " ".join(str(err).split())[:300]
-        raise ConfigError(f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint?): {cause}") from err
-
-
 def _check_compatible(ckpt_path: str, model: SpamClassifier) -> None:
-    saved = load_checkpoint(ckpt_path).get("hyper_parameters", {})
+    ckpt = read_checkpoint(ckpt_path)
+    read_record(ckpt, f"checkpoint {ckpt_path!r}")  # an older version's checkpoint is refused here
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(
+            f"checkpoint {ckpt_path!r} holds the model weights only (a best-by-validation checkpoint), not the "
+            "optimizer and loop state a run continues from; continue from last.ckpt (resume=true)"
+        )
+    saved = ckpt.get("hyper_parameters", {})
     ours = dict(model.hparams)
     for key in ARCHITECTURE_KEYS:
         if key in saved and saved[key] != ours.get(key):

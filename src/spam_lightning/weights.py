@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from spam_lightning.errors import DownloadError, UserError
+from spam_lightning.errors import CheckpointError, DownloadError, UserError
+from spam_lightning.files import file_sha256
 from spam_lightning.gpt import PRESETS, GPTConfig, GPTModel
 
 HF_REPO_OWNER = "openai-community"
@@ -197,14 +199,10 @@ def download_pretrained(name: str) -> Path:
         ) from err
 
 
-def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTModel:
-    """`GPTModel(cfg)`, randomly initialised (None) or with OpenAI's weights.
-
-    `pretrained`: a preset name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), fetched from the
-    Hugging Face Hub at a pinned revision, or a local `model.safetensors` in the Hub's layout.
-    """
-    if pretrained is None:
-        return GPTModel(cfg)
+def pretrained_file(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> Path:
+    """The local weights file of `pretrained`: a preset name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
+    fetched from the Hugging Face Hub at its pinned revision (or found in the Hub's cache), or a local
+    `model.safetensors` in the Hub's layout."""
     if isinstance(pretrained, str) and pretrained in PRESETS:
         preset = PRESETS[pretrained]
         diff = [f for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(preset, f)]
@@ -213,18 +211,72 @@ def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTM
                 f"model.pretrained={pretrained!r} needs the {pretrained!r} architecture, but the config has "
                 + ", ".join(f"{f}={getattr(cfg, f)} (expected {getattr(preset, f)})" for f in diff)
             )
-        path = download_pretrained(pretrained)
-    else:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise PretrainedWeightsError(
-                f"model.pretrained={str(pretrained)!r} is neither a GPT-2 preset ({', '.join(PRESETS)}) "
-                "nor an existing safetensors file"
-            )
+        return download_pretrained(pretrained)
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(
+            f"model.pretrained={str(pretrained)!r} is neither a GPT-2 preset ({', '.join(PRESETS)}) "
+            "nor an existing safetensors file"
+        )
+    return path
+
+
+def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTModel:
+    """`GPTModel(cfg)`, randomly initialised (None) or with OpenAI's weights (see `pretrained_file`)."""
+    if pretrained is None:
+        return GPTModel(cfg)
+    path = pretrained_file(cfg, pretrained)
+    weights_sha256(path)  # starts hashing for the checkpoints' provenance while the weights load
     state = read_safetensors(path)
     model = GPTModel(cfg)
     load_hf_state_dict(model, state, source=f"weights file {str(path)!r}")
     return model
+
+
+def provenance(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> dict[str, str | None]:
+    """Where pretrained weights came from, so that they can be fetched and checked again: the preset name and
+    its pinned Hub revision, or the file's absolute path; and the file's sha256."""
+    path = pretrained_file(cfg, pretrained)
+    if isinstance(pretrained, str) and pretrained in PRESETS:
+        name, revision = pretrained, HF_REVISIONS[pretrained]
+    else:
+        name, revision = str(path.absolute()), None
+    return {"pretrained": name, "revision": revision, "sha256": weights_sha256(path).result()}
+
+
+_HASHES: dict[tuple[str, int, int], Future[str]] = {}
+
+
+def weights_sha256(path: Path) -> Future[str]:
+    """The sha256 of a weights file, computed once per process (and file version) in a background thread."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = ThreadPoolExecutor(max_workers=1).submit(file_sha256, path)
+    return _HASHES[key]
+
+
+def load_recorded(cfg: GPTConfig, recorded: Mapping[str, str | None], source: str) -> dict[str, Tensor]:
+    """Our-layout GPT-2 weights from a `provenance` record, refused unless the file's sha256 matches it."""
+    name = str(recorded["pretrained"])
+    if name in PRESETS and recorded.get("revision") != HF_REVISIONS[name]:
+        raise CheckpointError(
+            f"{source}: its frozen weights are {name} at Hub revision {recorded.get('revision')}, but this version "
+            f"pins revision {HF_REVISIONS[name]}"
+        )
+    try:
+        path = pretrained_file(cfg, name)
+    except PretrainedWeightsError as err:
+        raise CheckpointError(
+            f"{source} holds only the trained layers; its frozen weights ({name}) are not available: {err}"
+        ) from err
+    actual = weights_sha256(path).result()
+    if actual != recorded["sha256"]:
+        raise CheckpointError(
+            f"{source} was trained on frozen weights {name} with sha256 {recorded['sha256']}, but {path} has "
+            f"sha256 {actual}: not the weights it was trained with"
+        )
+    return convert_hf_state_dict(read_safetensors(path), cfg, source=f"weights file {str(path)!r}")
 
 
 def _arch(cfg: GPTConfig) -> str:

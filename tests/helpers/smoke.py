@@ -3,15 +3,22 @@ tests start from (tiny model, one epoch of 20 steps, the real data)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from spam_lightning.checkpoint import read_checkpoint
 from spam_lightning.train import run as train_run
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+HELPERS = Path(__file__).resolve().parent
 
 
 def compose_cfg(name: str, *overrides: str) -> DictConfig:
@@ -36,3 +43,29 @@ def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) 
         *overrides,
     )
     return train_run(cfg)
+
+
+def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
+    """`python train.py experiment=smoke ...` in a subprocess (so it can be SIGKILLed)."""
+    env = {**os.environ, "PYTHONPATH": str(HELPERS), "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "train.py",
+        "experiment=smoke",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "test_after_fit=false",
+        f"runs_dir={tmp / 'runs'}",
+        "run_name=r",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}",
+        f"data.data_dir={tmp / 'data'}",
+        *overrides,
+    ]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def final_weights(tmp: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(tmp / "runs" / "r" / "checkpoints" / "last.ckpt")["state_dict"]

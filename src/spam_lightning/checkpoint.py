@@ -1,0 +1,132 @@
+"""What a checkpoint holds, and the one way to read one (training's resume, prediction, export, evaluation).
+
+Lightning writes the checkpoint; `SpamClassifier` adds our record to it under `RECORD_KEY`:
+
+    format           RECORD_FORMAT
+    net              SpamNet.args(): architecture, number of classes, pooling
+    preprocessing    Preprocessing.to_dict(): tokenizer, lengths, padding, labels
+    data             where the training data came from (source, folder, seed, split hashes)
+    frozen_weights   None: state_dict holds every weight. Else the provenance of the pretrained weights
+                     (preset and pinned Hub revision, or file path; sha256): state_dict holds only what
+                     training changed, and the frozen tensors are read again from those weights, which must
+                     have the recorded sha256.
+
+No Lightning here: prediction and export load checkpoints without it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
+from spam_lightning.gpt import make_config
+from spam_lightning.net import SpamNet
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.weights import load_recorded
+
+RECORD_KEY = "spam_lightning"
+RECORD_FORMAT = 2  # 1: before the record existed (keys gpt.*, settings read from config.yaml): refused
+NET_PREFIX = "net."  # SpamClassifier holds the SpamNet as `net`
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file as a dict, read with `weights_only=True` (memory-mapped).
+
+    Our checkpoints hold only tensors, numbers, strings and plain containers, which torch's weights-only
+    unpickler allows by default: nothing else is allow-listed. Any other pickled object (a class, a
+    function such as os.system) is refused before it is built.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False; keep only the line naming what was refused.
+        match = re.search(r"^.*unsupported.*$", str(err), re.IGNORECASE | re.MULTILINE)
+        detail = match.group(0).strip().rstrip(".") if match else "not a weights-only pickle"
+        raise UnsafeCheckpointError(
+            f"refusing checkpoint {str(path)!r}: it holds pickled objects other than tensors and plain "
+            f"containers ({detail}); it was not loaded and none of its code ran"
+        ) from err
+    except Exception as err:
+        cause = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint?): {cause}"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def read_record(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Our record in a checkpoint read by `read_checkpoint`; older or foreign checkpoints are refused."""
+    record = ckpt.get(RECORD_KEY)
+    if not isinstance(record, Mapping):
+        old = any(key.startswith("gpt.") for key in ckpt.get("state_dict", {}))
+        raise CheckpointError(
+            f"{source} was written by an older spam_lightning (before checkpoints recorded their preprocessing)"
+            " and cannot be used by this version: train again, or export it with the version that wrote it"
+            if old
+            else f"{source} is not a spam_lightning checkpoint (no {RECORD_KEY!r} record)"
+        )
+    if record.get("format") != RECORD_FORMAT:
+        raise CheckpointError(f"{source}: checkpoint format {record.get('format')!r}, expected {RECORD_FORMAT}")
+    return dict(record)
+
+
+@dataclass
+class TrainedModel:
+    """A trained classifier as training left it: the network, its preprocessing, and where it came from."""
+
+    net: SpamNet
+    preprocessing: Preprocessing
+    training: dict[str, Any]  # checkpoint, hyper_parameters, data, frozen_weights
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """The complete trained network of a checkpoint, on the CPU in eval mode (frozen weights read again and
+    checked against their recorded sha256 when the checkpoint holds only the trained ones)."""
+    source = str(path)
+    ckpt = read_checkpoint(path)
+    record = read_record(ckpt, source)
+    try:
+        net = SpamNet.from_args(record["net"], device="meta")  # shapes only: no time on random init
+        preprocessing = Preprocessing.from_dict(record["preprocessing"], source)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: unusable record ({err})") from err
+    state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+    frozen = record.get("frozen_weights")
+    if frozen is not None:
+        pretrained = load_recorded(make_config(record["net"]["arch"]), frozen, source)
+        state = {**{f"gpt.{k}": v for k, v in pretrained.items()}, **state}  # the trained head replaces GPT-2's
+    load_net_state(net, state, source)
+    training = {
+        "checkpoint": str(Path(path).absolute()),
+        "hyper_parameters": dict(ckpt.get("hyper_parameters", {})),
+        "data": dict(record.get("data") or {}),
+        "frozen_weights": frozen,
+    }
+    return TrainedModel(net.eval(), preprocessing, training)
+
+
+def load_net_state(net: SpamNet, state: Mapping[str, torch.Tensor], source: str) -> None:
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{source}: the weights do not fit the recorded network: {err}") from err
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The run directory of a checkpoint that train.py wrote (<run dir>/checkpoints/NAME.ckpt), else None.
+    Only for where outputs go by default (export/, evaluation/): nothing is read from the run directory."""
+    path = Path(ckpt_path)
+    return path.parent.parent if path.parent.name == "checkpoints" else None

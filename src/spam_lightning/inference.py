@@ -1,0 +1,183 @@
+"""Use a trained classifier: load it (a checkpoint or an exported folder) and score texts exactly as
+training preprocessed them, from the preprocessing record it carries.
+
+No Lightning in this module: an exported model needs only torch, safetensors and tiktoken.
+
+Rules for inputs:
+- an empty or whitespace-only text gets no prediction: label null and error "empty text";
+- a text that is not valid UTF-8 (a lone surrogate in a str) gets error "invalid UTF-8";
+- a text longer than the training length is truncated as in training and flagged `truncated`;
+- a text is spam iff P(spam) > threshold (0.5 by default, as the training metrics count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+import torch
+
+from spam_lightning.checkpoint import TrainedModel, load_trained
+from spam_lightning.errors import CheckpointError
+from spam_lightning.export import read_export
+from spam_lightning.tokenizer import get_tokenizer
+
+# Inference arithmetic: float32, or bfloat16 weights and activations (faster on GPUs; slower on CPUs without
+# bf16 units).
+PRECISIONS = ("32", "bf16")
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str | None  # "ham" | "spam"; None when the text could not be classified
+    spam_probability: float | None
+    truncated: bool  # longer than the training length, truncated as in training
+    error: str | None = None  # "empty text" | "invalid UTF-8"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]  # truncated token ids; [] when error
+    truncated: bool
+    error: str | None = None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Predictor:
+    """A trained classifier with its preprocessing: texts in, P(spam) out."""
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        tokenizer: tiktoken.Encoding,
+        device: str | torch.device = "auto",
+        precision: str = "32",
+    ) -> None:
+        if model.net.num_classes != 2:
+            raise CheckpointError(
+                f"a spam classifier has 2 classes (ham, spam); this model has {model.net.num_classes}"
+            )
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        # bf16: the weights are converted once (autocast would convert them again in every batch).
+        self.net = model.net.to(self.device, torch.bfloat16 if precision == "bf16" else None).eval()
+        self.preprocessing = model.preprocessing
+        self.training = model.training  # provenance: checkpoint, hyper_parameters, data, frozen weights
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt_path: str | Path, tokenizer_file: str | None = None, device: str = "auto", precision: str = "32"
+    ) -> Predictor:
+        return cls(load_trained(ckpt_path), get_tokenizer(tokenizer_file), device, precision)
+
+    @classmethod
+    def from_dir(
+        cls, model_dir: str | Path, tokenizer_file: str | None = None, device: str = "auto", precision: str = "32"
+    ) -> Predictor:
+        """An exported folder (export.py): its bundled tokenizer file unless `tokenizer_file` is given."""
+        model, bundled = read_export(model_dir)
+        tokenizer_file = tokenizer_file or (str(bundled) if bundled is not None else None)
+        return cls(model, get_tokenizer(tokenizer_file), device, precision)
+
+    # -- preprocessing ------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """Token ids as training made them (Preprocessing.encode), with the texts that cannot be classified."""
+        errors = [_text_error(t) for t in texts]
+        ids, truncated = self.preprocessing.encode(
+            self.tokenizer, [t for t, e in zip(texts, errors, strict=True) if e is None]
+        )
+        valid = iter(zip(ids, truncated, strict=True))
+        out = []
+        for error in errors:
+            out.append(Encoded([], False, error) if error is not None else Encoded(*next(valid)))
+        return out
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def probabilities(self, ids: Sequence[list[int]], batch_size: int = 64) -> torch.Tensor:
+        """(N, C) class probabilities (float32, CPU) for non-empty token id lists, in the given order.
+
+        With a fixed padded length every row is padded to it, as in training. Otherwise each batch is
+        padded to its longest; texts are grouped by length for speed when the result does not depend on
+        the batch (Preprocessing.padding_invariant), else kept in the given order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = len(ids)
+        order = list(range(n))
+        if self.preprocessing.padding_invariant:
+            order.sort(key=lambda i: len(ids[i]))
+        probs = torch.empty((n, self.net.num_classes), dtype=torch.float32)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, lengths = self.preprocessing.pad([ids[i] for i in rows])
+            logits = self.net(input_ids.to(self.device), lengths.to(self.device))
+            probs[rows] = logits.float().softmax(dim=-1).cpu()
+        return probs
+
+    def spam_probabilities(
+        self, texts: Sequence[str], batch_size: int = 64
+    ) -> tuple[list[float | None], list[Encoded]]:
+        """P(spam) per text (None where the text has an error), and the encodings."""
+        encoded = self.encode(texts)
+        valid = [i for i, e in enumerate(encoded) if e.error is None]
+        probs = self.probabilities([encoded[i].ids for i in valid], batch_size)[:, 1].tolist()
+        scores: list[float | None] = [None] * len(texts)
+        for i, p in zip(valid, probs, strict=True):
+            scores[i] = p
+        return scores, encoded
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float = 0.5) -> list[Prediction]:
+        """One Prediction per text, in order: spam iff P(spam) > threshold."""
+        labels = self.preprocessing.labels
+        scores, encoded = self.spam_probabilities(texts, batch_size)
+        out = []
+        for text, p, enc in zip(texts, scores, encoded, strict=True):
+            label = None if p is None else labels[int(p > threshold)]
+            out.append(Prediction(text, label, p, enc.truncated, enc.error))
+        return out
+
+
+def _text_error(text: str) -> str | None:
+    if not isinstance(text, str):
+        raise TypeError(f"texts must be str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid UTF-8"
+    return None if text.strip() else "empty text"
+
+
+def load_predictor(
+    ckpt_path: str | None = None,
+    model_dir: str | None = None,
+    tokenizer_file: str | None = None,
+    device: str = "auto",
+    precision: str = "32",
+) -> Predictor:
+    """Exactly one of a Lightning checkpoint or an exported model folder."""
+    if (ckpt_path is None) == (model_dir is None):
+        raise CheckpointError("give exactly one of ckpt_path=PATH.ckpt or model_dir=EXPORTED_FOLDER")
+    if ckpt_path is not None:
+        return Predictor.from_checkpoint(ckpt_path, tokenizer_file, device, precision)
+    return Predictor.from_dir(str(model_dir), tokenizer_file, device, precision)
