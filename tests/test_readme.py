@@ -207,10 +207,9 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "runs_dir=/shared/runs run_name=slurm1 model.lr=1e-5,5e-5"
     ): NotRun("needs a SLURM cluster with GPUs"),
     # Performance
-    (
-        "python benchmarks/bench_finetune.py --device cuda --model gpt2 --epochs 5 --runs ab "
-        '--variant "bf16=trainer.precision=bf16-mixed"'
-    ): NotRun(GPU),
+    "python benchmarks/bench_finetune.py --device cuda --model gpt2 --epochs 5 --runs ab --weights-file random": (
+        NotRun(GPU)
+    ),
     "python benchmarks/bench_predict.py --device cuda --messages 1500 --batch-sizes 64,256 --precisions 32,bf16": (
         NotRun(GPU)
     ),
