@@ -161,7 +161,7 @@ def test_small_checkpoint_resume_equals_uninterrupted(tmp_path: Path, sms_zip: P
     kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
     # Whole epochs: the cache is filled ahead in the same length-sorted batches in both runs (an epoch limited by
     # limit_train_batches fills it from its own batches, so a resumed run's features can differ in the last bits).
-    extra = (f"model.pretrained={weights}", "model.trainable_layers=last_block")
+    extra = (f"model.pretrained={weights}", "model.trainable_layers=last_block", "data.batch_size=64")
     straight, split = tmp_path / "straight", tmp_path / "split"
     done = train_cli(straight, *extra, **kw)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -172,7 +172,7 @@ def test_small_checkpoint_resume_equals_uninterrupted(tmp_path: Path, sms_zip: P
     a, b = final_weights(straight), final_weights(split)
     assert a.keys() == b.keys() and all(k.startswith(TRAINABLE_PREFIXES) for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_checkpoint(split / "runs" / "r" / "checkpoints" / "last.ckpt")["global_step"] == 2 * (1045 // 16)
+    assert read_checkpoint(split / "runs" / "r" / "checkpoints" / "last.ckpt")["global_step"] == 2 * (1045 // 64)
 
 
 def test_prediction_needs_no_lightning(small: dict) -> None:

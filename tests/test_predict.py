@@ -236,7 +236,7 @@ def test_bf16_precision_agrees_with_float32(smoke: dict, predictor: Predictor, s
     assert [fp32[i] > 0.5 for i in confident] == [low[i] > 0.5 for i in confident]
     done = run_script("predict.py", f"ckpt_path={smoke['ckpt']}", "device=cpu", "precision=16", "text=hello")
     assert done.returncode != 0
-    assert "precision must be one of ['32', 'bf16'], got '16'" in done.stderr
+    assert "error: precision=16: expected one of 32, bf16" in done.stderr
     assert "Traceback" not in done.stderr
 
 

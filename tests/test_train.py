@@ -168,7 +168,7 @@ def test_resume_without_checkpoint_starts_fresh(cfg_factory, caplog: pytest.LogC
     [
         ("model.arch.emb_dim=32", "model.arch"),
         ("model.trainable_layers=1", "model.trainable_layers"),
-        ("data.seed=7", "other data"),
+        ("data.seed=7", r"data\.seed=123 \(this run: 7\)"),
     ],
 )
 def test_resume_with_incompatible_config_is_refused(override: str, message: str, cfg_factory, tmp_path: Path) -> None:

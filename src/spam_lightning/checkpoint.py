@@ -47,12 +47,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): not a checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # torch's message advises weights_only=False; keep only the line naming what was refused.
-        match = re.search(r"^.*unsupported.*$", str(err), re.IGNORECASE | re.MULTILINE)
-        detail = match.group(0).strip().rstrip(".") if match else "not a weights-only pickle"
+        match = re.search(r"^.*unsupported (global|class).*$", str(err), re.IGNORECASE | re.MULTILINE)
+        if match is None:  # not a refused object: bytes that are no pickle at all
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a checkpoint (not a torch file)") from err
+        detail = match.group(0).strip().rstrip(".")
         raise UnsafeCheckpointError(
             f"refusing checkpoint {str(path)!r}: it holds pickled objects other than tensors and plain "
             f"containers ({detail}); it was not loaded and none of its code ran"
@@ -109,6 +113,7 @@ def load_trained(path: str | Path) -> TrainedModel:
         pretrained = load_recorded(make_config(record["net"]["arch"]), frozen, source)
         state = {**{f"gpt.{k}": v for k, v in pretrained.items()}, **state}  # the trained head replaces GPT-2's
     load_net_state(net, state, source)
+    check_finite(net, f"checkpoint {source!r}")
     training = {
         "checkpoint": str(Path(path).absolute()),
         "hyper_parameters": dict(ckpt.get("hyper_parameters", {})),
@@ -123,6 +128,14 @@ def load_net_state(net: SpamNet, state: Mapping[str, torch.Tensor], source: str)
         net.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         raise CheckpointError(f"{source}: the weights do not fit the recorded network: {err}") from err
+
+
+def check_finite(net: torch.nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run, a corrupt file): they would predict garbage silently.
+    `source` starts the message: "checkpoint 'x.ckpt'"."""
+    for name, tensor in net.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: parameter {name} holds NaN/Inf values")
 
 
 def run_dir_of(ckpt_path: str | Path) -> Path | None:

@@ -273,8 +273,16 @@ class SmsSpamDataModule(L.LightningDataModule):
         return self.preprocessing.pad_length if self.preprocessing is not None else None
 
     def state_dict(self) -> dict[str, object]:
+        """The data settings a checkpoint records: a run is continued on the same splits and batches only."""
         manifest = json.loads((self.data_dir / MANIFEST_NAME).read_text())
-        return {"seed": self.seed, "splits_sha256": manifest["files"], "pad_length": self.pad_length}
+        keys = ("batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
+        batching = {key: getattr(self, key) for key in keys}
+        return {"seed": self.seed, "splits_sha256": manifest["files"], "pad_length": self.pad_length, **batching}
+
+    def train_batches_per_epoch(self, world_size: int = 1) -> int:
+        """Training batches each process gets per epoch (after setup)."""
+        per_process = -(-len(self.datasets["train"]) // world_size)  # DistributedSampler pads to equal shares
+        return per_process // self.batch_size if self.drop_last else -(-per_process // self.batch_size)
 
     def record(self) -> dict[str, Any]:
         """Where the training data came from, for checkpoints: evaluation finds and checks the same splits."""

@@ -33,6 +33,7 @@ from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
 from spam_lightning.files import file_sha256
 from spam_lightning.inference import Predictor, load_predictor
+from spam_lightning.options import check_options
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
 from spam_lightning.sms_spam import LABELS, SPLITS
 from spam_lightning.textio import decode_utf8, read_table, split_lines
@@ -169,6 +170,7 @@ def score_texts(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_options(cfg)
     predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
     if cfg.get("data_file"):
         name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
@@ -207,8 +209,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "n_misclassified": len(misclassified),
     }
     with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(m, ensure_ascii=False) + "\n" for m in misclassified)
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        f.writelines(json.dumps(m, ensure_ascii=False, allow_nan=False) + "\n" for m in misclassified)
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     points = {f"threshold {threshold:g}": precision_recall_at(scores, y, threshold)}
     if selection and selection["threshold"] is not None:
         points[f"chosen on validation (target {selection['target_precision']:g})"] = (

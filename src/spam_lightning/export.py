@@ -2,19 +2,24 @@
 
     model.safetensors   every weight of the SpamNet (keys gpt.*), frozen ones included
     config.json         format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), where it came
-                        from (checkpoint, hyper-parameters, data, frozen weights), the weights' sha256
+                        from (checkpoint, hyper-parameters, data, frozen weights), the weights' sha256, and
+                        record_sha256: the sha256 of net + preprocessing (what predictions depend on), so an
+                        edited config.json is refused rather than silently predicting otherwise
     gpt2.tiktoken       the GPT-2 BPE ranks file (sha256-pinned), so predicting needs no download
 
 `write_export` and `read_export` are the format's only writer and reader; `inference.Predictor.from_dir`
-(`python predict.py model_dir=FOLDER`) loads a folder through `read_export`.
+(`python predict.py model_dir=FOLDER`) loads a folder through `read_export`, which treats the folder as
+untrusted: every value is checked, and the files config.json names must lie inside the folder.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +67,15 @@ def write_export(
         "tokenizer_file": TOKENIZER_NAME,
         "weights_sha256": file_sha256(weights_file),
     }
+    config["record_sha256"] = record_sha256(config)
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return [weights_file, tokenizer_file, config_file]
+
+
+def record_sha256(config: Mapping[str, Any]) -> str:
+    """The sha256 of the canonical JSON of what in config.json determines predictions: net and preprocessing."""
+    record = {"net": config.get("net"), "preprocessing": config.get("preprocessing")}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write_tokenizer(tokenizer: tiktoken.Encoding, dest: Path) -> None:
@@ -76,37 +88,79 @@ def _write_tokenizer(tokenizer: tiktoken.Encoding, dest: Path) -> None:
 
 
 def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
-    """The trained model in an exported folder, and its bundled tokenizer file (None if absent)."""
+    """The trained model in an exported folder, and its bundled tokenizer file (None if absent).
+
+    The folder is untrusted: config.json must be unedited since export (record_sha256), its values valid and
+    consistent, its tokenizer_file inside the folder; anything else is a CheckpointError naming the key."""
     model_dir = Path(model_dir)
     config_file, weights_file = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
     for needed in (config_file, weights_file):
         if not needed.is_file():
             raise CheckpointError(f"{model_dir} is not an exported model: {needed.name} is missing")
     try:
-        config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{config_file}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
             f"{config_file}: format {config.get('format')!r}, expected {EXPORT_FORMAT!r} (exported by another "
             "version: export the checkpoint again)"
         )
-    expected = config.get("weights_sha256")
-    if expected is not None and file_sha256(weights_file) != expected:
+    for key in ("record_sha256", "weights_sha256"):
+        if not isinstance(config.get(key), str):
+            raise CheckpointError(
+                f"{config_file}: {key} is missing or not a string (every export writes it): export the checkpoint again"
+            )
+    if record_sha256(config) != config["record_sha256"]:
+        raise CheckpointError(
+            f"{config_file}: net/preprocessing do not match record_sha256: config.json was edited after export "
+            "(refused: it would change the predictions); export the checkpoint again"
+        )
+    if file_sha256(weights_file) != config["weights_sha256"]:
         raise CheckpointError(f"{weights_file}: sha256 differs from config.json's weights_sha256 (corrupt?)")
     try:
-        net = SpamNet.from_args(config["net"], device="meta")
-        preprocessing = Preprocessing.from_dict(config["preprocessing"], str(config_file))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_file}: incomplete model config ({err})") from err
+        net = SpamNet.from_args(config.get("net"), device="meta")
+    except ValueError as err:
+        raise CheckpointError(f"{config_file}: {err}") from err
+    preprocessing = Preprocessing.from_dict(config.get("preprocessing"), str(config_file))
+    preprocessing.check_fits(net.gpt.cfg, net.num_classes, net.pool, str(config_file))
+    training = config.get("training") or {}
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{config_file}: training must be a mapping, got {type(training).__name__}")
+    bundled = _bundled_file(model_dir, config.get("tokenizer_file", TOKENIZER_NAME), config_file)
     try:
         state = load_file(weights_file)
     except Exception as err:
         raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in state.items()}
+    differing = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+    if differing:  # load_state_dict's own message spans many lines
+        raise CheckpointError(
+            f"{weights_file}: the weights do not fit config.json's net ({len(differing)} tensors differ in name or "
+            f"shape, e.g. {differing[0]!r})"
+        )
     load_net_state(net, state, str(weights_file))
-    bundled = model_dir / str(config.get("tokenizer_file", TOKENIZER_NAME))
-    model = TrainedModel(net.eval(), preprocessing, dict(config.get("training") or {}))
-    return model, (bundled if bundled.is_file() else None)
+    return TrainedModel(net.eval(), preprocessing, training), bundled
+
+
+def _bundled_file(model_dir: Path, name: Any, config_file: Path) -> Path | None:
+    """The file config.json's tokenizer_file names (None if absent), which must lie inside model_dir: no
+    absolute path, no .., no symlink out of the folder."""
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{config_file}: tokenizer_file must be a file name inside {model_dir}, got {name!r}")
+    try:
+        path = (model_dir / name).resolve()
+        inside = model_dir.resolve() in path.parents
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise CheckpointError(f"{config_file}: tokenizer_file {name!r} cannot be resolved ({err})") from err
+    if not inside:
+        raise CheckpointError(
+            f"{config_file}: tokenizer_file {name!r} is outside the model folder (it resolves to {path}); refused"
+        )
+    return path if path.is_file() else None
 
 
 def export_checkpoint(

@@ -20,7 +20,7 @@ from typing import Any
 import tiktoken
 import torch
 
-from spam_lightning.checkpoint import TrainedModel, load_trained
+from spam_lightning.checkpoint import TrainedModel, check_finite, load_trained
 from spam_lightning.errors import CheckpointError
 from spam_lightning.export import read_export
 from spam_lightning.tokenizer import get_tokenizer
@@ -59,6 +59,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+class NonFiniteOutputError(ValueError):
+    """The network gave NaN/Inf logits for a text (with finite weights: an overflow): no probability to report."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"the model's output for text {index} is not finite (NaN/Inf logits): no spam probability")
+        self.index = index  # of the text in the caller's sequence
+
+
 class Predictor:
     """A trained classifier with its preprocessing: texts in, P(spam) out."""
 
@@ -94,6 +102,7 @@ class Predictor:
     ) -> Predictor:
         """An exported folder (export.py): its bundled tokenizer file unless `tokenizer_file` is given."""
         model, bundled = read_export(model_dir)
+        check_finite(model.net, f"exported model {str(model_dir)!r}")  # load_trained checks checkpoints
         tokenizer_file = tokenizer_file or (str(bundled) if bundled is not None else None)
         return cls(model, get_tokenizer(tokenizer_file), device, precision)
 
@@ -119,10 +128,11 @@ class Predictor:
 
         With a fixed padded length every row is padded to it, as in training. Otherwise each batch is
         padded to its longest; texts are grouped by length for speed when the result does not depend on
-        the batch (Preprocessing.padding_invariant), else kept in the given order.
+        the batch (Preprocessing.padding_invariant), else kept in the given order. A row that is not finite
+        raises NonFiniteOutputError naming its index in `ids`.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         n = len(ids)
         order = list(range(n))
         if self.preprocessing.padding_invariant:
@@ -133,6 +143,9 @@ class Predictor:
             input_ids, lengths = self.preprocessing.pad([ids[i] for i in rows])
             logits = self.net(input_ids.to(self.device), lengths.to(self.device))
             probs[rows] = logits.float().softmax(dim=-1).cpu()
+        bad = (~probs.isfinite().all(dim=1)).nonzero()
+        if len(bad):
+            raise NonFiniteOutputError(int(bad[0]))
         return probs
 
     def spam_probabilities(
@@ -141,7 +154,10 @@ class Predictor:
         """P(spam) per text (None where the text has an error), and the encodings."""
         encoded = self.encode(texts)
         valid = [i for i, e in enumerate(encoded) if e.error is None]
-        probs = self.probabilities([encoded[i].ids for i in valid], batch_size)[:, 1].tolist()
+        try:
+            probs = self.probabilities([encoded[i].ids for i in valid], batch_size)[:, 1].tolist()
+        except NonFiniteOutputError as err:
+            raise NonFiniteOutputError(valid[err.index]) from None  # the index among `texts`
         scores: list[float | None] = [None] * len(texts)
         for i, p in zip(valid, probs, strict=True):
             scores[i] = p

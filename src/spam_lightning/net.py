@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from spam_lightning.gpt import POOLS, GPTModel, make_config
+from spam_lightning.gpt import POOLS, PRESETS, GPTConfig, GPTModel, make_config
+
+SIZES = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads")  # GPTConfig's positive ints
 
 
 class SpamNet(nn.Module):
@@ -34,8 +36,9 @@ class SpamNet(nn.Module):
     @classmethod
     def from_args(cls, args: Mapping[str, Any], device: str | torch.device | None = None) -> SpamNet:
         """The net `args()` describes (on the meta device: shapes only, for a state dict to be assigned)."""
+        arch = check_args(args)
         with torch.device(device or "cpu"):
-            return cls(GPTModel(make_config(args["arch"])), int(args["num_classes"]), args["pool"])
+            return cls(GPTModel(arch), args["num_classes"], args["pool"])
 
     def args(self) -> dict[str, Any]:
         return {"arch": self.gpt.cfg.to_dict(), "num_classes": self.num_classes, "pool": self.pool}
@@ -56,3 +59,37 @@ class SpamNet(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head_logits(self.gpt.embed(input_ids), lengths)
+
+
+def check_args(args: Any) -> GPTConfig:
+    """The architecture of recorded `SpamNet.args()` (from a checkpoint or config.json), every value checked
+    first: a ValueError names the key (net.KEY) and what was expected."""
+    if not isinstance(args, Mapping) or set(args) != {"arch", "num_classes", "pool"}:
+        got = sorted(args) if isinstance(args, Mapping) else type(args).__name__
+        raise ValueError(f"net must be a mapping with the keys ['arch', 'num_classes', 'pool'], got {got}")
+    num_classes, pool, arch = args["num_classes"], args["pool"], args["arch"]
+    if not (type(num_classes) is int and num_classes >= 2):  # type(): a bool (JSON true) is no count
+        raise ValueError(f"net.num_classes must be an int >= 2, got {num_classes!r}")
+    if pool not in POOLS:
+        raise ValueError(f"net.pool must be one of {list(POOLS)}, got {pool!r}")
+    if isinstance(arch, str) and arch in PRESETS:
+        return PRESETS[arch]
+    if not isinstance(arch, Mapping):
+        raise ValueError(f"net.arch must be a preset {sorted(PRESETS)} or a mapping of GPT config fields, got {arch!r}")
+    unknown = sorted(set(arch) - set(GPTConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"net.arch has unknown keys {unknown}; expected a subset of {sorted(GPTConfig.__dataclass_fields__)}"
+        )
+    for key in SIZES:
+        if key in arch and not (type(arch[key]) is int and arch[key] > 0):
+            raise ValueError(f"net.arch.{key} must be a positive int, got {arch[key]!r}")
+    dropout = arch.get("dropout", 0.0)
+    if not (type(dropout) in (int, float) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"net.arch.dropout must be a number in [0, 1), got {dropout!r}")
+    if type(arch.get("qkv_bias", True)) is not bool:
+        raise ValueError(f"net.arch.qkv_bias must be true or false, got {arch['qkv_bias']!r}")
+    try:
+        return make_config(arch)
+    except ValueError as err:  # emb_dim not divisible by n_heads
+        raise ValueError(f"net.arch: {err}") from err

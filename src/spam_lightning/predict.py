@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from spam_lightning.inference import Prediction, load_predictor
+from spam_lightning.options import check_options
 from spam_lightning.textio import InputError, read_texts, write_predictions
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def gather_texts(cfg: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig) -> list[Prediction]:
     """Classify the configured texts and write them (stdout or cfg.output); returns the predictions."""
+    check_options(cfg)
     predictor = load_predictor(
         cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device, str(cfg.precision)
     )

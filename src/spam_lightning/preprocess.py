@@ -10,13 +10,14 @@ No Lightning here: an exported model needs only torch, safetensors and tiktoken.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import tiktoken
 import torch
 
 from spam_lightning.errors import UserError
+from spam_lightning.gpt import POOLS, GPTConfig
 from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, PAD_TOKEN_ID
 
 
@@ -63,17 +64,75 @@ class Preprocessing:
         return {**asdict(self), "labels": list(self.labels)}
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any], source: str) -> Preprocessing:
-        try:
-            pre = cls(**{**record, "labels": tuple(record["labels"])})
-        except (KeyError, TypeError) as err:
-            raise PreprocessingError(f"{source}: incomplete preprocessing record ({err})") from err
+    def from_dict(cls, record: Any, source: str) -> Preprocessing:
+        """The record `to_dict` wrote, read from a file (a checkpoint or config.json): every value is checked, and
+        a PreprocessingError names `source`, the key and what was expected."""
+        if not isinstance(record, Mapping):
+            raise PreprocessingError(f"{source}: preprocessing must be a mapping, got {type(record).__name__}")
+        unknown = sorted(set(record) - {f.name for f in fields(cls)})
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in record]
+        if unknown or missing:
+            raise PreprocessingError(
+                f"{source}: incomplete preprocessing record (missing keys {missing}, unknown keys {unknown})"
+            )
+
+        def expected(key: str, what: str) -> PreprocessingError:
+            return PreprocessingError(f"{source}: preprocessing.{key} must be {what}, got {record[key]!r}")
+
+        labels, pad_length, padding = record["labels"], record["pad_length"], record["padding"]
+        if not (
+            isinstance(labels, list | tuple)
+            and len(labels) >= 2
+            and all(isinstance(label, str) and label.strip() for label in labels)
+            and len(set(labels)) == len(labels)
+        ):
+            raise expected("labels", "a list of at least 2 distinct non-empty strings")
+        if not _positive_int(record["max_length"]):
+            raise expected("max_length", "a positive int")
+        if pad_length is not None and not _positive_int(pad_length):
+            raise expected("pad_length", "null or a positive int")
+        if not (padding in ("longest_train", "batch") or _positive_int(padding)):
+            raise expected("padding", "'longest_train', 'batch' or a positive int")
+        # The data module derives pad_length from padding: batch -> null, an int -> that int, longest_train -> an int.
+        if (pad_length is None) != (padding == "batch") or (_positive_int(padding) and pad_length != padding):
+            raise expected("pad_length", f"consistent with preprocessing.padding={padding!r}")
+        if record["pool"] not in POOLS:
+            raise expected("pool", f"one of {list(POOLS)}")
+        pad_token_id = record.get("pad_token_id", PAD_TOKEN_ID)
+        if not (type(pad_token_id) is int and 0 <= pad_token_id <= PAD_TOKEN_ID):
+            raise expected("pad_token_id", f"a GPT-2 token id in [0, {PAD_TOKEN_ID}]")
+        pre = cls(**{**record, "labels": tuple(labels)})
         if pre.tokenizer != "gpt2" or pre.tokenizer_sha256 != GPT2_TIKTOKEN_SHA256:
             raise PreprocessingError(
                 f"{source}: trained with tokenizer {pre.tokenizer!r} (sha256 {pre.tokenizer_sha256}); "
                 f"this version has only GPT-2's BPE (sha256 {GPT2_TIKTOKEN_SHA256})"
             )
         return pre
+
+    def check_fits(self, arch: GPTConfig, num_classes: int, pool: str, source: str) -> None:
+        """Refuse a record that contradicts the network recorded beside it (`SpamNet.args()`: net.*)."""
+        if pool != self.pool:
+            raise PreprocessingError(f"{source}: preprocessing.pool {self.pool!r} differs from net.pool {pool!r}")
+        if len(self.labels) != num_classes:
+            raise PreprocessingError(
+                f"{source}: preprocessing.labels has {len(self.labels)} labels, net.num_classes is {num_classes}"
+            )
+        for key in ("max_length", "pad_length"):
+            value = getattr(self, key)
+            if value is not None and value > arch.context_length:
+                raise PreprocessingError(
+                    f"{source}: preprocessing.{key} must be at most net.arch.context_length={arch.context_length}, "
+                    f"got {value}"
+                )
+        if arch.vocab_size <= PAD_TOKEN_ID:
+            raise PreprocessingError(
+                f"{source}: net.arch.vocab_size must be at least GPT-2's {PAD_TOKEN_ID + 1} tokens, "
+                f"got {arch.vocab_size}"
+            )
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is int and value > 0  # not a bool, which JSON's true becomes
 
 
 def pad(rows: Sequence[Sequence[int]], width: int | None, pad_token_id: int = PAD_TOKEN_ID) -> tuple[torch.Tensor, ...]:

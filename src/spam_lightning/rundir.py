@@ -39,6 +39,17 @@ def remove_unstarted(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def check_run_name(config: DictConfig) -> None:
+    """A run_name is a folder under runs_dir: `../x` would write outside it, and an absolute one would be nested
+    under it silently."""
+    name = str(config.get("run_name"))
+    if Path(name).is_absolute() or ".." in Path(name).parts or not name.strip():
+        raise SystemExit(
+            f"error: run_name={name!r} must be a folder name under runs_dir (not absolute, no '..'); "
+            "to write elsewhere set runs_dir=FOLDER"
+        )
+
+
 def _continues(config: DictConfig) -> bool:
     return bool(config.get("resume") or config.get("ckpt_path"))
 
@@ -54,6 +65,7 @@ class RunDirGuard(Callback):
     """Refuse to start a run (or a grid sweep) whose folder holds an earlier one, unless it continues it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_run_name(config)
         if os.environ.get("RANK", "0") != "0":  # torchrun: the other ranks share rank 0's folder
             return
         run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
@@ -61,6 +73,7 @@ class RunDirGuard(Callback):
             raise SystemExit(_refusal(run_dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_run_name(config)
         if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_")):
             return  # an Optuna search continues its study into new trial folders
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))

@@ -76,7 +76,8 @@ def read_texts(path: str, column: str | None = None) -> list[str]:
 
 def write_jsonl(predictions: Sequence[Prediction], stream: TextIO) -> None:
     for p in predictions:
-        stream.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+        # allow_nan=False: a non-finite probability is a bug to surface, never invalid JSON (NaN) in the output
+        stream.write(json.dumps(p.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def write_table(predictions: Sequence[Prediction], stream: TextIO, token_limit: int) -> None:

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from spam_lightning.checkpoint import read_checkpoint, read_record
@@ -36,9 +37,15 @@ log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
 
 REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
-# Hyperparameters that fix the shapes of the weights and of the optimizer state: a checkpoint made with
-# other values cannot be continued.
-ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes", "trainable_layers")
+# What resume means per setting. A run continues with the settings it was trained with: these model and data
+# settings, if changed, refuse the resume with the list of differences (applying them mid-run would make the
+# recorded config differ from what trained, e.g. AdamW keeps the learning rate stored in its state).
+# Everything else applies to the rest of the run: trainer.max_epochs/max_steps (train longer),
+# checkpoint_every_n_steps, model.cache_frozen/cache_dir/compile/tf32, data.eval_batch_size/num_workers/pin_memory,
+# logging and progress bars.
+RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool", "lr", "weight_decay", "scheduler")
+RESUME_FIXED_MODEL += ("warmup_steps",)
+RESUME_FIXED_DATA = ("seed", "splits_sha256", "batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -60,19 +67,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(progress_bar())
     fit_timer = FitTimer()
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, fit_timer], logger=loggers or False)
+    _record_actual_precision(cfg, trainer)
     model = build_model_and_fetch_data(cfg.model, datamodule)
+    _check_trains_something(cfg, trainer, datamodule)
+    if ckpt_path is not None:  # before anything of the run changes (its config.yaml included)
+        _check_compatible(ckpt_path, model, datamodule)
 
     config_file = run_dir / "config.yaml"
     if trainer.is_global_zero and not _is_ddp_worker():
+        _remove_stale_temporaries(run_dir)
         atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
     launcher = use_resolved_config_launcher(trainer, config_file.resolve())
     try:
-        if ckpt_path is not None:
-            _check_compatible(ckpt_path, model)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
-            info("training interrupted; continue with resume=true run_name=%s", run_dir.name)
-            return {}
+            _say_interrupted(trainer, run_dir, "interrupted")
+            raise SystemExit(130)
         if not cfg.get("test_after_fit", True):
             return {}
         start = time.perf_counter()
@@ -95,9 +105,58 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
             log.info(results_table(summary, run_dir))
         return summary
+    except SIGTERMException:  # Lightning raises it as a bare SystemExit: status 0, as if the run had succeeded
+        _say_interrupted(trainer, run_dir, "stopped by SIGTERM")
+        raise SystemExit(143) from None
+    except SystemExit as stop:
+        if trainer.interrupted and stop.code not in (130, 143):  # Ctrl-C: Lightning calls sys.exit(1) itself
+            _say_interrupted(trainer, run_dir, "interrupted")
+            raise SystemExit(130) from None
+        raise
     finally:
         if launcher is not None:
             launcher.finish()
+
+
+def _say_interrupted(trainer: L.Trainer, run_dir: Path, how: str) -> None:
+    log.warning(
+        "training %s at epoch %d, step %d; continue with: python train.py resume=true run_name=%s",
+        how, trainer.current_epoch, trainer.global_step, run_dir.name,
+    )  # fmt: skip
+
+
+PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}  # Lightning's
+
+
+def _record_actual_precision(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Lightning may run another precision than the one asked for (16-mixed becomes bf16-mixed on a CPU):
+    config.yaml records the one that runs."""
+    asked, actual = str(cfg.trainer.get("precision")), str(trainer.precision)
+    if PRECISION_ALIASES.get(asked, asked) != actual:
+        log.warning("trainer.precision=%s runs as %s on this device; config.yaml records %s", asked, actual, actual)
+        cfg.trainer.precision = actual
+
+
+def _check_trains_something(cfg: DictConfig, trainer: L.Trainer, datamodule: SmsSpamDataModule) -> None:
+    """A configuration that would train nothing (and then report the untrained model's metrics) is an error."""
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if cfg.trainer.get(key) == 0:
+            raise ConfigError(f"trainer.{key}=0 trains nothing; give a positive value (max_steps=-1: no limit)")
+    datamodule.setup("fit")
+    batches = datamodule.train_batches_per_epoch(trainer.world_size)
+    if batches == 0:
+        n = len(datamodule.datasets["train"])
+        raise ConfigError(
+            f"data.batch_size={datamodule.batch_size} with data.drop_last={datamodule.drop_last} gives no training "
+            f"batch from the {n} training texts ({trainer.world_size} process(es)); use a smaller batch size"
+        )
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary checkpoint files left by a process killed while writing (atomic_write's .NAME.*.tmp)."""
+    for stale in (run_dir / "checkpoints").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+        info("removed %s, left by an interrupted checkpoint write", stale)
 
 
 # Config keys that hold local paths (URLs and preset names are left as they are).
@@ -221,7 +280,9 @@ def _checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def _check_compatible(ckpt_path: str, model: SpamClassifier) -> None:
+def _check_compatible(ckpt_path: str, model: SpamClassifier, datamodule: SmsSpamDataModule) -> None:
+    """Refuse to continue from a checkpoint that cannot be continued, or with settings that differ from the ones it
+    was trained with (RESUME_FIXED_*), listing every difference."""
     ckpt = read_checkpoint(ckpt_path)
     read_record(ckpt, f"checkpoint {ckpt_path!r}")  # an older version's checkpoint is refused here
     if "optimizer_states" not in ckpt:
@@ -229,14 +290,22 @@ def _check_compatible(ckpt_path: str, model: SpamClassifier) -> None:
             f"checkpoint {ckpt_path!r} holds the model weights only (a best-by-validation checkpoint), not the "
             "optimizer and loop state a run continues from; continue from last.ckpt (resume=true)"
         )
-    saved = ckpt.get("hyper_parameters", {})
-    ours = dict(model.hparams)
-    for key in ARCHITECTURE_KEYS:
-        if key in saved and saved[key] != ours.get(key):
-            raise ConfigError(
-                f"checkpoint {ckpt_path!r} was trained with model.{key}={saved[key]!r}, but this run has "
-                f"model.{key}={ours.get(key)!r}; use a matching config or start a new run_name"
-            )
+    saved_model, ours_model = ckpt.get("hyper_parameters", {}), dict(model.hparams)
+    saved_data, ours_data = ckpt.get(type(datamodule).__qualname__, {}), datamodule.state_dict()
+    differences = [
+        f"{group}.{key}={saved[key]!r} (this run: {ours.get(key)!r})"
+        for group, saved, ours, keys in (
+            ("model", saved_model, ours_model, RESUME_FIXED_MODEL),
+            ("data", saved_data, ours_data, RESUME_FIXED_DATA),
+        )
+        for key in keys
+        if key in saved and saved[key] != ours.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"checkpoint {ckpt_path!r} was trained with {', '.join(differences)}; a run continues with the settings "
+            "it was trained with: drop these overrides, or start a new run_name"
+        )
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:

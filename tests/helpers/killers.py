@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import signal as signal_module
 from typing import Any
 
 import lightning as L
@@ -41,16 +42,31 @@ class KillInValidation(Callback):
 
 
 class KillDuringCheckpointWrite(Callback):
-    """Killed halfway through writing the `nth` checkpoint file (after half its bytes hit the disk)."""
+    """Killed halfway through writing the `nth` checkpoint file (after half its bytes hit the disk).
+
+    Every checkpoint file counts (weights-only best checkpoints too): the checkpoint plugin's save is wrapped.
+    Writes queued before the nth are finished first, so the one that dies is the nth.
+    """
 
     def __init__(self, nth: int) -> None:
         self.nth = nth
         self.seen = 0
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self.seen += 1
-        if self.seen != self.nth:
-            return
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        checkpoint_io = trainer.strategy.checkpoint_io
+        real_save_checkpoint = checkpoint_io.save_checkpoint
+
+        def counting_save(checkpoint: dict, path: Any, *args: Any, **kwargs: Any) -> None:
+            self.seen += 1
+            if self.seen == self.nth:
+                checkpoint_io.wait()  # the earlier writes complete; the nth is the one that dies
+                self._die_in_next_write()
+            real_save_checkpoint(checkpoint, path, *args, **kwargs)
+
+        checkpoint_io.save_checkpoint = counting_save
+
+    @staticmethod
+    def _die_in_next_write() -> None:
         import io
 
         import torch
@@ -68,4 +84,23 @@ class KillDuringCheckpointWrite(Callback):
             os.fsync(f.fileno())
             _die()
 
-        checkpointing.torch.save = half_then_die  # the module's next write is the one being dumped now
+        checkpointing.torch.save = half_then_die  # the module's next write is the nth checkpoint's
+
+
+class SignalAtStep(Callback):
+    """Sends `signal` (a name: SIGTERM, SIGINT) to this process right after optimizer step `step`."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal = getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
+
+
+class SignalInTest(Callback):
+    """Sends SIGTERM to this process during the first test batch (the evaluation after fitting)."""
+
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        os.kill(os.getpid(), signal_module.SIGTERM)
