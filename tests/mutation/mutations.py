@@ -286,8 +286,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "resume-any-trainable",
         PKG + "train.py",
-        'ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes", "trainable_layers")',
-        'ARCHITECTURE_KEYS = ("arch", "dropout", "num_classes")',
+        'RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool",',
+        'RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "pool",',
         ("tests/test_train.py -k incompatible",),
         "a checkpoint with another trainable part is continued",
     ),
