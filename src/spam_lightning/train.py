@@ -142,6 +142,8 @@ def _check_trains_something(cfg: DictConfig, trainer: L.Trainer, datamodule: Sms
     for key in ("max_epochs", "max_steps", "limit_train_batches"):
         if cfg.trainer.get(key) == 0:
             raise ConfigError(f"trainer.{key}=0 trains nothing; give a positive value (max_steps=-1: no limit)")
+    if _is_ddp_worker():  # its node's data may not be prepared yet (Lightning does that in fit); rank 0 checks
+        return
     datamodule.setup("fit")
     batches = datamodule.train_batches_per_epoch(trainer.world_size)
     if batches == 0:
