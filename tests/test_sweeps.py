@@ -369,7 +369,7 @@ def test_two_torchrun_nodes_share_one_run_directory(tmp_path: Path, data_args: l
     mismatch = torchrun_nodes(2, *args, "run_name=mismatch")
     assert all(r.returncode != 0 for r in mismatch)
     for r in mismatch:
-        assert "WorldSizeError: the launcher started 2 processes (WORLD_SIZE=2), but trainer.num_nodes=1" in r.stderr
+        assert "error: the launcher started 2 processes (WORLD_SIZE=2), but trainer.num_nodes=1" in r.stderr  # one line
     assert not (tmp_path / "mismatch" / "checkpoints").exists()
 
     # Without a shared run_name every node would name its own run directory.
