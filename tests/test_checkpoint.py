@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.local_internet import write_gpt2_safetensors
-from helpers.smoke import compose_cfg, final_weights, train_cli, train_smoke
+from helpers.smoke import compose_cfg, final_weights, smoke_cfg, train_cli, train_smoke
 
 from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
 from spam_lightning.errors import CheckpointError, ConfigError
@@ -104,18 +104,15 @@ def test_continuing_on_other_frozen_weights_is_refused(
 ) -> None:
     last = small["tmp"] / "run" / "checkpoints" / "last.ckpt"
     other = tiny_weights(tmp_path / "other.safetensors", seed=3)
-    cfg = compose_cfg(
-        "train",
-        "experiment=smoke",
-        f"run_dir={tmp_path / 'run'}",
-        f"data.source={sms_zip}",
-        f"data.tokenizer_file={tokenizer_file}",
-        f"data.data_dir={small['tmp'] / 'data'}",
+    cfg = smoke_cfg(
+        tmp_path / "run",
+        small["tmp"] / "data",
+        sms_zip,
+        tokenizer_file,
         f"model.pretrained={other}",
         "model.trainable_layers=last_block",
         f"ckpt_path={last}",
         "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
     )
     with pytest.raises(CheckpointError, match="frozen weights"):
         run(cfg)
@@ -129,16 +126,8 @@ def test_continuing_from_a_weights_only_checkpoint_is_refused(small: dict, cfg_f
 @pytest.fixture
 def cfg_factory_small(small: dict, tmp_path: Path, sms_zip: Path, tokenizer_file: str):
     def factory(*overrides: str):
-        return compose_cfg(
-            "train",
-            "experiment=smoke",
-            f"run_dir={tmp_path / 'run'}",
-            f"data.source={sms_zip}",
-            f"data.tokenizer_file={tokenizer_file}",
-            f"data.data_dir={small['tmp'] / 'data'}",
-            *small["overrides"],
-            "trainer.enable_progress_bar=false",
-            *overrides,
+        return smoke_cfg(
+            tmp_path / "run", small["tmp"] / "data", sms_zip, tokenizer_file, *small["overrides"], *overrides
         )
 
     return factory

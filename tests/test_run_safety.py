@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.scripts import run_script
-from helpers.smoke import compose_cfg, train_cli
+from helpers.smoke import smoke_cfg, train_cli
 from omegaconf import OmegaConf
 
 from spam_lightning.checkpoint import read_checkpoint
@@ -22,17 +22,8 @@ from spam_lightning.train import run
 @pytest.fixture
 def cfg_factory(tmp_path: Path, sms_zip: Path, tokenizer_file: str):
     def factory(*overrides: str):
-        return compose_cfg(
-            "train",
-            "experiment=smoke",
-            f"run_dir={tmp_path / 'run'}",
-            f"data.source={sms_zip}",
-            f"data.tokenizer_file={tokenizer_file}",
-            f"data.data_dir={tmp_path / 'data'}",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            "test_after_fit=false",
-            *overrides,
+        return smoke_cfg(
+            tmp_path / "run", tmp_path / "data", sms_zip, tokenizer_file, "test_after_fit=false", *overrides
         )
 
     return factory

@@ -27,7 +27,7 @@ import tiktoken
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from spam_lightning.checkpoint import TrainedModel, load_net_state, load_trained, run_dir_of
+from spam_lightning.checkpoint import TrainedModel, check_finite, load_net_state, load_trained, run_dir_of
 from spam_lightning.errors import CheckpointError
 from spam_lightning.files import file_sha256
 from spam_lightning.net import SpamNet
@@ -143,6 +143,7 @@ def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
             f"shape, e.g. {differing[0]!r})"
         )
     load_net_state(net, state, str(weights_file))
+    check_finite(net, f"exported model {str(model_dir)!r}")  # as load_trained checks a checkpoint's
     return TrainedModel(net.eval(), preprocessing, training), bundled
 
 

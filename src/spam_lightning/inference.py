@@ -20,7 +20,7 @@ from typing import Any
 import tiktoken
 import torch
 
-from spam_lightning.checkpoint import TrainedModel, check_finite, load_trained
+from spam_lightning.checkpoint import TrainedModel, load_trained
 from spam_lightning.errors import CheckpointError
 from spam_lightning.export import read_export
 from spam_lightning.tokenizer import get_tokenizer
@@ -102,7 +102,6 @@ class Predictor:
     ) -> Predictor:
         """An exported folder (export.py): its bundled tokenizer file unless `tokenizer_file` is given."""
         model, bundled = read_export(model_dir)
-        check_finite(model.net, f"exported model {str(model_dir)!r}")  # load_trained checks checkpoints
         tokenizer_file = tokenizer_file or (str(bundled) if bundled is not None else None)
         return cls(model, get_tokenizer(tokenizer_file), device, precision)
 

@@ -26,6 +26,21 @@ def compose_cfg(name: str, *overrides: str) -> DictConfig:
         return compose(config_name=name, overrides=list(overrides))
 
 
+def smoke_cfg(run_dir: Path, data_dir: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) -> DictConfig:
+    """experiment=smoke writing into run_dir, the data (from the local zip and vocabulary) in data_dir, quiet."""
+    return compose_cfg(
+        "train",
+        "experiment=smoke",
+        f"run_dir={run_dir}",
+        f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}",
+        f"data.data_dir={data_dir}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *overrides,
+    )
+
+
 def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) -> dict[str, Any]:
     """A one-epoch smoke run into tmp/run (data in tmp/data); returns its metrics.json content."""
     cfg = compose_cfg(
