@@ -13,7 +13,7 @@ from helpers.local_internet import LocalInternet
 
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError, DownloadError
-from spam_lightning.sms_spam import TSV_NAME, ZIP_NAME, extract_tsv, parse_sms_collection
+from spam_lightning.sms_spam import TSV_NAME, ZIP_NAME, extract_tsv, parse_sms_collection, splits_dir
 from spam_lightning.tokenizer import get_tokenizer, tokenizer_path
 
 
@@ -42,8 +42,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_
 
 
 def _trusted_files(data_dir: Path) -> list[str]:
-    """Files a later run would pick up (temporary files start with a dot)."""
-    return sorted(p.name for p in data_dir.iterdir() if not p.name.startswith("."))
+    """Files a later run would pick up (temporary files start with a dot), as paths relative to data_dir."""
+    return sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*") if not p.name.startswith("."))
+
+
+SPLIT_FILES = ["seed-123", "seed-123/splits.json", "seed-123/test.csv", "seed-123/train.csv", "seed-123/validation.csv"]
 
 
 # -- download -------------------------------------------------------------------------------
@@ -53,15 +56,13 @@ def test_download_from_local_http_server(server: str, tmp_path: Path, tokenizer_
     dm = SmsSpamDataModule(data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=[f"{server}/good.zip"])
     dm.prepare_data()
     assert (tmp_path / ZIP_NAME).is_file()
-    assert _trusted_files(tmp_path) == sorted(
-        [ZIP_NAME, TSV_NAME, "splits.json", "train.csv", "validation.csv", "test.csv"]
-    )
+    assert _trusted_files(tmp_path) == sorted([ZIP_NAME, TSV_NAME, *SPLIT_FILES])
     # A verified copy in data_dir is used as is: no server needed the second time.
-    before = (tmp_path / "train.csv").stat().st_mtime_ns
+    before = (tmp_path / "seed-123" / "train.csv").stat().st_mtime_ns
     SmsSpamDataModule(
         data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=["http://127.0.0.1:9/x"]
     ).prepare_data()
-    assert (tmp_path / "train.csv").stat().st_mtime_ns == before
+    assert (tmp_path / "seed-123" / "train.csv").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(
@@ -83,13 +84,13 @@ def test_backup_url_used_when_first_fails(server: str, tmp_path: Path, tokenizer
         data_dir=str(tmp_path), tokenizer_file=tokenizer_file, urls=[f"{server}/missing.zip", f"{server}/good.zip"]
     )
     dm.prepare_data()
-    assert (tmp_path / "train.csv").is_file()
+    assert (tmp_path / "seed-123" / "train.csv").is_file()
 
 
 def test_url_source(server: str, tmp_path: Path, tokenizer_file: str) -> None:
     dm = SmsSpamDataModule(source=f"{server}/good.zip", data_dir=str(tmp_path), tokenizer_file=tokenizer_file)
     dm.prepare_data()
-    assert (tmp_path / "test.csv").is_file()
+    assert (tmp_path / "seed-123" / "test.csv").is_file()
 
 
 # -- local sources and checksums ---------------------------------------------------------------
@@ -99,7 +100,7 @@ def test_extracted_file_as_source(tmp_path: Path, sms_tsv: Path, tokenizer_file:
     dm = SmsSpamDataModule(source=str(sms_tsv), data_dir=str(tmp_path), tokenizer_file=tokenizer_file)
     dm.prepare_data()
     for name in ("train", "validation", "test"):
-        assert (tmp_path / f"{name}.csv").read_bytes() == (prepared.data_dir / f"{name}.csv").read_bytes()
+        assert (dm.splits_dir / f"{name}.csv").read_bytes() == (prepared.splits_dir / f"{name}.csv").read_bytes()
 
 
 def test_wrong_checksum_of_local_zip(tmp_path: Path, sms_zip: Path) -> None:
@@ -110,7 +111,7 @@ def test_wrong_checksum_of_local_zip(tmp_path: Path, sms_zip: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"copy\.zip: sha256 is .* expected 1587ea43"):
         SmsSpamDataModule(source=str(bad), data_dir=str(out)).prepare_data()
-    assert not any(p.suffix == ".csv" for p in out.iterdir())
+    assert not list(out.rglob("*.csv"))
 
 
 def test_corrupt_zip_is_a_clear_error(tmp_path: Path, sms_zip: Path) -> None:
@@ -213,7 +214,7 @@ def test_one_class_and_too_few_rows(tmp_path: Path) -> None:
     dm = SmsSpamDataModule(source=str(few), data_dir=str(tmp_path / "b"), verify_checksum=False)
     with pytest.raises(DataError, match="too few"):
         dm.prepare_data()
-    assert not (tmp_path / "b" / "train.csv").exists()
+    assert not list((tmp_path / "b").rglob("*.csv"))
 
 
 # -- balancing, splits, determinism -----------------------------------------------------------
@@ -231,31 +232,42 @@ def test_split_sizes_and_classes(prepared: SmsSpamDataModule) -> None:
 def test_same_seed_same_bytes_other_seed_differs(
     prepared: SmsSpamDataModule, tmp_path: Path, sms_zip: Path, tokenizer_file: str
 ) -> None:
-    def digests(data_dir: Path) -> list[str]:
-        return [hashlib.sha256((data_dir / f"{s}.csv").read_bytes()).hexdigest() for s in ("train", "test")]
+    def digests(dm: SmsSpamDataModule) -> list[str]:
+        return [hashlib.sha256((dm.splits_dir / f"{s}.csv").read_bytes()).hexdigest() for s in ("train", "test")]
 
     again = SmsSpamDataModule(source=str(sms_zip), data_dir=str(tmp_path / "same"), tokenizer_file=tokenizer_file)
     again.prepare_data()
-    assert digests(again.data_dir) == digests(prepared.data_dir)
+    assert digests(again) == digests(prepared)
     other = SmsSpamDataModule(
         source=str(sms_zip), data_dir=str(tmp_path / "other"), tokenizer_file=tokenizer_file, seed=7
     )
     other.prepare_data()
-    assert digests(other.data_dir) != digests(prepared.data_dir)
+    assert other.splits_dir == tmp_path / "other" / "seed-7"
+    assert digests(other) != digests(prepared)
 
 
-def test_splits_rebuilt_when_seed_changes_or_file_edited(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+def test_splits_of_each_seed_in_their_folder_edited_file_rebuilt(
+    tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
     def prepare(seed: int = 123) -> bytes:
         SmsSpamDataModule(
             source=str(sms_zip), data_dir=str(tmp_path), tokenizer_file=tokenizer_file, seed=seed
         ).prepare_data()
-        return (tmp_path / "train.csv").read_bytes()
+        return (splits_dir(tmp_path, seed) / "train.csv").read_bytes()
+
+    def mtimes(seed: int = 123) -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in splits_dir(tmp_path, seed).iterdir()}
 
     first = prepare()
+    before = mtimes()
     assert prepare(seed=1) != first
+    assert mtimes() == before  # another seed writes into its own folder only
     assert prepare() == first
-    (tmp_path / "train.csv").write_text("label,text\n0,edited\n")
+    assert mtimes() == before  # current splits are not written again
+    (tmp_path / "seed-123" / "train.csv").write_text("label,text\n0,edited\n")
     assert prepare() == first
+    changed = {name for name, mtime in mtimes().items() if mtime != before[name]}
+    assert changed == {"train.csv"}  # only the file whose bytes differ is written
 
 
 # -- tokens and padding ----------------------------------------------------------------------------
@@ -371,22 +383,23 @@ def test_damaged_cached_file_is_fetched_or_rebuilt(
             dm.prepare_data()
 
         prepare()
+        seed_dir = data_dir / "seed-123"
         paths = {
             "zip": [data_dir / ZIP_NAME],
             "tsv": [data_dir / TSV_NAME],
             "zip+tsv": [data_dir / ZIP_NAME, data_dir / TSV_NAME],
-            "train.csv": [data_dir / "train.csv"],
-            "splits.json": [data_dir / "splits.json"],
+            "train.csv": [seed_dir / "train.csv"],
+            "splits.json": [seed_dir / "splits.json"],
             "tokenizer": [tmp_path / "cache" / "gpt2.tiktoken"],
         }[cached]
-        good = {p: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+        good = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
         good[tmp_path / "cache" / "gpt2.tiktoken"] = Path(tokenizer_file).read_bytes()
         for path in paths:
             data = bytearray(path.read_bytes())
             if damage == "corrupt":
                 data[len(data) // 2] ^= 0x01
             else:
-                data = bytearray(b'{"files": {}}' if path.suffix == ".json" else (data_dir / "test.csv").read_bytes())
+                data = bytearray(b'{"files": {}}' if path.suffix == ".json" else (seed_dir / "test.csv").read_bytes())
             path.write_bytes(bytes(data))
         internet.clear_requests()
         prepare()

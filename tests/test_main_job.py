@@ -81,7 +81,7 @@ def test_make_train_default_recipe_through_the_downloads(machine: UserMachine) -
     [best] = (run_dir / "checkpoints").glob("epoch*.ckpt")
     assert best.stat().st_size <= 30e6, best.stat().st_size  # the default recipe's model: <= 30 MB (was ~555 MB)
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_size <= 90e6  # + AdamW state
-    assert (machine.clone / "data" / "sms_spam" / "train.csv").is_file()
+    assert (machine.clone / "data" / "sms_spam" / "seed-123" / "train.csv").is_file()
     assert (machine.root / "cache" / "gpt2.tiktoken").is_file()
 
     # The run's log holds what the console showed: the data summary, warnings, the results table.

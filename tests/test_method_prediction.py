@@ -169,7 +169,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_f
 def test_predictions_on_the_test_split_reproduce_metrics_json_and_evaluate(
     trained: dict[str, Any], tmp_path: Path
 ) -> None:
-    test_csv = trained["data_dir"] / "test.csv"
+    test_csv = trained["data_dir"] / "seed-123" / "test.csv"
     labels = pd.read_csv(test_csv, dtype={"label": int, "text": str}, keep_default_na=False)["label"].tolist()
     output = tmp_path / "predictions.jsonl"
     predict_cfg = compose_cfg(

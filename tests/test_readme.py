@@ -143,7 +143,7 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "trained_model"
     ),
     "python predict.py ckpt_path=$CKPT input_file=messages.txt": Run("trained_model"),
-    "python predict.py ckpt_path=$CKPT input_file=data/sms_spam/test.csv": Run("trained_model"),
+    "python predict.py ckpt_path=$CKPT input_file=data/sms_spam/seed-123/test.csv": Run("trained_model"),
     "cat messages.txt | python predict.py ckpt_path=$CKPT > predictions.jsonl": Run("trained_model"),
     (
         "python predict.py ckpt_path=$CKPT input_file=messages.txt output=predictions.jsonl threshold=0.8 device=cpu"
@@ -533,7 +533,7 @@ def test_group_trained_model(machine: UserMachine) -> None:
     messages = ["See you at 6", "Free entry! Text WIN to 80086"]
     assert texts("'text=[") == messages
     assert texts("python predict.py ckpt_path=$CKPT input_file=messages.txt") == messages
-    assert len(texts("input_file=data/sms_spam/test.csv")) == 300
+    assert len(texts("input_file=data/sms_spam/seed-123/test.csv")) == 300
     predictions = jsonl(done.path("predictions.jsonl").read_text())  # the last command writing it: threshold 0.8
     assert [p["text"] for p in predictions] == messages
     assert all((p["label"] == "spam") == (p["spam_probability"] > 0.8) for p in predictions)

@@ -8,10 +8,7 @@ with <|endoftext|> (50256) to the longest training text. What that means for a t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -27,25 +24,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from spam_lightning.errors import ConfigError, DataError, DownloadError
-from spam_lightning.files import atomic_write_bytes, file_sha256
 from spam_lightning.preprocess import Preprocessing, pad
 from spam_lightning.samplers import LengthBucketBatchSampler, ResumableBatchSampler, ShardSampler
 from spam_lightning.sms_spam import (
     BACKUP_URL,
     LABELS,
-    MANIFEST_NAME,
     SPLITS,
-    TSV_NAME,
-    TSV_SHA256,
     UCI_URL,
-    ZIP_NAME,
-    ZIP_SHA256,
-    balance_and_split,
-    check_sha256,
-    class_counts,
-    download_zip,
-    extract_tsv,
-    parse_sms_collection,
+    obtain_tsv,
+    read_splits,
+    splits_dir,
+    write_splits,
 )
 from spam_lightning.tokenizer import TIKTOKEN_URL, get_tokenizer
 
@@ -118,7 +107,9 @@ class SmsSpamDataModule(L.LightningDataModule):
         Args:
             source: a local zip, a local extracted `SMSSpamCollection` file, or a URL; None means a
                 verified copy in `data_dir`, else a download from UCI (book's backup URL as fallback).
-            data_dir: where the zip, the extracted file and train/validation/test.csv are kept.
+            data_dir: where the zip and the extracted file are kept; the splits of seed S (train/validation/
+                test.csv, splits.json) are in its subfolder seed-S (`splits_dir`), so runs with other seeds
+                can share it.
             tokenizer_file: a local GPT-2 `.tiktoken` ranks file (sha256-checked, then kept in the cache);
                 None: the cached copy, else a download from `tokenizer_url`.
             padding: "longest_train" (the book: every split padded/truncated to the longest training
@@ -171,15 +162,25 @@ class SmsSpamDataModule(L.LightningDataModule):
         self.pool = pool
         self.preprocessing: Preprocessing | None = None  # made by setup() from the training split
         self._summarized = False  # the data summary was logged
+        self._manifest: dict[str, Any] | None = None  # the splits.json prepare_data() wrote or found current
+        self._frames: dict[str, pd.DataFrame] | None = None  # the splits, read once (`_read_splits`)
+        self._splits_sha256: dict[str, str] | None = None  # the sha256 of the bytes read, per file
+
+    @property
+    def splits_dir(self) -> Path:
+        """The folder of this seed's train/validation/test.csv and splits.json."""
+        return splits_dir(self.data_dir, self.seed)
 
     # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
 
     def prepare_data(self) -> None:
         """Obtain the data and the vocabulary (download or verify), write the splits. Both downloads are tried
-        before failing, so offline use fails once, naming everything missing."""
+        before failing, so offline use fails once, naming everything missing. Writes nothing when every file is
+        current (a read-only data_dir then works)."""
         failed = []
+        source = b""
         try:
-            tsv = self._obtain_tsv()
+            source = self._obtain_tsv()
         except DownloadError as err:
             failed.append(err)
         try:
@@ -188,82 +189,31 @@ class SmsSpamDataModule(L.LightningDataModule):
             failed.append(err)
         if failed:
             raise DownloadError.combine(failed)
-        self._write_splits(tsv)
+        self._write_splits(source)
 
     def tokenizer(self) -> tiktoken.Encoding:
         return get_tokenizer(self.tokenizer_file, self.tokenizer_url)
 
-    def _obtain_tsv(self) -> Path:
-        """Return a checked `SMSSpamCollection` file, from `source`, `data_dir` or a download."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        tsv = self.data_dir / TSV_NAME
-        source = self.source
-        if source is not None and "://" in source:
-            zip_path = download_zip([source], self.data_dir)
-            extract_tsv(zip_path, tsv, self.verify_checksum)
-            return tsv
-        if source is not None:
-            src = Path(source).expanduser()
-            if not src.is_file():
-                raise DataError(f"data.source {str(src)!r} does not exist")
-            if zipfile.is_zipfile(src) or src.suffix == ".zip":
-                if self.verify_checksum:
-                    check_sha256(src, ZIP_SHA256)
-                extract_tsv(src, tsv, self.verify_checksum)
-                return tsv
-            if self.verify_checksum:
-                check_sha256(src, TSV_SHA256)
-            if src.resolve() != tsv.resolve():
-                atomic_write_bytes(tsv, src.read_bytes())
-            return tsv
-        zip_path = self.data_dir / ZIP_NAME
-        if tsv.is_file() and (not self.verify_checksum or file_sha256(tsv) == TSV_SHA256):
-            if zip_path.is_file() and file_sha256(zip_path) != ZIP_SHA256:
-                log.warning("%s does not match UCI's sha256: removed (the verified %s is used)", zip_path, TSV_NAME)
-                zip_path.unlink()
-            return tsv
-        if not (zip_path.is_file() and file_sha256(zip_path) == ZIP_SHA256):
-            zip_path = download_zip(self.urls, self.data_dir)
-        extract_tsv(zip_path, tsv, self.verify_checksum)
-        return tsv
+    def _obtain_tsv(self) -> bytes:
+        return obtain_tsv(self.source, self.data_dir, self.urls, self.verify_checksum)
 
-    def _write_splits(self, tsv: Path) -> None:
-        """Write train/validation/test.csv, unless ones made from the same source and seed exist."""
-        manifest_path = self.data_dir / MANIFEST_NAME
-        source_sha = file_sha256(tsv)
-        if not self._splits_are_current(manifest_path, source_sha):
-            df = parse_sms_collection(tsv)
-            splits = balance_and_split(df, self.seed, str(tsv))
-            counts = {"parsed": class_counts(df), "balanced": class_counts(pd.concat(splits.values()))}
-            manifest = {"source_sha256": source_sha, "seed": self.seed, "files": {}, "counts": counts}
-            for name, split in splits.items():
-                data = split[["label", "text"]].to_csv(index=False, lineterminator="\n").encode("utf-8")
-                atomic_write_bytes(self.data_dir / f"{name}.csv", data)
-                manifest["files"][f"{name}.csv"] = hashlib.sha256(data).hexdigest()
-                counts[name] = class_counts(split)
-            # The manifest goes last: splits without a matching manifest are rebuilt.
-            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
-        elif self._summarized:
-            return
-        else:
-            manifest = json.loads(manifest_path.read_text())
-            info("reusing the splits in %s (same source and seed)", self.data_dir)
-        self._summarized = True
-        for stage, c in manifest["counts"].items():
-            info("%-10s %5d messages: %4d ham, %4d spam", stage, c["ham"] + c["spam"], c["ham"], c["spam"])
-
-    def _splits_are_current(self, manifest_path: Path, source_sha: str) -> bool:
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            return (
-                manifest["source_sha256"] == source_sha
-                and manifest["seed"] == self.seed
-                and all(file_sha256(self.data_dir / f) == h for f, h in manifest["files"].items())
-                and set(manifest["files"]) == {f"{s}.csv" for s in SPLITS}
-                and "counts" in manifest
+    def _write_splits(self, source: bytes) -> None:
+        """This seed's splits in `splits_dir`, made from the `source` bytes unless current (`write_splits`)."""
+        manifest, made = write_splits(source, self.data_dir, self.seed)
+        if self._manifest is not None and manifest != self._manifest:
+            raise DataError(
+                f"the data changed during this run: the splits in {self.splits_dir} are now made from a source with "
+                f"sha256 {manifest['source_sha256']}, the run's from {self._manifest['source_sha256']} (another run "
+                f"with another data source writing into {self.data_dir}?); give each data source its own "
+                "data.data_dir and start again"
             )
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
+        self._manifest = manifest
+        if made or not self._summarized:
+            if not made:
+                info("reusing the splits in %s (same source and seed)", self.splits_dir)
+            self._summarized = True
+            for stage, c in manifest["counts"].items():
+                info("%-10s %5d messages: %4d ham, %4d spam", stage, c["ham"] + c["spam"], c["ham"], c["spam"])
 
     # -- checkpoint state: a run can only be continued on the same splits ---------------------------
 
@@ -273,11 +223,11 @@ class SmsSpamDataModule(L.LightningDataModule):
         return self.preprocessing.pad_length if self.preprocessing is not None else None
 
     def state_dict(self) -> dict[str, object]:
-        """The data settings a checkpoint records: a run is continued on the same splits and batches only."""
-        manifest = json.loads((self.data_dir / MANIFEST_NAME).read_text())
+        """The data settings a checkpoint records: a run is continued on the same splits and batches only. The
+        hashes are those of the bytes this run read and trains on (`_read_splits`), not of the files now."""
         keys = ("batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
         batching = {key: getattr(self, key) for key in keys}
-        return {"seed": self.seed, "splits_sha256": manifest["files"], "pad_length": self.pad_length, **batching}
+        return {"seed": self.seed, "splits_sha256": self._read_splits(), "pad_length": self.pad_length, **batching}
 
     def train_batches_per_epoch(self, world_size: int = 1) -> int:
         """Training batches each process gets per epoch (after setup)."""
@@ -305,15 +255,29 @@ class SmsSpamDataModule(L.LightningDataModule):
 
     # -- setup: runs on every rank, reads files --------------------------------------------------
 
+    def _read_splits(self) -> dict[str, str]:
+        """Read the three split files once, each checked as it is read against the manifest (`read_splits`); return
+        the sha256 of each file's bytes. The run then uses only what it read (setup, state_dict, record), whatever
+        later happens to the files."""
+        if self._splits_sha256 is None:
+            self._frames, self._splits_sha256 = read_splits(
+                self.data_dir, self.seed, self._manifest, self.verify_checksum
+            )
+        return dict(self._splits_sha256)
+
     def read_split(self, name: str) -> pd.DataFrame:
-        path = self.data_dir / f"{name}.csv"
-        if not path.is_file():
-            raise DataError(f"{path} is missing; run prepare_data() first")
-        # keep_default_na=False: a message like "NA" or "null" is text, not a missing value.
-        return pd.read_csv(path, dtype={"label": int, "text": str}, keep_default_na=False)
+        """One split as this run read it (`_read_splits`: once, checked against the manifest)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {name!r}")
+        self._read_splits()
+        assert self._frames is not None
+        return self._frames[name].copy()
 
     def setup(self, stage: str | None = None) -> None:
+        """Tokenize the splits `stage` needs. The first call reads all three split files (checked against the
+        manifest); later calls, and every other use of the data in this run, use what it read."""
         tokenizer = self.tokenizer()
+        self._read_splits()
         if self.preprocessing is None:  # the training split fixes the padded length
             unpadded = Preprocessing(LABELS, self.max_length, None, "batch", self.pool)
             longest = max(len(ids) for ids in unpadded.encode(tokenizer, self.read_split("train")["text"].tolist())[0])

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.classification import (
@@ -31,11 +30,10 @@ from torchmetrics.functional.classification import (
 from spam_lightning.checkpoint import run_dir_of
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
-from spam_lightning.files import file_sha256
 from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.options import check_options
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
-from spam_lightning.sms_spam import LABELS, SPLITS
+from spam_lightning.sms_spam import LABELS, SPLITS, parse_split_csv, read_split_file, splits_dir
 from spam_lightning.textio import decode_utf8, read_table, split_lines
 
 log = logging.getLogger(__name__)
@@ -51,31 +49,33 @@ LABEL_VALUES = {**{str(i): i for i in range(len(LABELS))}, **{name: i for i, nam
 def load_split(predictor: Predictor, split: str, data_dir: str | None = None) -> tuple[list[str], list[int]]:
     """A split of the model's training data, checked against the split hashes its checkpoint recorded.
 
-    The folder is `data_dir`, else the one training recorded. Missing split files are made again from the
-    recorded source and seed, as training made them.
+    The folder is the recorded seed's `splits_dir` in `data_dir`, else in the data_dir training recorded.
+    Missing split files are made again from the recorded source and seed, as training made them.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     data = predictor.training.get("data") or {}
     directory = Path(data_dir or data.get("data_dir") or "data/sms_spam").expanduser()
-    path = directory / f"{split}.csv"
+    seed = data.get("seed", 123)
+    path = splits_dir(directory, seed) / f"{split}.csv"
     if not path.is_file():
         log.info("%s is missing: making the splits from the training data config", path)
         SmsSpamDataModule(
             source=data.get("source"),
             data_dir=str(directory),
-            seed=data.get("seed", 123),
+            seed=seed,
             verify_checksum=data.get("verify_checksum", True),
         ).prepare_data()
+    content, actual = read_split_file(path)  # the bytes checked are the bytes parsed
     expected = (data.get("splits_sha256") or {}).get(f"{split}.csv")
     if expected is None:
         log.warning("the model records no hash of %s.csv: cannot check it is the split it was trained with", split)
-    elif file_sha256(path) != expected:
+    elif actual != expected:
         raise DataError(
-            f"{path} is not the {split} split this model was trained with (sha256 differs: another data seed "
-            "or source); pass data_dir=FOLDER with the training splits"
+            f"{path} is not the {split} split this model was trained with (sha256 differs: another data source); "
+            "pass data_dir=FOLDER, the data.data_dir training used (its seed-S/ subfolder holds the splits)"
         )
-    df = pd.read_csv(path, dtype={"label": int, "text": str}, keep_default_na=False)  # as the data module reads
+    df = parse_split_csv(content, path)
     return df["text"].tolist(), df["label"].tolist()
 
 

@@ -49,3 +49,19 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_if_changed(path: str | Path, data: bytes) -> bool:
+    """Write `data` to `path` (atomically) unless the file already holds exactly these bytes; True when written.
+
+    A file that is already current is only read: no temporary file, no rename, so a read-only folder whose
+    files are current is fine, and the file's mtime tells when its content last changed.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:  # missing or unreadable: (re)write it
+        pass
+    atomic_write_bytes(path, data)
+    return True

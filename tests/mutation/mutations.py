@@ -127,7 +127,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "cached-zip-not-checked",
-        PKG + "data.py",
+        PKG + "sms_spam.py",
         "if not (zip_path.is_file() and file_sha256(zip_path) == ZIP_SHA256):",
         "if not zip_path.is_file():",
         ("tests/test_data.py -k zip or download or checksum or corrupt",),
