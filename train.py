@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from spam_lightning.errors import user_error
+from spam_lightning.errors import one_line_cause
 from spam_lightning.rundir import remove_unstarted
 from spam_lightning.sweep import exit_code, run_job_in_sweep
 from spam_lightning.train import run
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float | None:
             metrics = run(cfg)
         except Exception as err:
             remove_unstarted(Path(cfg.run_dir))  # a run that failed before it started leaves no folder
-            cause = user_error(err)
+            cause = one_line_cause(err)
             if cause is None:
                 raise  # a bug: keep the traceback
             raise SystemExit(f"error: {cause}") from None

@@ -1,20 +1,27 @@
 """Training runs that must not end with wrong results or a misleading exit status (issue "Reliability II"): signals,
 resumes with changed settings, configurations that train nothing, run names outside runs_dir, stale temporary
-files, and the precision that actually ran."""
+files, the precision that actually ran, non-finite losses and weights, a full disk, and one-line errors."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers.scripts import run_script
 from helpers.smoke import smoke_cfg, train_cli
 from omegaconf import OmegaConf
 
+from spam_lightning import files
 from spam_lightning.checkpoint import read_checkpoint
-from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
+from spam_lightning.files import DiskFullError, atomic_write
 from spam_lightning.rundir import check_run_name
 from spam_lightning.train import run
 
@@ -154,3 +161,157 @@ def test_an_unreadable_checkpoint_says_what_it_is(content: bytes, message: str, 
     with pytest.raises(CheckpointError, match=re.escape(message)) as refused:
         read_checkpoint(bad)
     assert "pickled objects" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+# -- non-finite numbers: a diverging run stops, NaN weights are not trained on -------------------------------------
+
+
+def _all_finite(path: Path) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in read_checkpoint(path)["state_dict"].values())
+
+
+def test_a_diverging_run_stops_naming_the_batch_and_saves_nothing_non_finite(cfg_factory, tmp_path: Path) -> None:
+    with pytest.raises(DivergedError, match=r"the training loss is nan at epoch 0, batch \d+ \(after \d+ optimizer"):
+        run(cfg_factory("model.lr=1e30", "checkpoint_every_n_steps=1", "trainer.limit_train_batches=6"))
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints and all(_all_finite(path) for path in checkpoints)  # written before it diverged: finite
+
+
+def _edited_checkpoint(cfg_factory, tmp_path: Path, edit) -> Path:
+    run(cfg_factory("trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    edit(checkpoint["state_dict"])
+    edited = tmp_path / "edited.ckpt"
+    torch.save(checkpoint, edited)
+    return edited
+
+
+def _nan_in_a_weight(state: dict) -> None:
+    state["net.gpt.out_head.weight"][0, 0] = float("nan")
+
+
+def _another_size(state: dict) -> None:
+    state["net.gpt.out_head.weight"] = torch.zeros(2, 32)
+
+
+def _a_foreign_tensor(state: dict) -> None:
+    state["net.lora_A"] = torch.zeros(4)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_nan_in_a_weight, "parameter net.gpt.out_head.weight holds NaN/Inf values"),
+        (_another_size, "net.gpt.out_head.weight has shape (2, 32), this model's has (2, 64): a checkpoint of another"),
+        (_a_foreign_tensor, "holds net.lora_A, which this model does not have"),
+    ],
+    ids=["NaN weight", "another shape", "foreign tensor"],
+)
+def test_a_checkpoint_that_cannot_be_trained_on_is_refused(cfg_factory, tmp_path: Path, edit, message: str) -> None:
+    edited = _edited_checkpoint(cfg_factory, tmp_path, edit)
+    config_before = (tmp_path / "run" / "config.yaml").read_bytes()
+    with pytest.raises((CheckpointError, ConfigError), match=re.escape(message)):
+        run(cfg_factory(f"ckpt_path={edited}", "trainer.max_epochs=2"))
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == config_before
+
+
+# -- a moved run, a deleted best checkpoint ------------------------------------------------------------------------
+
+
+def test_a_moved_run_evaluates_its_own_best_checkpoint(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+    short = ("trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2")
+    run(smoke_cfg(tmp_path / "run", tmp_path / "data", sms_zip, tokenizer_file, *short, "report=false"))
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    again = smoke_cfg(tmp_path / "moved", tmp_path / "data", sms_zip, tokenizer_file, *short, "resume=true")
+    summary = run(again)  # training is complete: only the evaluation runs, on the best checkpoint in the new folder
+    best = Path(summary["best_checkpoint"])
+    assert best.parent == tmp_path / "moved" / "checkpoints"
+    # Finite weights whose outputs are not (logits overflow): no metrics.json with a NaN loss, no crash in the metrics.
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint["state_dict"]["net.gpt.out_head.weight"] *= 1e38
+    torch.save(checkpoint, best)
+    (tmp_path / "moved" / "metrics.json").unlink()
+    with pytest.raises(DivergedError, match=f"evaluating {best} on the train split gives a loss of (nan|inf)"):
+        run(again)
+    assert not (tmp_path / "moved" / "metrics.json").exists()
+    best.unlink()
+    with pytest.raises(ConfigError, match="that this run recorded is missing"):
+        run(again)
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_named_and_the_previous_file_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_on_a_full_disk(**kwargs):  # the temporary file's writes fail as on a full disk (ENOSPC)
+        fd, name = real_mkstemp(**kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp_on_a_full_disk)
+    with pytest.raises(DiskFullError, match=f"disk full: no space left in {tmp_path} for last.ckpt"):
+        atomic_write(target, lambda f: torch.save({"w": torch.zeros(100_000)}, f))  # torch: "unexpected pos"
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """tmp_path/runs on a 60 MB tmpfs: one smoke last.ckpt (40 MB) fits, a second write beside it does not."""
+    disk = tmp_path / "runs"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}); the /dev/full test stands")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_run_on_a_full_disk_stops_naming_it_and_resumes_after(
+    small_disk: Path, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    short = ("trainer.max_epochs=1", "trainer.limit_train_batches=6", "checkpoint_every_n_steps=2")
+    full = train_cli(tmp_path, *short, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+    assert full.returncode == 1, full.stderr[-3000:]
+    last_line = full.stderr.strip().splitlines()[-1]
+    checkpoints = small_disk / "r" / "checkpoints"
+    assert last_line.startswith(f"error: disk full: no space left in {checkpoints} for last.ckpt"), last_line
+    assert last_line.endswith("continue with: python train.py resume=true run_name=r")
+    assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 2  # the previous one, complete
+    assert not list(checkpoints.glob(".*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=400m", str(small_disk)], check=True)  # space freed
+    resumed = train_cli(tmp_path, *short, "resume=true", sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+# -- known errors are one line (a traceback with HYDRA_FULL_ERROR=1) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "seed=-1: expected an integer in [0, 4294967295]"),
+        ("seed=4294967296", "seed=4294967296: expected an integer in [0, 4294967295]"),
+        ("seed=abc", "seed='abc': expected an integer"),
+        ("seed=1.5", "seed=1.5: expected an integer"),
+        ("data.seed=-5", "data.seed=-5: expected an integer"),
+    ],
+)
+def test_a_bad_seed_is_refused(cfg_factory, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(cfg_factory(override))
+
+
+def test_known_errors_are_one_line_unless_hydra_full_error(tmp_path: Path) -> None:
+    args = ("train.py", "experiment=smoke", f"runs_dir={tmp_path}", "seed=-1")
+    one_line = run_script(*args)
+    assert one_line.returncode == 1
+    assert one_line.stderr.strip().splitlines() == ["error: seed=-1: expected an integer in [0, 4294967295]"]
+    full = run_script(*args, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1
+    assert "Traceback (most recent call last)" in full.stderr
+    assert full.stderr.strip().splitlines()[-1].endswith("ConfigError: seed=-1: expected an integer in [0, 4294967295]")

@@ -163,6 +163,16 @@ def test_misshapen_tensor_is_named(tiny_hf, tmp_path):
         build_gpt(make_config(TINY), path)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensor_is_named(tiny_hf, tmp_path, bad):
+    state = hub_state(tiny_hf)
+    state["h.1.attn.c_proj.weight"][3, 5] = bad
+    path = write(tmp_path, state)
+    with pytest.raises(PretrainedWeightsError, match=r"'h\.1\.attn\.c_proj\.weight' holds NaN/Inf values") as err:
+        build_gpt(make_config(TINY), path)
+    assert str(path) in str(err.value)
+
+
 def test_unexpected_key_is_named(tiny_hf, tmp_path):
     state = hub_state(tiny_hf) | {"score.weight": torch.zeros(2, 64)}
     path = write(tmp_path, state)

@@ -130,10 +130,11 @@ def load_net_state(net: SpamNet, state: Mapping[str, torch.Tensor], source: str)
         raise CheckpointError(f"{source}: the weights do not fit the recorded network: {err}") from err
 
 
-def check_finite(net: torch.nn.Module, source: str) -> None:
+def check_finite(weights: torch.nn.Module | Mapping[str, torch.Tensor], source: str) -> None:
     """Refuse weights holding NaN or Inf (a diverged run, a corrupt file): they would predict garbage silently.
     `source` starts the message: "checkpoint 'x.ckpt'"."""
-    for name, tensor in net.state_dict().items():
+    tensors = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{source}: parameter {name} holds NaN/Inf values")
 

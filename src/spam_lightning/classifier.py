@@ -30,8 +30,8 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
 )
 
-from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, read_record
-from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, check_finite, read_record
+from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import POOLS, make_config
 from spam_lightning.metrics import classification_metrics
@@ -129,10 +129,12 @@ class SpamClassifier(L.LightningModule):
         self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C), rows = true class
         # Every evaluated text's P(spam) and label (binary; gathered from all processes): the PR curve's input.
-        self.test_scores, self.test_labels = CatMetric(), CatMetric()
+        # nan_strategy="disable": a NaN stays, where the default drops it (scores no longer aligned with labels,
+        # a mean loss over the finite batches only); `evaluate` in spam_lightning.train then refuses the result.
+        self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         self.test_scored: torch.Tensor | None = None  # (N, 2): label, P(spam)
         # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
 
         # What checkpoints record besides the weights: set from the data module in setup().
@@ -258,7 +260,31 @@ class SpamClassifier(L.LightningModule):
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_metrics)
+        loss = self._step(batch, "train", self.train_metrics)
+        self._stop_if_not_finite(loss, batch_idx)
+        return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """A NaN/Inf loss stops training before its backward pass, so no weight (and no checkpoint) holds it.
+        All processes decide together: one rank raising alone would leave the others waiting in the all-reduce."""
+        here = not bool(torch.isfinite(loss.detach()))
+        diverged = here
+        if self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(here, all=False)
+        if not diverged:
+            return
+        whose = (
+            f"the training loss is {float(loss.detach()):g}"
+            if here
+            else "another process's training loss is not finite"
+        )
+        precision = str(self.trainer.precision)
+        hint = "" if precision.startswith(("32", "64")) else " or in 32-bit precision (trainer.precision=32)"
+        raise DivergedError(
+            f"{whose} at epoch {self.current_epoch}, batch {batch_idx} (after {self.global_step} optimizer steps): the "
+            f"run diverged (model.lr={self.hparams.lr:g}, trainer.precision={precision}); no weight was updated from "
+            f"this batch. Start again with a lower model.lr{hint}"
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val", self.val_metrics)
@@ -302,6 +328,8 @@ class SpamClassifier(L.LightningModule):
         return self._provenance
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Never write a checkpoint that would predict garbage (the training loss check stops a run before this).
+        check_finite({n: p for n, p in self.named_parameters() if p.requires_grad}, "the checkpoint to save")
         frozen = self.frozen_weights_provenance() if self.small_checkpoints else None
         checkpoint[RECORD_KEY] = {
             "format": RECORD_FORMAT,

@@ -6,6 +6,7 @@ traceback; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +39,10 @@ class DownloadError(UserError, RuntimeError):
         return cls("several downloads failed:\n" + "\n".join(f"- {f}" for f in failures), failures)
 
 
+class DivergedError(UserError, ArithmeticError):
+    """Training produced a NaN or Inf loss: the run stops before that step changes any weight."""
+
+
 class CheckpointError(UserError, ValueError):
     """A checkpoint or exported model that cannot be used (missing, corrupt, foreign, from another version,
     or trained on other frozen weights than the ones available)."""
@@ -60,13 +65,21 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def one_line_cause(err: BaseException, also: tuple[type[Exception], ...] = ()) -> BaseException | None:
+    """What an entry point prints as its one `error:` line for `err`, or None to keep the traceback: a bug, or
+    any error under HYDRA_FULL_ERROR=1 (Hydra's switch for full tracebacks, which we follow)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return None
+    return user_error(err) or (err if isinstance(err, also) else None)
+
+
 @contextmanager
 def one_line_errors(also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """For entry points: a user error (or one of `also`) ends the program with one `error: ...` line, exit 1."""
     try:
         yield
     except Exception as err:
-        cause = user_error(err) or (err if isinstance(err, also) else None)
+        cause = one_line_cause(err, also)
         if cause is None:
             raise  # a bug: keep the traceback
         raise SystemExit(f"error: {cause}") from None

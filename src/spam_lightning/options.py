@@ -1,4 +1,4 @@
-"""Range checks for the options of predict.py and evaluate.py, run before any model loads.
+"""Range checks for the options of predict.py and evaluate.py, run before any model loads (and train.py's seeds).
 
 Hydra passes values as YAML/command-line parsing made them: `threshold=nan` arrives as float nan,
 `threshold=abc` as a string, `batch_size=true` as a bool. Each check raises a ConfigError naming the key:
@@ -41,11 +41,22 @@ def check_number(key: str, value: Any, low: float, high: float, low_open: bool =
     return float(value)
 
 
-def check_int(key: str, value: Any, minimum: int) -> int:
-    """An int >= minimum (not a bool, not a float), else a ConfigError naming the key."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={_show(value)}: expected an integer >= {minimum}")
+def check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """An int in [minimum, maximum] (not a bool, not a float), else a ConfigError naming the key."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if not integer or value < minimum or (maximum is not None and value > maximum):
+        expected = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{key}={_show(value)}: expected an integer {expected}")
     return value
+
+
+MAX_SEED = 2**32 - 1  # numpy's (and so pandas' sampling) seed range; Lightning would pick another seed silently
+
+
+def check_seeds(cfg: Mapping[str, Any]) -> None:
+    """train.py's `seed` and `data.seed`."""
+    check_int("seed", cfg.get("seed"), 0, MAX_SEED)
+    check_int("data.seed", (cfg.get("data") or {}).get("seed", 0), 0, MAX_SEED)
 
 
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,14 +22,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.checkpoint import read_checkpoint, read_record
+from spam_lightning.checkpoint import check_finite, read_checkpoint, read_record
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
-from spam_lightning.errors import ConfigError, DownloadError, user_error
-from spam_lightning.files import atomic_write_bytes
+from spam_lightning.errors import ConfigError, DivergedError, DownloadError, user_error
+from spam_lightning.files import DiskFullError, atomic_write_bytes
 from spam_lightning.gpt import PRESETS, make_config
 from spam_lightning.logs import log_through_root, silence_false_warnings
+from spam_lightning.options import check_seeds
 from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
 from spam_lightning.sms_spam import SPLITS
@@ -54,6 +56,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     silence_false_warnings()
     run_dir = Path(cfg.run_dir)
     _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
+    check_seeds(cfg)
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
     context_length = make_config(cfg.model.arch).context_length
@@ -86,7 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not cfg.get("test_after_fit", True):
             return {}
         start = time.perf_counter()
-        best = _best_checkpoint(trainer)
+        best = _best_checkpoint(trainer, run_dir)
         results, test_scored = evaluate(trainer, model, datamodule, best)
         summary = {
             **results,
@@ -105,6 +108,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
             log.info(results_table(summary, run_dir))
         return summary
+    except DiskFullError as err:
+        raise DiskFullError(f"{err}; then continue with: python train.py resume=true run_name={run_dir.name}") from err
     except SIGTERMException:  # Lightning raises it as a bare SystemExit: status 0, as if the run had succeeded
         _say_interrupted(trainer, run_dir, "stopped by SIGTERM")
         raise SystemExit(143) from None
@@ -230,6 +235,7 @@ def evaluate(
     """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode; and each
     test text's label and P(spam) (binary models), the input of the PR curve."""
     datamodule.setup("test")
+    source = ckpt_path or "the trained weights"
     results = {}
     for split in SPLITS:
         model.test_prefix = "test" if split == "test" else f"eval_{split}"
@@ -237,6 +243,11 @@ def evaluate(
         logged = trainer.test(model, dataloaders=datamodule.eval_dataloader(split), ckpt_path=ckpt_path, verbose=False)
         ckpt_path = None  # loaded once; the model now holds those weights
         results[split] = {key.split("/", 1)[1]: round(float(v), 6) for key, v in logged[0].items()}
+        if not math.isfinite(results[split].get("loss", 0.0)):
+            raise DivergedError(
+                f"evaluating {source} on the {split} split gives a loss of {results[split]['loss']}: "
+                "the model's outputs are not finite (diverged weights?); no metrics.json is written"
+            )
         if model.test_confusion_matrix is not None:
             results[split]["confusion_matrix"] = model.test_confusion_matrix.tolist()
     model.test_prefix = "test"
@@ -286,7 +297,8 @@ def _check_compatible(ckpt_path: str, model: SpamClassifier, datamodule: SmsSpam
     """Refuse to continue from a checkpoint that cannot be continued, or with settings that differ from the ones it
     was trained with (RESUME_FIXED_*), listing every difference."""
     ckpt = read_checkpoint(ckpt_path)
-    read_record(ckpt, f"checkpoint {ckpt_path!r}")  # an older version's checkpoint is refused here
+    source = f"checkpoint {ckpt_path!r}"
+    read_record(ckpt, source)  # an older version's checkpoint is refused here
     if "optimizer_states" not in ckpt:
         raise ConfigError(
             f"checkpoint {ckpt_path!r} holds the model weights only (a best-by-validation checkpoint), not the "
@@ -308,13 +320,34 @@ def _check_compatible(ckpt_path: str, model: SpamClassifier, datamodule: SmsSpam
             f"checkpoint {ckpt_path!r} was trained with {', '.join(differences)}; a run continues with the settings "
             "it was trained with: drop these overrides, or start a new run_name"
         )
+    ours_state = model.state_dict()
+    for name, tensor in ckpt.get("state_dict", {}).items():
+        if name not in ours_state:
+            raise ConfigError(f"{source} holds {name}, which this model does not have: a checkpoint of another model")
+        if ours_state[name].shape != tensor.shape:
+            raise ConfigError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, this model's has {tuple(ours_state[name].shape)}: "
+                "a checkpoint of another model size"
+            )
+    check_finite(ckpt.get("state_dict", {}), source)  # training on from NaN weights gives nan losses
 
 
-def _best_checkpoint(trainer: L.Trainer) -> str | None:
+def _best_checkpoint(trainer: L.Trainer, run_dir: Path) -> str | None:
+    """The best checkpoint's path; in this run's folder when the run was moved since it was written (Lightning
+    restores the recorded absolute path)."""
     callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-        return callback.best_model_path
-    return None
+    if not (isinstance(callback, ModelCheckpoint) and callback.best_model_path):
+        return None
+    recorded = Path(callback.best_model_path)
+    here = run_dir.absolute() / "checkpoints" / recorded.name
+    if not recorded.is_file() and here.is_file():
+        return str(here)
+    if not recorded.is_file():
+        raise ConfigError(
+            f"the best checkpoint {str(recorded)!r} that this run recorded is missing (deleted or moved); evaluate "
+            f"another one with: python evaluate.py ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        )
+    return str(recorded)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -136,6 +136,10 @@ def convert_hf_state_dict(
             f"{source} does not fit GPT-2 with {_arch(cfg)}: {details}{more}{_file_arch(state)}"
         )
 
+    for key in expected:
+        if state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all()):
+            raise PretrainedWeightsError(f"{source}: {key!r} holds NaN/Inf values (a corrupt or diverged weights file)")
+
     # Conv1D weights are (in, out): transpose them into nn.Linear's (out, in).
     ours = {
         "tok_emb.weight": state["wte.weight"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import signal as signal_module
+import time
 from typing import Any
 
 import lightning as L
@@ -104,3 +105,18 @@ class SignalInTest(Callback):
 
     def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         os.kill(os.getpid(), signal_module.SIGTERM)
+
+
+class HoldAtStep(Callback):
+    """Right after optimizer step `step`, creates the file `ready` and then sleeps until the process is killed
+    (a run that is alive and holds its run directory, for the concurrency tests)."""
+
+    def __init__(self, step: int, ready: str) -> None:
+        self.step = step
+        self.ready = ready
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            open(self.ready, "w").close()
+            while True:
+                time.sleep(1)

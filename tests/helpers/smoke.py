@@ -60,9 +60,10 @@ def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) 
     return train_run(cfg)
 
 
-def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
-    """`python train.py experiment=smoke ...` in a subprocess (so it can be SIGKILLed)."""
-    env = {**os.environ, "PYTHONPATH": str(HELPERS), "PYTHONUNBUFFERED": "1"}
+def train_command(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `python train.py experiment=smoke ...` (run from REPO)."""
+    pythonpath = os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable,
         "train.py",
@@ -79,6 +80,12 @@ def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) ->
         f"data.data_dir={tmp / 'data'}",
         *overrides,
     ]
+    return command, env
+
+
+def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
+    """`python train.py experiment=smoke ...` in a subprocess (so it can be SIGKILLed)."""
+    command, env = train_command(tmp, *overrides, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
