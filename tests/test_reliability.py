@@ -113,6 +113,8 @@ def test_ddp_metrics_equal_single_process(tmp_path: Path, sms_zip: Path, tokeniz
     [
         ("model.lr=-1", "model.lr must be a number > 0"),
         ("model.lr=0", "model.lr must be a number > 0"),
+        ("model.lr=inf", "model.lr must be a number > 0, got inf"),
+        ("model.weight_decay=nan", "model.weight_decay must be a number >= 0, got nan"),
         ("model.trainable_layers=nope", "model.trainable_layers must be one of"),
         ("model.pool=nope", "model.pool must be one of"),
         ("data.batch_size=0", "data.batch_size must be >= 1"),

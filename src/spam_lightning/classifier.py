@@ -33,17 +33,16 @@ from torchmetrics.classification import (
 from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, check_finite, read_record
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
-from spam_lightning.gpt import POOLS, make_config
+from spam_lightning.gpt import make_config
 from spam_lightning.metrics import classification_metrics
 from spam_lightning.net import SpamNet
+from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.weights import build_gpt, provenance
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
 
-NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")
-SCHEDULERS = ("none", "cosine")
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -79,8 +78,7 @@ class SpamClassifier(L.LightningModule):
             arch = OmegaConf.to_container(arch, resolve=True)  # type: ignore[assignment]
         elif isinstance(arch, Mapping):
             arch = dict(arch)
-        _validate(pretrained, dropout, num_classes, trainable_layers, pool, lr, weight_decay, scheduler, warmup_steps)
-        _validate_speed(cache_frozen, cache_dir, compile, tf32)
+        check_model_options(locals())  # every argument, by name
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
             raise ConfigError(
@@ -129,12 +127,13 @@ class SpamClassifier(L.LightningModule):
         self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C), rows = true class
         # Every evaluated text's P(spam) and label (binary; gathered from all processes): the PR curve's input.
-        # nan_strategy="disable": a NaN stays, where the default drops it (scores no longer aligned with labels,
-        # a mean loss over the finite batches only); `evaluate` in spam_lightning.train then refuses the result.
+        # NaNs are kept, where torchmetrics drops them by default (scores no longer aligned with labels, a mean loss
+        # over the finite batches only); `evaluate` in spam_lightning.train then refuses the result.
         self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         self.test_scored: torch.Tensor | None = None  # (N, 2): label, P(spam)
         # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        # nan_strategy=nan: a NaN stays NaN ("disable" would also drop the weights).
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy=math.nan) for _ in range(3))
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
 
         # What checkpoints record besides the weights: set from the data module in setup().
@@ -380,56 +379,3 @@ class SpamClassifier(L.LightningModule):
         schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total_steps))
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
-
-
-def _validate(
-    pretrained: Any,
-    dropout: Any,
-    num_classes: Any,
-    trainable_layers: Any,
-    pool: Any,
-    lr: Any,
-    weight_decay: Any,
-    scheduler: Any,
-    warmup_steps: Any,
-) -> None:
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def is_number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    if pretrained is not None and not isinstance(pretrained, str):
-        raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
-    if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
-        raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
-    if not (is_int(num_classes) and num_classes >= 2):
-        raise ConfigError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
-    if is_int(trainable_layers):
-        if trainable_layers < 0:
-            raise ConfigError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
-    elif trainable_layers not in NAMED_TRAINABLE:
-        raise ConfigError(
-            f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
-            f"(0..n_layers), got {trainable_layers!r}"
-        )
-    if pool not in POOLS:
-        raise ConfigError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
-    if not (is_number(lr) and lr > 0):
-        raise ConfigError(f"model.lr must be a number > 0, got {lr!r}")
-    if not (is_number(weight_decay) and weight_decay >= 0):
-        raise ConfigError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
-    if not (is_int(warmup_steps) and warmup_steps >= 0):
-        raise ConfigError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-
-
-def _validate_speed(cache_frozen: Any, cache_dir: Any, compile: Any, tf32: Any) -> None:
-    if not (cache_frozen == "auto" or isinstance(cache_frozen, bool)):
-        raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
-    if cache_dir is not None and not isinstance(cache_dir, str):
-        raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
-    for name, value in (("compile", compile), ("tf32", tf32)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"model.{name} must be true or false, got {value!r}")

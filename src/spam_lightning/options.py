@@ -1,4 +1,5 @@
-"""Range checks for the options of predict.py and evaluate.py, run before any model loads (and train.py's seeds).
+"""Range checks for the options of predict.py and evaluate.py, run before any model loads; train.py's seeds and
+the model group's values.
 
 Hydra passes values as YAML/command-line parsing made them: `threshold=nan` arrives as float nan,
 `threshold=abc` as a string, `batch_size=true` as a bool. Each check raises a ConfigError naming the key:
@@ -12,9 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from spam_lightning.errors import ConfigError
+from spam_lightning.gpt import POOLS
 from spam_lightning.inference import PRECISIONS
 
 FORMATS = ("auto", "table", "jsonl")
+NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")  # model.trainable_layers, besides a block count
+SCHEDULERS = ("none", "cosine")
 
 
 def check_options(cfg: Mapping[str, Any]) -> None:
@@ -73,3 +77,53 @@ def _show(value: Any) -> str:
     if value is None:
         return "null"
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_model_options(args: Mapping[str, Any]) -> None:
+    """The `model` config group's values (SpamClassifier's arguments), before anything is built."""
+    pretrained, dropout, num_classes, trainable_layers = (
+        args[k] for k in ("pretrained", "dropout", "num_classes", "trainable_layers")
+    )
+    pool, lr, weight_decay, scheduler, warmup_steps = (
+        args[k] for k in ("pool", "lr", "weight_decay", "scheduler", "warmup_steps")
+    )
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
+    if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
+        raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
+    if not (is_int(num_classes) and num_classes >= 2):
+        raise ConfigError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+    if is_int(trainable_layers):
+        if trainable_layers < 0:
+            raise ConfigError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
+    elif trainable_layers not in NAMED_TRAINABLE:
+        raise ConfigError(
+            f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
+            f"(0..n_layers), got {trainable_layers!r}"
+        )
+    if pool not in POOLS:
+        raise ConfigError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
+    if not (is_number(lr) and lr > 0):
+        raise ConfigError(f"model.lr must be a number > 0, got {lr!r}")
+    if not (is_number(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if not (is_int(warmup_steps) and warmup_steps >= 0):
+        raise ConfigError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    cache_frozen, cache_dir = args["cache_frozen"], args["cache_dir"]
+    if not (cache_frozen == "auto" or isinstance(cache_frozen, bool)):
+        raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+    for name in ("compile", "tf32"):
+        value = args[name]
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.{name} must be true or false, got {value!r}")
