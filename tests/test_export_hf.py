@@ -199,6 +199,22 @@ def test_pools_transformers_cannot_compute_are_refused_and_exported_in_our_layou
     assert Predictor.from_dir(tmp_path / "auto", device="cpu").spam_probabilities(texts)[0] == expected_probs
 
 
+def test_a_fixed_padded_length_is_the_truncation_length(
+    smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str
+) -> None:
+    """pool=last_token with rows padded to 60 tokens (data.padding=60): texts are cut at 60 tokens, and so are
+    they by transformers' tokenizer (model_max_length 60); the padding itself changes nothing (causal attention)."""
+    model = with_pool(load_trained(smoke["ckpt"]), "last_token", pad_length=60)
+    tokenizer = get_tokenizer(tokenizer_file)
+    write_export(model, tmp_path, tokenizer, format="hf")
+    texts = [LONG, *smoke["texts"][:30]]
+    ours, encoded = Predictor(model, tokenizer, device="cpu").spam_probabilities(texts)
+    assert encoded[0].truncated and len(encoded[0].ids) == 60
+    classifier = transformers.pipeline("text-classification", model=str(tmp_path), truncation=True, top_k=None)
+    assert classifier.tokenizer.model_max_length == 60
+    assert spam_probability(classifier(texts)) == pytest.approx(ours, abs=TOLERANCE, rel=0)
+
+
 def test_predict_py_reads_both_layouts_and_overwrite_switches_cleanly(smoke: dict[str, Any], tmp_path: Path) -> None:
     folder = tmp_path / "m"
     for layout, record in (("spam_lightning", "spam_lightning.json"), ("hf", "config.json")):
