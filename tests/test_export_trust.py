@@ -1,5 +1,7 @@
-"""An exported model folder is untrusted input: an edited config.json is refused (record_sha256), the files it names
-must lie inside the folder, and every value is checked, each refusal one line naming config.json and the key."""
+"""An exported model folder is untrusted input: an edited record is refused (record_sha256), the files it names must
+lie inside the folder, and every value is checked, each refusal one line naming the record's file and the key. Every
+test runs on both layouts: transformers' (the record in config.json under "spam_lightning") and our own
+(spam_lightning.json)."""
 
 from __future__ import annotations
 
@@ -23,31 +25,48 @@ from spam_lightning.preprocess import PreprocessingError
 
 TEXTS = ["Free entry! Text WIN to 80086 now to claim", "See you at 6", "URGENT call now"]
 Edit = Callable[[dict[str, Any]], Any]
+RECORD_FILE = {"hf": "config.json", "spam_lightning": "spam_lightning.json"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("trust")
     ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
-    export_checkpoint(ckpt, tmp / "model")
-    return {"ckpt": ckpt, "model": tmp / "model"}
+    for layout in RECORD_FILE:
+        export_checkpoint(ckpt, tmp / layout, format=layout)
+    return {"ckpt": ckpt, **{layout: tmp / layout for layout in RECORD_FILE}}
+
+
+@pytest.fixture(scope="module", params=list(RECORD_FILE))
+def trained(request: pytest.FixtureRequest, exported: dict[str, Any]) -> dict[str, Any]:
+    """One layout's folder: the checkpoint, the folder ("model") and its record file's name ("record")."""
+    return {"ckpt": exported["ckpt"], "model": exported[request.param], "record": RECORD_FILE[request.param]}
 
 
 @pytest.fixture(scope="module")
-def baseline(trained: dict[str, Path]) -> list[float | None]:
+def baseline(trained: dict[str, Any]) -> list[float | None]:
     return Predictor.from_dir(trained["model"], device="cpu").spam_probabilities(TEXTS)[0]
 
 
+def record_file(model: Path) -> Path:
+    return model / "spam_lightning.json" if (model / "spam_lightning.json").exists() else model / "config.json"
+
+
+def record_of(content: dict[str, Any]) -> dict[str, Any]:
+    """The record in a record file's content: config.json's "spam_lightning" key, or spam_lightning.json itself."""
+    return content.get(RECORD_KEY, content)
+
+
 def tampered(model: Path, dest: Path, edit: Edit | None = None, resign: bool = False) -> Path:
-    """A copy of the exported folder (weights and tokenizer hard-linked) with `edit` applied to its config.json;
+    """A copy of the exported folder (other files hard-linked) with `edit` applied to its record;
     `resign`: record_sha256 recomputed, as a forger (or a buggy writer) would, so the value checks are reached."""
     shutil.copytree(model, dest, copy_function=os.link)
-    config_file = dest / "config.json"
+    config_file = record_file(dest)
     config = json.loads(config_file.read_text())
     if edit is not None:
-        edit(config)
+        edit(record_of(config))
     if resign:
-        config["record_sha256"] = record_sha256(config)
+        record_of(config)["record_sha256"] = record_sha256(record_of(config))
     config_file.unlink()  # a hard link: do not write through it into the original
     config_file.write_text(json.dumps(config, indent=2))
     return dest
@@ -73,21 +92,22 @@ def refusal(model_dir: Path, error: type[Exception] | tuple[type[Exception], ...
     with pytest.raises(error) as caught:
         read_export(model_dir)
     message = str(caught.value)
-    assert "\n" not in message and "config.json" in message, message
+    assert "\n" not in message and record_file(model_dir).name in message, message
     return message
 
 
 def test_an_untampered_folder_loads_and_predicts_identically(
-    trained: dict[str, Path], baseline: list[float | None], tmp_path: Path
+    trained: dict[str, Any], baseline: list[float | None], tmp_path: Path
 ) -> None:
-    config = json.loads((trained["model"] / "config.json").read_text())
-    assert config["record_sha256"] == record_sha256(config)
+    config = json.loads((trained["model"] / trained["record"]).read_text())
+    assert record_of(config)["record_sha256"] == record_sha256(record_of(config))
     from_ckpt = Predictor.from_checkpoint(trained["ckpt"], device="cpu").spam_probabilities(TEXTS)[0]
-    assert baseline == from_ckpt
-    # The hash is of canonical JSON: another layout of the same config.json is not an edit; neither is provenance,
+    # transformers' layout folds the head's bias into the final LayerNorm: equal up to float rounding
+    assert baseline == pytest.approx(from_ckpt, abs=1e-6, rel=0)
+    # The hash is of canonical JSON: another layout of the same record file is not an edit; neither is provenance,
     # nor a tokenizer_file that stays inside the folder.
     same = tampered(trained["model"], tmp_path / "same")
-    (same / "config.json").write_text(json.dumps(config, indent=None, sort_keys=True))
+    (same / trained["record"]).write_text(json.dumps(config, indent=None, sort_keys=True))
     edited = tampered(trained["model"], tmp_path / "provenance", put("training.note", "moved"))
     inside = tampered(trained["model"], tmp_path / "inside", put("tokenizer_file", "./sub/../gpt2.tiktoken"))
     for folder in (same, edited, inside):
@@ -111,19 +131,19 @@ def test_an_untampered_folder_loads_and_predicts_identically(
     ],
     ids=["pad_length", "padding", "max_length", "pool", "preprocessing.pool", "num_classes", "labels", "arch", "ctx"],
 )
-def test_an_edited_record_is_refused(trained: dict[str, Path], tmp_path: Path, edit: Edit) -> None:
+def test_an_edited_record_is_refused(trained: dict[str, Any], tmp_path: Path, edit: Edit) -> None:
     message = refusal(tampered(trained["model"], tmp_path / "m", edit), CheckpointError)
-    assert "record_sha256: config.json was edited after export" in message
+    assert f"record_sha256: {trained['record']} was edited after export" in message
 
 
 @pytest.mark.parametrize("key", ["record_sha256", "weights_sha256"])
-def test_a_missing_hash_is_refused(trained: dict[str, Path], tmp_path: Path, key: str) -> None:
+def test_a_missing_hash_is_refused(trained: dict[str, Any], tmp_path: Path, key: str) -> None:
     message = refusal(tampered(trained["model"], tmp_path / "m", lambda config: config.pop(key)), CheckpointError)
     assert f"{key} is missing" in message
 
 
 @pytest.mark.parametrize("case", ["traversal", "absolute", "symlink"])
-def test_tokenizer_file_must_lie_inside_the_folder(trained: dict[str, Path], tmp_path: Path, case: str) -> None:
+def test_tokenizer_file_must_lie_inside_the_folder(trained: dict[str, Any], tmp_path: Path, case: str) -> None:
     outside = tmp_path / "gpt2.tiktoken"  # GPT-2's real vocabulary, yet outside the folder: refused all the same
     shutil.copy(trained["model"] / "gpt2.tiktoken", outside)
     name = {"traversal": "../../../../../../../../etc/passwd", "absolute": str(outside), "symlink": "gpt2.tiktoken"}
@@ -191,7 +211,7 @@ BAD_VALUES: dict[str, tuple[Edit, str]] = {
 
 
 @pytest.mark.parametrize("case", BAD_VALUES)
-def test_bad_values_are_refused_naming_the_key(trained: dict[str, Path], tmp_path: Path, case: str) -> None:
+def test_bad_values_are_refused_naming_the_key(trained: dict[str, Any], tmp_path: Path, case: str) -> None:
     edit, expected = BAD_VALUES[case]
     message = refusal(
         tampered(trained["model"], tmp_path / "m", edit, resign=True), (CheckpointError, PreprocessingError)
@@ -199,7 +219,7 @@ def test_bad_values_are_refused_naming_the_key(trained: dict[str, Path], tmp_pat
     assert expected in message
 
 
-def test_a_checkpoint_record_gets_the_same_checks(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_a_checkpoint_record_gets_the_same_checks(trained: dict[str, Any], tmp_path: Path) -> None:
     ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     ckpt[RECORD_KEY]["preprocessing"]["max_length"] = "5"
     torch.save(ckpt, tmp_path / "bad.ckpt")
@@ -210,17 +230,17 @@ def test_a_checkpoint_record_gets_the_same_checks(trained: dict[str, Path], tmp_
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (put("preprocessing.pad_length", 5), "config.json was edited after export"),
+        (put("preprocessing.pad_length", 5), "was edited after export"),
         (put("tokenizer_file", "../../../../../../../../etc/passwd"), "tokenizer_file '../../../../../../../../etc/"),
     ],
     ids=["edited", "traversal"],
 )
 def test_predict_cli_refuses_a_tampered_folder_in_one_line(
-    trained: dict[str, Path], tmp_path: Path, edit: Edit, expected: str
+    trained: dict[str, Any], tmp_path: Path, edit: Edit, expected: str
 ) -> None:
     model = tampered(trained["model"], tmp_path / "m", edit)
     done = run_script("predict.py", f"model_dir={model}", "text=hello", "device=cpu", timeout=120)
     assert done.returncode != 0 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
-    assert "config.json" in lines[0] and expected in lines[0]
+    assert trained["record"] in lines[0] and expected in lines[0]

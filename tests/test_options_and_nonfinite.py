@@ -122,8 +122,8 @@ def test_checkpoint_with_nan_weights_is_refused(nan_ckpt: Path, tokenizer_file: 
 
 def test_export_with_inf_weights_is_refused(smoke: dict, tokenizer_file: str) -> None:
     folder = smoke["tmp"] / "inf-export"
-    export_checkpoint(smoke["ckpt"], folder, tokenizer_file)
-    weights_file, config_file = folder / "model.safetensors", folder / "config.json"
+    export_checkpoint(smoke["ckpt"], folder, tokenizer_file, format="spam_lightning")  # weights in our key names
+    weights_file, config_file = folder / "spam_lightning.safetensors", folder / "spam_lightning.json"
     with safe_open(weights_file, "pt") as f:
         metadata = f.metadata()
     state = load_file(weights_file)

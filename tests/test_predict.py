@@ -115,9 +115,9 @@ def test_fixed_padding_and_pool_last_match_the_datamodule(smoke: dict, tokenizer
 
 def test_export_gives_the_checkpoint_probabilities(smoke: dict, predictor: Predictor, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    paths = export_checkpoint(smoke["ckpt"], out)
-    assert {p.name for p in paths} == {"model.safetensors", "config.json", "gpt2.tiktoken"}
-    config = json.loads((out / "config.json").read_text())
+    paths = export_checkpoint(smoke["ckpt"], out)  # pool=last_token: transformers' layout (test_export_hf.py)
+    assert {p.name for p in paths} >= {"model.safetensors", "config.json", "gpt2.tiktoken", "tokenizer.json"}
+    config = json.loads((out / "config.json").read_text())[RECORD_KEY]
     assert (config["net"]["num_classes"], config["net"]["pool"]) == (2, "last_token")
     assert config["preprocessing"]["labels"] == ["ham", "spam"] and config["preprocessing"]["pool"] == "last_token"
     assert config["preprocessing"]["pad_length"] is None and config["preprocessing"]["max_length"] == 128

@@ -16,6 +16,7 @@ The groups are slow: they train (shortened) and run the prediction, evaluation a
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import resource
@@ -168,6 +169,14 @@ HOW: dict[str, Run | Covered | NotRun] = {
         'for p in model.predict(["See you at 6", "WINNER!! Claim your prize now"]):\n'
         "    print(p.label, p.spam_probability, p.truncated, p.error)"
     ): Run("trained_model"),
+    (  # the transformers ```python snippet
+        "from transformers import pipeline\n\n"
+        'classifier = pipeline("text-classification", model="runs/smoke/export", truncation=True, top_k=None)\n'
+        'for scores in classifier(["See you at 6", "WINNER!! Claim your prize now"]):\n'
+        '    print({s["label"]: round(s["score"], 4) for s in scores})'
+    ): Run("trained_model"),
+    "hf auth login": NotRun("needs a Hugging Face Hub account and the network"),
+    "hf upload YOUR_NAME/sms-spam-gpt2 runs/smoke/export .": NotRun("needs a Hugging Face Hub account and the network"),
     # Grid sweeps
     "python train.py -m model.lr=1e-5,5e-5 model.trainable_layers=last_block,all run_name=grid1": Run(
         "grid", ONE_BATCH_RUN
@@ -551,6 +560,9 @@ def test_group_trained_model(machine: UserMachine) -> None:
     assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
     snippet = done.stdout("from spam_lightning.inference import Predictor").split()
     assert snippet[0] in ("ham", "spam") and len(snippet) == 8
+    out = done.stdout("from transformers import pipeline")
+    scores = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(scores) == 2 and all(set(s) == {"ham", "spam"} and abs(sum(s.values()) - 1) < 1e-3 for s in scores), out
 
 
 @pytest.mark.slow

@@ -1,15 +1,26 @@
-"""The exported model format: a self-contained folder that needs no Lightning and no pickle.
+"""The exported model: a self-contained folder that needs no Lightning and no pickle, in one of two layouts.
 
-    model.safetensors   every weight of the SpamNet (keys gpt.*), frozen ones included
-    config.json         format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), where it came
-                        from (checkpoint, hyper-parameters, data, frozen weights), the weights' sha256, and
-                        record_sha256: the sha256 of net + preprocessing (what predictions depend on), so an
-                        edited config.json is refused rather than silently predicting otherwise
-    gpt2.tiktoken       the GPT-2 BPE ranks file (sha256-pinned), so predicting needs no download
+For transformers (format=hf, and format=auto's choice when transformers can compute the model: pool=last_token):
+    config.json          a GPT2Config of GPT2ForSequenceClassification, and our record under "spam_lightning"
+    model.safetensors    GPT2ForSequenceClassification's tensors (transformer.*, score.weight; hf_export.py)
+    tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json   (hf_tokenizer.py)
+    README.md            the model card (model_card.py)
+    gpt2.tiktoken        the GPT-2 BPE ranks file (sha256-pinned), so predict.py needs no download
+
+spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|first|mean):
+    spam_lightning.json         the record
+    spam_lightning.safetensors  every weight of the SpamNet (keys gpt.*), frozen ones included
+    gpt2.tiktoken
+  It has no config.json and no model.safetensors, so transformers refuses it instead of loading random weights.
+
+The record: format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), training (where it came from:
+checkpoint file name, hyper-parameters, data, frozen weights; no local paths), tokenizer_file, the weights' sha256
+(and the transformers files' sha256), and record_sha256: the sha256 of net + preprocessing (what predictions depend
+on), so an edited record is refused rather than silently predicting otherwise.
 
 `write_export` and `read_export` are the format's only writer and reader; `inference.Predictor.from_dir`
-(`python predict.py model_dir=FOLDER`) loads a folder through `read_export`, which treats the folder as
-untrusted: every value is checked, and the files config.json names must lie inside the folder.
+(`python predict.py model_dir=FOLDER`) loads a folder of either layout through `read_export`, which treats it as
+untrusted: every value is checked, and the files the record names must lie inside the folder.
 """
 
 from __future__ import annotations
@@ -27,55 +38,111 @@ import tiktoken
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from spam_lightning.checkpoint import TrainedModel, check_finite, load_net_state, load_trained, run_dir_of
-from spam_lightning.errors import CheckpointError
+from spam_lightning.checkpoint import RECORD_KEY, TrainedModel, check_finite, load_net_state, load_trained, run_dir_of
+from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.files import file_sha256
+from spam_lightning.hf_export import HFExportError, config_differences, hf_config, hf_state_dict, net_state, unsupported
+from spam_lightning.hf_tokenizer import FILES as HF_TOKENIZER_FILES
+from spam_lightning.hf_tokenizer import write_hf_tokenizer
+from spam_lightning.model_card import model_card
 from spam_lightning.net import SpamNet
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "spam_lightning.classifier/2"  # /1 (before the preprocessing record): refused
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+EXPORT_FORMAT = "spam_lightning.classifier/3"  # /1 (no preprocessing record), /2 (config.json + model.safetensors
+# of our own layout, which transformers mistook for GPT-2): refused
+FORMATS = ("auto", "hf", "spam_lightning")
+CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"  # transformers' layout
+RECORD_NAME, OWN_WEIGHTS_NAME = "spam_lightning.json", "spam_lightning.safetensors"  # our own layout
 TOKENIZER_NAME = "gpt2.tiktoken"
+WRITTEN = (CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES)
+FILES_KEY = "transformers_files_sha256"
 
 
 def write_export(
-    model: TrainedModel, out_dir: str | Path, tokenizer: tiktoken.Encoding, overwrite: bool = False
+    model: TrainedModel,
+    out_dir: str | Path,
+    tokenizer: tiktoken.Encoding,
+    overwrite: bool = False,
+    format: str = "auto",
+    metrics: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write model.safetensors, gpt2.tiktoken and config.json (last) into out_dir; returns their paths."""
+    """Write the folder in transformers' layout (format=hf, or auto when transformers can compute the model) or
+    our own (spam_lightning); the record file last. `metrics` (the run's metrics.json) go into the model card.
+    Returns the paths written."""
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    reason = unsupported(model.net, model.preprocessing)
+    if format == "hf" and reason:
+        raise HFExportError(f"cannot export for transformers: {reason}; or export with format=spam_lightning")
+    hf = format == "hf" or (format == "auto" and reason is None)
+    if format == "auto" and reason:
+        log.info("format=auto: spam_lightning's own layout, not transformers' (%s)", reason)
     out_dir = Path(out_dir)
-    if (out_dir / CONFIG_NAME).exists() and not overwrite:
+    previous = [out_dir / name for name in (CONFIG_NAME, RECORD_NAME) if (out_dir / name).exists()]
+    if previous and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an exported model; pass overwrite=true to replace it")
+    state = hf_state_dict(model.net, model.preprocessing, tokenizer) if hf else _own_state(model.net)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights_file, tokenizer_file, config_file = out_dir / WEIGHTS_NAME, out_dir / TOKENIZER_NAME, out_dir / CONFIG_NAME
-    config_file.unlink(missing_ok=True)  # a folder without config.json is never taken for a complete export
+    for name in (*WRITTEN, CARD_NAME) if previous else WRITTEN:  # record files first: never a half-old folder
+        (out_dir / name).unlink(missing_ok=True)
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    save_file(state, weights_file, metadata={"format": EXPORT_FORMAT})
+    weights_file = out_dir / (WEIGHTS_NAME if hf else OWN_WEIGHTS_NAME)
+    save_file(state, weights_file, metadata={"format": "pt" if hf else EXPORT_FORMAT})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(weights_file, 0o666 & ~umask)  # safetensors writes 0600; give the usual permissions
-    _write_tokenizer(tokenizer, tokenizer_file)
-    config = {
+    paths = [weights_file, out_dir / TOKENIZER_NAME]
+    _write_tokenizer(tokenizer, paths[-1])
+    record = {
         "format": EXPORT_FORMAT,
         "net": model.net.args(),
         "preprocessing": model.preprocessing.to_dict(),
-        "training": model.training,
+        "training": portable(model.training),
         "tokenizer_file": TOKENIZER_NAME,
         "weights_sha256": file_sha256(weights_file),
     }
-    config["record_sha256"] = record_sha256(config)
-    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return [weights_file, tokenizer_file, config_file]
+    if hf:
+        hf_files = write_hf_tokenizer(tokenizer, out_dir, model.preprocessing.token_limit)
+        record[FILES_KEY] = {p.name: file_sha256(p) for p in hf_files}
+        record["record_sha256"] = record_sha256(record)
+        card = out_dir / CARD_NAME
+        card.write_text(model_card(out_dir.absolute().name, record, metrics), encoding="utf-8")
+        config = {**hf_config(record["net"], model.preprocessing), RECORD_KEY: record}
+        paths += [*hf_files, card, out_dir / CONFIG_NAME]
+    else:
+        record["record_sha256"] = record_sha256(record)
+        config, paths = record, [*paths, out_dir / RECORD_NAME]
+    paths[-1].write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths
+
+
+def _own_state(net: SpamNet) -> dict[str, Any]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
 
 
 def record_sha256(config: Mapping[str, Any]) -> str:
-    """The sha256 of the canonical JSON of what in config.json determines predictions: net and preprocessing."""
+    """The sha256 of the canonical JSON of what in the record determines predictions: net and preprocessing."""
     record = {"net": config.get("net"), "preprocessing": config.get("preprocessing")}
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def portable(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance without local absolute paths: a file keeps its name (the checkpoint's, a weights file's),
+    and the data folder and source become null (evaluation then looks in data/sms_spam or takes data_dir=)."""
+
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v, key) for v in value]
+        if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+            return None if key in ("data_dir", "source") else Path(value).name
+        return value
+
+    return clean(training, "")
 
 
 def _write_tokenizer(tokenizer: tiktoken.Encoding, dest: Path) -> None:
@@ -87,22 +154,40 @@ def _write_tokenizer(tokenizer: tiktoken.Encoding, dest: Path) -> None:
         raise ValueError(f"{dest}: sha256 {actual} is not GPT-2's {GPT2_TIKTOKEN_SHA256}")
 
 
-def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
-    """The trained model in an exported folder, and its bundled tokenizer file (None if absent).
-
-    The folder is untrusted: config.json must be unedited since export (record_sha256), its values valid and
-    consistent, its tokenizer_file inside the folder; anything else is a CheckpointError naming the key."""
-    model_dir = Path(model_dir)
-    config_file, weights_file = model_dir / CONFIG_NAME, model_dir / WEIGHTS_NAME
-    for needed in (config_file, weights_file):
-        if not needed.is_file():
-            raise CheckpointError(f"{model_dir} is not an exported model: {needed.name} is missing")
+def _read_record(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, Path, Path]:
+    """(the record, config.json's content in transformers' layout else None, the record's file, the weights)."""
+    record_file, config_file = model_dir / RECORD_NAME, model_dir / CONFIG_NAME
+    hf = not record_file.is_file()
+    source = config_file if hf else record_file
+    weights_file = model_dir / (WEIGHTS_NAME if hf else OWN_WEIGHTS_NAME)
+    if not source.is_file():
+        raise CheckpointError(f"{model_dir} is not an exported model: neither {RECORD_NAME} nor {CONFIG_NAME} is there")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        content = json.loads(source.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{config_file}: not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+        raise CheckpointError(f"{source}: not valid JSON ({err})") from err
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(content).__name__}")
+    record = content.get(RECORD_KEY) if hf else content
+    if hf and not isinstance(record, dict):
+        old = str(content.get("format", "")).startswith("spam_lightning.")
+        raise CheckpointError(
+            f"{source}: exported by an earlier version (format {content.get('format')!r}): export the checkpoint again"
+            if old
+            else f"{source}: not a spam_lightning export (no {RECORD_KEY!r} record)"
+        )
+    if not weights_file.is_file():
+        raise CheckpointError(f"{model_dir} is not an exported model: {weights_file.name} is missing")
+    return record, content if hf else None, source, weights_file
+
+
+def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
+    """The trained model in an exported folder (either layout), and its bundled tokenizer file (None if absent).
+
+    The folder is untrusted: the record must be unedited since export (record_sha256), its values valid and
+    consistent, its tokenizer_file inside the folder; anything else is a CheckpointError naming the file and key."""
+    model_dir = Path(model_dir)
+    config, hf_fields, config_file, weights_file = _read_record(model_dir)
     if config.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
             f"{config_file}: format {config.get('format')!r}, expected {EXPORT_FORMAT!r} (exported by another "
@@ -115,11 +200,11 @@ def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
             )
     if record_sha256(config) != config["record_sha256"]:
         raise CheckpointError(
-            f"{config_file}: net/preprocessing do not match record_sha256: config.json was edited after export "
+            f"{config_file}: net/preprocessing do not match record_sha256: {config_file.name} was edited after export "
             "(refused: it would change the predictions); export the checkpoint again"
         )
     if file_sha256(weights_file) != config["weights_sha256"]:
-        raise CheckpointError(f"{weights_file}: sha256 differs from config.json's weights_sha256 (corrupt?)")
+        raise CheckpointError(f"{weights_file}: sha256 differs from {config_file.name}'s weights_sha256 (corrupt?)")
     try:
         net = SpamNet.from_args(config.get("net"), device="meta")
     except ValueError as err:
@@ -129,26 +214,53 @@ def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
     training = config.get("training") or {}
     if not isinstance(training, dict):
         raise CheckpointError(f"{config_file}: training must be a mapping, got {type(training).__name__}")
+    if hf_fields is not None:
+        _check_transformers_fields(model_dir, config_file, hf_fields, net, preprocessing)
     bundled = _bundled_file(model_dir, config.get("tokenizer_file", TOKENIZER_NAME), config_file)
     try:
         state = load_file(weights_file)
     except Exception as err:
         raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from err
+    if hf_fields is not None:
+        state = net_state(state, net.gpt.cfg, net.num_classes, str(weights_file))
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     actual = {k: tuple(v.shape) for k, v in state.items()}
     differing = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
     if differing:  # load_state_dict's own message spans many lines
         raise CheckpointError(
-            f"{weights_file}: the weights do not fit config.json's net ({len(differing)} tensors differ in name or "
-            f"shape, e.g. {differing[0]!r})"
+            f"{weights_file}: the weights do not fit {config_file.name}'s net ({len(differing)} tensors differ in "
+            f"name or shape, e.g. {differing[0]!r})"
         )
     load_net_state(net, state, str(weights_file))
     check_finite(net, f"exported model {str(model_dir)!r}")  # as load_trained checks a checkpoint's
     return TrainedModel(net.eval(), preprocessing, training), bundled
 
 
+def _check_transformers_fields(
+    model_dir: Path, config_file: Path, fields: Mapping[str, Any], net: SpamNet, pre: Preprocessing
+) -> None:
+    """What transformers reads (config.json's GPT2Config, the tokenizer files) must be what the record says: one
+    model for both readers."""
+    reason = unsupported(net, pre)
+    if reason:
+        raise CheckpointError(f"{config_file}: a transformers export of a model transformers cannot compute ({reason})")
+    differing = config_differences(fields, net.args(), pre)
+    if differing:
+        raise CheckpointError(
+            f"{config_file}: transformers' fields {differing} differ from the {RECORD_KEY} record (edited after "
+            "export?); export the checkpoint again"
+        )
+    hashes = fields[RECORD_KEY].get(FILES_KEY)
+    if not isinstance(hashes, dict) or set(hashes) != set(HF_TOKENIZER_FILES):
+        raise CheckpointError(f"{config_file}: {RECORD_KEY}.{FILES_KEY} must name {list(HF_TOKENIZER_FILES)}")
+    for name in HF_TOKENIZER_FILES:
+        path = model_dir / name
+        if not path.is_file() or file_sha256(path) != hashes[name]:
+            raise CheckpointError(f"{path}: missing, or its sha256 differs from {config_file.name}'s {FILES_KEY}")
+
+
 def _bundled_file(model_dir: Path, name: Any, config_file: Path) -> Path | None:
-    """The file config.json's tokenizer_file names (None if absent), which must lie inside model_dir: no
+    """The file the record's tokenizer_file names (None if absent), which must lie inside model_dir: no
     absolute path, no .., no symlink out of the folder."""
     if not isinstance(name, str) or not name:
         raise CheckpointError(f"{config_file}: tokenizer_file must be a file name inside {model_dir}, got {name!r}")
@@ -165,21 +277,42 @@ def _bundled_file(model_dir: Path, name: Any, config_file: Path) -> Path | None:
 
 
 def export_checkpoint(
-    ckpt_path: str | Path, out_dir: str | Path | None = None, tokenizer_file: str | None = None, overwrite: bool = False
+    ckpt_path: str | Path,
+    out_dir: str | Path | None = None,
+    tokenizer_file: str | None = None,
+    overwrite: bool = False,
+    format: str = "auto",
 ) -> list[Path]:
     """Export a checkpoint (all weights, frozen ones included) into out_dir (default: <run dir>/export)."""
     model = load_trained(ckpt_path)
     out_dir = Path(out_dir) if out_dir else _default_out_dir(Path(ckpt_path))
-    paths = write_export(model, out_dir, get_tokenizer(tokenizer_file), overwrite=overwrite)
+    metrics = run_metrics(Path(ckpt_path))
+    paths = write_export(model, out_dir, get_tokenizer(tokenizer_file), overwrite, format, metrics)
     log.info("exported %s to %s (%s)", ckpt_path, out_dir, ", ".join(p.name for p in paths))
     return paths
 
 
+def run_metrics(ckpt_path: Path) -> dict[str, Any] | None:
+    """The run's metrics.json when `ckpt_path` is the run's best checkpoint (whose metrics it holds), else None."""
+    run_dir = run_dir_of(ckpt_path)
+    metrics_file = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics_file is None or not metrics_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        best = Path(metrics["best_checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return metrics if best.name == ckpt_path.name and best.parent.name == ckpt_path.parent.name else None
+
+
 def run(cfg: DictConfig) -> list[Path]:
-    """`python export.py ckpt_path=... out_dir=...` (conf/export.yaml)."""
+    """`python export.py ckpt_path=... out_dir=... format=...` (conf/export.yaml)."""
     if not cfg.get("ckpt_path"):
         raise CheckpointError("give the checkpoint to export: python export.py ckpt_path=PATH.ckpt")
-    paths = export_checkpoint(cfg.ckpt_path, cfg.get("out_dir"), cfg.get("tokenizer_file"), cfg.overwrite)
+    paths = export_checkpoint(
+        cfg.ckpt_path, cfg.get("out_dir"), cfg.get("tokenizer_file"), cfg.overwrite, cfg.get("format", "auto")
+    )
     print(paths[0].parent)
     return paths
 

@@ -174,6 +174,37 @@ def convert_hf_state_dict(
     return ours
 
 
+def to_hf_state_dict(ours: Mapping[str, Tensor], cfg: GPTConfig) -> dict[str, Tensor]:
+    """The inverse of `convert_hf_state_dict` for the trunk: our GPTModel's tensors (without `out_head`) in the
+    Hub's layout (no `transformer.` prefix; Conv1D weights transposed, query/key/value fused into c_attn)."""
+    if not cfg.qkv_bias:
+        raise PretrainedWeightsError("GPT-2's layout has query/key/value biases; this model has none (qkv_bias=false)")
+    hf = {
+        "wte.weight": ours["tok_emb.weight"],
+        "wpe.weight": ours["pos_emb.weight"],
+        "ln_f.weight": ours["final_norm.weight"],
+        "ln_f.bias": ours["final_norm.bias"],
+    }
+    for i in range(cfg.n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}."
+        qkv = ("att.W_query", "att.W_key", "att.W_value")
+        hf |= {
+            h + "ln_1.weight": ours[b + "norm1.weight"],
+            h + "ln_1.bias": ours[b + "norm1.bias"],
+            h + "attn.c_attn.weight": torch.cat([ours[b + f"{w}.weight"].t() for w in qkv], dim=-1),
+            h + "attn.c_attn.bias": torch.cat([ours[b + f"{w}.bias"] for w in qkv]),
+            h + "attn.c_proj.weight": ours[b + "att.out_proj.weight"].t(),
+            h + "attn.c_proj.bias": ours[b + "att.out_proj.bias"],
+            h + "ln_2.weight": ours[b + "norm2.weight"],
+            h + "ln_2.bias": ours[b + "norm2.bias"],
+            h + "mlp.c_fc.weight": ours[b + "ff.layers.0.weight"].t(),
+            h + "mlp.c_fc.bias": ours[b + "ff.layers.0.bias"],
+            h + "mlp.c_proj.weight": ours[b + "ff.layers.2.weight"].t(),
+            h + "mlp.c_proj.bias": ours[b + "ff.layers.2.bias"],
+        }
+    return {k: v.detach().cpu().contiguous() for k, v in hf.items()}
+
+
 def load_hf_state_dict(model: GPTModel, hf_state: Mapping[str, Tensor], source: str = "state dict") -> None:
     """Copy Hub-layout GPT-2 weights into `model` (in place, into its existing dtype and device)."""
     model.load_state_dict(convert_hf_state_dict(hf_state, model.cfg, source))
