@@ -35,6 +35,7 @@ def _wait_for(ready: Path, process: subprocess.Popen, log: Path, timeout: float 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_live_run_holds_its_folder_and_a_killed_one_frees_it(
     tmp_path: Path, sms_zip: Path, tokenizer_file: str
 ) -> None:

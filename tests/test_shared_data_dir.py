@@ -210,6 +210,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_read_only_data_dir_as_an_unprivileged_user(
     current_data_dir: Path, sms_zip: Path, tokenizer_file: str, tmp_path: Path
 ) -> None:
@@ -254,6 +255,7 @@ def test_read_only_data_dir_as_an_unprivileged_user(
 # -- end to end: two training runs at once, one data_dir ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_concurrent_runs_with_two_seeds_record_their_own_splits(
     tmp_path: Path, sms_zip: Path, tokenizer_file: str
 ) -> None:
