@@ -79,11 +79,11 @@ def test_checkpoints_hold_only_what_training_changed(small: dict) -> None:
 
 def test_export_of_a_small_checkpoint_is_self_contained(small: dict, tmp_path: Path) -> None:
     best = small["metrics"]["best_checkpoint"]
-    export_checkpoint(best, tmp_path / "export")
+    export_checkpoint(best, tmp_path / "export", format="spam_lightning")  # our layout: bit-exact (hf folds the bias)
     from_ckpt, from_dir = Predictor.from_checkpoint(best, device="cpu"), Predictor.from_dir(tmp_path / "export")
     texts = ["Free entry! Text WIN to 80086", "See you at 6", "URGENT call now"]
     assert from_dir.spam_probabilities(texts)[0] == from_ckpt.spam_probabilities(texts)[0]
-    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    config = json.loads((tmp_path / "export" / "spam_lightning.json").read_text())
     assert config["training"]["frozen_weights"]["sha256"] == file_sha256(small["weights"])
 
     # Other bytes in the weights file: the checkpoint is refused; the export (all weights) still works.

@@ -120,21 +120,22 @@ def test_evaluate_model_dir_leaves_the_export_unchanged(
 ) -> None:
     export = smoke["export"]
     before = snapshot(export)
-    assert set(before) == {"model.safetensors", "config.json", "gpt2.tiktoken"}
+    assert {"model.safetensors", "config.json", "gpt2.tiktoken", "README.md"} <= set(before)  # the hf layout
     monkeypatch.chdir(tmp_path)
 
-    result = evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu"))
+    data = f"data_dir={smoke['tmp'] / 'data'}"  # an export records no local path: where the splits are is given
+    result = evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu", data))
     assert snapshot(export) == before
     out = tmp_path / "evaluations" / "run" / "export" / "test"  # evaluations/<parent>/<folder>/<split>
     assert {p.name for p in out.iterdir()} == EVALUATION_FILES
     assert result["n"] == 300
 
     elsewhere = tmp_path / "elsewhere"  # out_dir= still decides
-    evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu", f"out_dir={elsewhere}"))
+    evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu", data, f"out_dir={elsewhere}"))
     assert {p.name for p in elsewhere.iterdir()} == EVALUATION_FILES
     assert snapshot(export) == before
 
     monkeypatch.chdir(export)  # the default would land inside the export: refused, nothing written
     with pytest.raises(ValueError, match="inside model_dir"):
-        evaluate_run(compose_cfg("evaluate", "model_dir=.", "device=cpu", "target_precision=null"))
+        evaluate_run(compose_cfg("evaluate", "model_dir=.", "device=cpu", data, "target_precision=null"))
     assert snapshot(export) == before
