@@ -67,6 +67,9 @@ TWO_TRIALS = "hydra.sweeper.n_trials=2"
 # Shorter, for the tiny model of experiment=smoke: SHORT (helpers/user_machine.py), one epoch of 3 training
 # batches, 2 validation batches and 2 test batches per split; no plots.
 SMOKE = f"{SHORT} {NO_PLOTS}"
+# Shorter, for the tracker commands: they train the smoke model (what they show is the logging, not the model), SHORT,
+# with the plots (logged as artifacts).
+TRACKED = f"{URLS} experiment=smoke {SHORT}"
 # The two-node loop: any free port instead of 29500 (CI machines are shared), the extras before its `&`.
 TORCHRUN_PORT = ("127.0.0.1:29500", "127.0.0.1:{port}")
 TORCHRUN_EXTRAS = ("experiment=smoke &", f"experiment=smoke {URLS} {SMOKE} &")
@@ -131,6 +134,18 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py ckpt_path=runs/book1/checkpoints/last.ckpt trainer.max_epochs=10": Run(
         "continuing", f"{ONE_BATCH_RUN} {TO_EPOCH_3}"
     ),
+    # Experiment trackers
+    "pip install -e '.[mlflow,wandb]'": NotRun(
+        "full MLflow (its UI) is in no extra that `make install` installs (dev has mlflow-skinny), and PyPI cannot be "
+        "reached here"
+    ),
+    "python train.py logger=mlflow": Run("trackers", TRACKED),
+    "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": NotRun("starts a web server (and needs full MLflow)"),
+    "python train.py logger=wandb run_name=wb1": Run("trackers", TRACKED),
+    "wandb sync runs/wb1/wandb/offline-run-*": NotRun("needs a W&B account and the network"),
+    "python train.py logger=many": Run("trackers", TRACKED),
+    "python train.py 'logger=[csv,mlflow]'": Run("trackers", TRACKED),
+    "python train.py logger=none": Run("trackers", TRACKED),
     # Using a trained model
     SMOKE_TRAINING: Run("trained_model", ONE_EPOCH),
     """CKPT=$(python -c 'import json; print(json.load(open("runs/smoke/metrics.json"))["best_checkpoint"])')""": Run(
@@ -522,6 +537,28 @@ def test_group_training(machine: UserMachine) -> None:
     for run in runs:
         assert metrics(run)["global_step"] in (1, 3)
     assert "emb_dim: 64" in done.stdout("--cfg job") and "run_name:" in done.stdout("--cfg job")
+
+
+@pytest.mark.slow
+def test_group_trackers(machine: UserMachine) -> None:
+    from helpers.wandb_offline import offline_runs
+    from mlflow.tracking import MlflowClient
+
+    run_group(machine, "trackers")
+    runs = machine.clone / "runs"
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spam_lightning")
+    mlflow_runs = client.search_runs([experiment.experiment_id])
+    assert len(mlflow_runs) == 3  # logger=mlflow, many, [csv,mlflow]
+    for mlrun in mlflow_runs:
+        assert mlrun.info.status == "FINISHED" and "test/accuracy" in mlrun.data.metrics
+        assert "model.lr" in mlrun.data.params
+        assert {"metrics.json", "loss.png"} <= {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    wandb_runs = [r for run in machine.run_dirs() for r in offline_runs(run)]
+    assert len(wandb_runs) == 2 and all(r.exited and "test/accuracy" in r.summary for r in wandb_runs)  # wandb, many
+    assert offline_runs(runs / "wb1")[0].name == "wb1"
+    run_dirs = [run for run in machine.run_dirs() if (run / "metrics.json").is_file()]
+    assert len(run_dirs) == 5 and sum(not (run / "logs").exists() for run in run_dirs) == 1  # logger=none
 
 
 @pytest.mark.slow

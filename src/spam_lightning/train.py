@@ -34,6 +34,7 @@ from spam_lightning.options import check_seeds
 from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
 from spam_lightning.sms_spam import SPLITS
+from spam_lightning.trackers import finish_trackers, log_config, log_run_files
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -82,6 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
     launcher = use_resolved_config_launcher(trainer, config_file.resolve())
     try:
+        log_config(loggers, cfg)  # the whole resolved config as every logger's parameters (model.lr, data.seed, ...)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
             _say_interrupted(trainer, run_dir, "interrupted")
@@ -106,6 +108,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 write_test_scores(run_dir, test_scored)
             if cfg.get("report", True):
                 write_training_report(run_dir)  # loss/accuracy curves, confusion matrix, PR curve (PNG)
+            log_run_files(loggers, run_dir)  # metrics.json, config.yaml and the plots as MLflow / W&B artifacts
             log.info(results_table(summary, run_dir))
         return summary
     except DiskFullError as err:
@@ -121,6 +124,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if launcher is not None:
             launcher.finish()
+        finish_trackers(loggers, sys.exc_info()[1])  # the exception ending the run, if any: finished, killed or failed
 
 
 def _say_interrupted(trainer: L.Trainer, run_dir: Path, how: str) -> None:
@@ -168,6 +172,7 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 # Config keys that hold local paths (URLs and preset names are left as they are).
 PATH_KEYS = ("data.source", "data.data_dir", "data.tokenizer_file", "model.pretrained", "model.cache_dir", "ckpt_path")
+PATH_KEYS += ("runs_dir",)  # in the logger configs' MLflow database and artifact folder
 
 
 def _make_paths_absolute(cfg: DictConfig) -> None:

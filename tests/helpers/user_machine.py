@@ -4,7 +4,8 @@ URL paths: the UCI zip, GPT-2's BPE ranks file and GPT-2 124M weights (random, i
 pinned revision.
 
 What differs from a user's run is listed here and nowhere else:
-- environment: HF_ENDPOINT and HF_HOME (the Hub stand-in), SPAM_LIGHTNING_CACHE (an empty cache folder);
+- environment: HF_ENDPOINT and HF_HOME (the Hub stand-in), SPAM_LIGHTNING_CACHE (an empty cache folder), W&B's own
+  folders (`WANDB_FOLDERS`, temporary: not the user's home) and WANDB_SILENT;
 - URL settings: `URL_OVERRIDES`, the data and vocabulary URLs pointed at the server;
 - `SHORT`: overrides that shorten a run (one epoch of a few batches) without bypassing any of conf/.
 """
@@ -30,6 +31,8 @@ TOKENIZER_FILE = SHARED / "assets" / "gpt2.tiktoken"
 # One epoch of 3 training batches, 2 validation batches, 2 batches of each split in the final evaluation.
 SHORT = "trainer.max_epochs=1 trainer.limit_train_batches=3 trainer.limit_val_batches=2 trainer.limit_test_batches=2"
 EVAL_TEXTS = 2 * 8  # what each split's evaluation sees with SHORT (batch size 8)
+# W&B's own folders (settings, cache, artifact staging, default run folder): temporary, never the user's home.
+WANDB_FOLDERS = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR")
 
 
 class UserMachine:
@@ -47,6 +50,8 @@ class UserMachine:
             **internet.hub_env(root / "hf_home"),
             "SPAM_LIGHTNING_CACHE": str(root / "cache"),
             "PYTHONUNBUFFERED": "1",
+            **{name: str(root / "wandb_home" / name.lower()) for name in WANDB_FOLDERS},
+            "WANDB_SILENT": "true",
         }
         self.url_overrides = (
             f"'data.urls=[{internet.url(UCI_ZIP_PATH)}]' data.tokenizer_url={internet.url(TIKTOKEN_R50K_PATH)}"
