@@ -1,4 +1,4 @@
-"""Export a checkpoint as model.safetensors + config.json: `python export.py ckpt_path=...` (see conf/export.yaml)."""
+"""Export a checkpoint as a self-contained model folder: `python export.py ckpt_path=...` (see conf/export.yaml)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -12,8 +12,15 @@ The batched and one-at-a-time P(spam) must agree (printed as the largest differe
 "positions/msg" is how many token positions each mode pushes through the transformer per message:
 where the forward pass is compute-bound (a CPU), book/ours in that column bounds the speed-up.
 
+With --onnxruntime, instead: the model (--model with random weights, or a trained --ckpt) is exported with
+export.py's format=onnx, and predict.py's two backends on that folder are timed against each other in one process
+on the CPU, at each of --batch-sizes (default 64 and 1), alternating torch and onnxruntime; onnxruntime's intra-op
+threads are torch's (--threads). Each mode runs --repeats times, alternating, and its median is printed.
+
     python benchmarks/bench_predict.py --model gpt2 --threads 1 --json predict.json
     python benchmarks/bench_predict.py --device cuda --batch-sizes 8,64,256 --precisions 32,bf16
+    python benchmarks/bench_predict.py --onnxruntime --ckpt runs/smoke/checkpoints/BEST.ckpt --threads 1
+    python benchmarks/bench_predict.py --onnxruntime --model gpt2 --messages 32 --repeats 1 --threads 1
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import copy
 import json
 import logging
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,9 +39,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from spam_lightning.checkpoint import TrainedModel
+from spam_lightning.checkpoint import TrainedModel, load_trained
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.export import write_export
 from spam_lightning.inference import Predictor
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.sms_spam import LABELS
@@ -102,6 +111,60 @@ def timed(score: Scorer, texts: Sequence[str], one_at_a_time: bool, device: torc
     return time.perf_counter() - start, probs  # the probabilities are on the CPU: the work is done
 
 
+def compare_backends(args: argparse.Namespace, texts: list[str], tokenizer_file: str | None) -> dict:
+    """torch against onnxruntime on one export.py format=onnx folder: messages/s per batch size, and the ratio."""
+    if args.ckpt:
+        model, name = load_trained(args.ckpt), Path(args.ckpt).name
+    else:
+        net = classifier(MODELS[args.model], "last_token", torch.device("cpu")).net
+        pre = Preprocessing(LABELS, net.gpt.cfg.context_length, pad_length=None, padding="batch", pool="last_token")
+        model, name = TrainedModel(net, pre, {}), f"{args.model} (random init)"
+    folder = Path(args.work_dir) / "onnx"
+    start = time.perf_counter()
+    write_export(model, folder, get_tokenizer(tokenizer_file), overwrite=True, format="onnx")
+    export_s = time.perf_counter() - start
+    predictors = {
+        "torch": Predictor.from_dir(folder, device="cpu"),
+        "onnxruntime": Predictor.from_dir(folder, backend="onnxruntime"),
+    }
+    sizes = [int(size) for size in (args.batch_sizes if args.batch_sizes != "8,64" else "64,1").split(",")]
+    results: dict[str, dict] = {}
+    for size in sizes:
+        probs, times = {}, {backend: [] for backend in predictors}
+        for predictor in predictors.values():
+            predictor.spam_probabilities(texts[:8], size)  # warm-up
+        for _ in range(args.repeats):  # alternating, so that both see the same load
+            for backend, predictor in predictors.items():
+                start = time.perf_counter()
+                probs[backend] = predictor.spam_probabilities(texts, size)[0]
+                times[backend].append(time.perf_counter() - start)
+        for backend in predictors:
+            seconds = statistics.median(times[backend])
+            results[f"{backend}, batch {size}"] = {"seconds": seconds, "messages_per_s": len(texts) / seconds}
+        diff = max(abs(a - b) for a, b in zip(probs["torch"], probs["onnxruntime"], strict=True))
+        results[f"onnxruntime, batch {size}"]["max_abs_dP_vs_torch"] = diff
+    print(
+        f"\nmodel {name}, {len(texts)} test messages, cpu, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__} "
+        f"({predictors['onnxruntime'].net.session.get_providers()[0]}); export (format=onnx) {export_s:.1f} s"
+    )
+    header = f"backend (median of {args.repeats})"
+    print(f"{header:<26}{'messages/s':>12}{'seconds':>10}{'onnxruntime/torch':>19}{'max |dP|':>11}")
+    for size in sizes:
+        base = results[f"torch, batch {size}"]["messages_per_s"]
+        for backend in predictors:
+            r = results[f"{backend}, batch {size}"]
+            ratio = f"{r['messages_per_s'] / base:.2f}x" if backend == "onnxruntime" else "-"
+            diff = f"{r['max_abs_dP_vs_torch']:.1e}" if backend == "onnxruntime" else "-"
+            label = f"{backend}, batch {size}"
+            print(f"{label:<26}{r['messages_per_s']:>12.1f}{r['seconds']:>10.2f}{ratio:>19}{diff:>11}")
+    print("max |dP|: largest difference of P(spam) from torch at the same batch size")
+    report = {"results": results, "export_s": export_s, "args": vars(args), "threads": torch.get_num_threads()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=list(MODELS), default="gpt2")
@@ -114,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer-file", default=None, help="gpt2.tiktoken (default: ../shared copy)")
     parser.add_argument("--work-dir", default="runs/bench_predict")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--onnxruntime", action="store_true", help="torch against onnxruntime (see above)")
+    parser.add_argument("--ckpt", default=None, help="with --onnxruntime: a trained checkpoint instead of --model")
+    parser.add_argument("--repeats", type=int, default=3, help="with --onnxruntime: timings per mode (the median)")
     args = parser.parse_args(argv)
     logging.getLogger("spam_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -130,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     dm.setup("fit")
     test = dm.read_split("test")["text"].tolist()
     texts = (test * (args.messages // len(test) + 1))[: args.messages]
+    if args.onnxruntime:
+        return compare_backends(args, texts, tokenizer_file)
     book_length = dm.pad_length or 120  # the longest training text
     lengths = [min(len(ids), book_length) for ids in get_tokenizer(tokenizer_file).encode_ordinary_batch(texts)]
 

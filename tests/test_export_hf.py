@@ -227,8 +227,8 @@ def test_predict_py_reads_both_layouts_and_overwrite_switches_cleanly(smoke: dic
         assert done.returncode == 0, done.stderr[-2000:]
         p = json.loads(done.stdout)["spam_probability"]
         assert p == pytest.approx(smoke["predictor"].spam_probabilities(["Free entry! Text WIN to 80086"])[0][0])
-    with pytest.raises(ConfigError, match=r"format must be one of \['auto', 'hf', 'spam_lightning'\], got 'onnx'"):
-        export_checkpoint(smoke["ckpt"], tmp_path / "x", format="onnx")
+    with pytest.raises(ConfigError, match=r"one of \['auto', 'hf', 'spam_lightning', 'onnx'\], got 'tf'"):
+        export_checkpoint(smoke["ckpt"], tmp_path / "x", format="tf")
 
 
 def test_edited_transformers_files_and_earlier_exports_are_refused(smoke: dict[str, Any], tmp_path: Path) -> None:

@@ -13,9 +13,13 @@ UPPER = {"train", "classifier", "feature_cache", "checkpointing", "inference", "
 UPPER |= {"report", "sweep", "optuna_sweeper", "ddp", "textio", "trackers"}
 LOWER = {"gpt", "net", "weights", "preprocess", "tokenizer", "sms_spam", "samplers", "data", "checkpoint"}
 LOWER |= {"hf_export", "hf_tokenizer", "model_card"}  # what export.py writes for transformers
+LOWER |= {"onnx_model"}  # the ONNX graph export.py writes, and predict.py's onnxruntime backend
 # Prediction and export load without Lightning (start-up time; an exported model needs torch, safetensors, tiktoken).
 NO_LIGHTNING = {"gpt", "net", "weights", "preprocess", "tokenizer", "checkpoint", "export", "inference", "textio"}
 NO_LIGHTNING |= {"predict", "sms_spam", "errors", "files", "downloads", "hf_export", "hf_tokenizer", "model_card"}
+NO_LIGHTNING |= {"onnx_model"}
+# Imported only by the functions that need them (the ONNX export; backend=onnxruntime), never when a module is.
+ONNX_PACKAGES = {"onnx", "onnxscript", "onnxruntime"}
 # Modules allowed beyond ~400 lines, and why.
 LONG: dict[str, str] = {}
 
@@ -65,6 +69,13 @@ def test_prediction_path_imports_no_lightning() -> None:
     for module in NO_LIGHTNING:
         for dep in reach(module, {module}):
             assert not imports(dep, at_import=True)[1] & {"lightning", "pytorch_lightning"}, (module, dep)
+
+
+def test_onnx_packages_are_imported_only_where_used() -> None:
+    """torch prediction, and every other import of the package, never loads onnx, onnxscript or onnxruntime."""
+    wrong = {m: sorted(imports(m, at_import=True)[1] & ONNX_PACKAGES) for m in MODULES}
+    assert not {m: names for m, names in wrong.items() if names}
+    assert {m for m in MODULES if imports(m)[1] & ONNX_PACKAGES} == {"onnx_model"}
 
 
 def test_one_copy_of_each_concept() -> None:

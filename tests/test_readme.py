@@ -190,6 +190,10 @@ HOW: dict[str, Run | Covered | NotRun] = {
         'for scores in classifier(["See you at 6", "WINNER!! Claim your prize now"]):\n'
         '    print({s["label"]: round(s["score"], 4) for s in scores})'
     ): Run("trained_model"),
+    "python export.py ckpt_path=$CKPT format=onnx out_dir=runs/smoke/onnx": Run("trained_model"),
+    """python predict.py model_dir=runs/smoke/onnx backend=onnxruntime 'text="Free entry! Text WIN to 80086"'""": Run(
+        "trained_model"
+    ),
     "hf auth login": NotRun("needs a Hugging Face Hub account and the network"),
     "hf upload YOUR_NAME/sms-spam-gpt2 runs/smoke/export .": NotRun("needs a Hugging Face Hub account and the network"),
     # Grid sweeps
@@ -597,6 +601,11 @@ def test_group_trained_model(machine: UserMachine) -> None:
     assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
     snippet = done.stdout("from spam_lightning.inference import Predictor").split()
     assert snippet[0] in ("ham", "spam") and len(snippet) == 8
+    assert (smoke / "onnx" / "model.onnx").is_file() and (smoke / "onnx" / "spam_lightning.json").is_file()
+    from_onnx = jsonl(done.stdout("model_dir=runs/smoke/onnx backend=onnxruntime"))
+    from_torch = jsonl(done.stdout("model_dir=runs/smoke/export 'text="))
+    assert [p["text"] for p in from_onnx] == ["Free entry! Text WIN to 80086"]
+    assert from_onnx[0]["spam_probability"] == pytest.approx(from_torch[0]["spam_probability"], abs=1e-5)
     out = done.stdout("from transformers import pipeline")
     scores = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{")]
     assert len(scores) == 2 and all(set(s) == {"ham", "spam"} and abs(sum(s.values()) - 1) < 1e-3 for s in scores), out

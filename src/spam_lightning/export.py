@@ -12,6 +12,8 @@ spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|fir
     spam_lightning.safetensors  every weight of the SpamNet (keys gpt.*), frozen ones included
     gpt2.tiktoken
   It has no config.json and no model.safetensors, so transformers refuses it instead of loading random weights.
+  format=onnx (any pooling) adds model.onnx (onnx_model.py), recorded under "onnx" with its sha256; predict.py
+  backend=onnxruntime runs it, backend=torch the safetensors weights of the same folder.
 
 The record: format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), training (where it came from:
 checkpoint file name, hyper-parameters, data, frozen weights; no local paths), tokenizer_file, the weights' sha256
@@ -46,6 +48,7 @@ from spam_lightning.hf_tokenizer import FILES as HF_TOKENIZER_FILES
 from spam_lightning.hf_tokenizer import write_hf_tokenizer
 from spam_lightning.model_card import model_card
 from spam_lightning.net import SpamNet
+from spam_lightning.onnx_model import ONNX_DATA_NAME, ONNX_NAME, OnnxNet, require_export_packages, write_onnx
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, get_tokenizer
 
@@ -53,12 +56,14 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "spam_lightning.classifier/3"  # /1 (no preprocessing record), /2 (config.json + model.safetensors
 # of our own layout, which transformers mistook for GPT-2): refused
-FORMATS = ("auto", "hf", "spam_lightning")
+FORMATS = ("auto", "hf", "spam_lightning", "onnx")  # onnx: our own layout + model.onnx
 CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"  # transformers' layout
 RECORD_NAME, OWN_WEIGHTS_NAME = "spam_lightning.json", "spam_lightning.safetensors"  # our own layout
 TOKENIZER_NAME = "gpt2.tiktoken"
 WRITTEN = (CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES)
+WRITTEN += (ONNX_NAME, ONNX_DATA_NAME)
 FILES_KEY = "transformers_files_sha256"
+ONNX_KEY = "onnx"  # format=onnx: the graph's files and their sha256 (onnx_model.write_onnx)
 
 
 def write_export(
@@ -70,7 +75,8 @@ def write_export(
     metrics: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write the folder in transformers' layout (format=hf, or auto when transformers can compute the model) or
-    our own (spam_lightning); the record file last. `metrics` (the run's metrics.json) go into the model card.
+    our own (spam_lightning; onnx: with model.onnx too); the record file last. `metrics` (the run's metrics.json)
+    go into the model card.
     Returns the paths written."""
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")
@@ -80,6 +86,8 @@ def write_export(
     hf = format == "hf" or (format == "auto" and reason is None)
     if format == "auto" and reason:
         log.info("format=auto: spam_lightning's own layout, not transformers' (%s)", reason)
+    if format == "onnx":
+        require_export_packages()  # before anything is written
     out_dir = Path(out_dir)
     previous = [out_dir / name for name in (CONFIG_NAME, RECORD_NAME) if (out_dir / name).exists()]
     if previous and not overwrite:
@@ -104,6 +112,9 @@ def write_export(
         "tokenizer_file": TOKENIZER_NAME,
         "weights_sha256": file_sha256(weights_file),
     }
+    if format == "onnx":  # bound to this record: the graph carries its record_sha256
+        record[ONNX_KEY] = write_onnx(model.net, out_dir, record_sha256(record), model.preprocessing, tokenizer)
+        paths += [out_dir / name for name in record[ONNX_KEY]["files"]]
     if hf:
         hf_files = write_hf_tokenizer(tokenizer, out_dir, model.preprocessing.token_limit)
         record[FILES_KEY] = {p.name: file_sha256(p) for p in hf_files}
@@ -181,11 +192,13 @@ def _read_record(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None
     return record, content if hf else None, source, weights_file
 
 
-def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
+def read_export(model_dir: str | Path, backend: str = "torch") -> tuple[TrainedModel, Path | None]:
     """The trained model in an exported folder (either layout), and its bundled tokenizer file (None if absent).
+    backend=onnxruntime: the model's net is an OnnxNet running the folder's model.onnx (its weights file unread).
 
     The folder is untrusted: the record must be unedited since export (record_sha256), its values valid and
-    consistent, its tokenizer_file inside the folder; anything else is a CheckpointError naming the file and key."""
+    consistent, its tokenizer_file (and model.onnx) inside the folder with the recorded sha256; anything else is a
+    CheckpointError naming the file and key."""
     model_dir = Path(model_dir)
     config, hf_fields, config_file, weights_file = _read_record(model_dir)
     if config.get("format") != EXPORT_FORMAT:
@@ -203,7 +216,7 @@ def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
             f"{config_file}: net/preprocessing do not match record_sha256: {config_file.name} was edited after export "
             "(refused: it would change the predictions); export the checkpoint again"
         )
-    if file_sha256(weights_file) != config["weights_sha256"]:
+    if backend == "torch" and file_sha256(weights_file) != config["weights_sha256"]:
         raise CheckpointError(f"{weights_file}: sha256 differs from {config_file.name}'s weights_sha256 (corrupt?)")
     try:
         net = SpamNet.from_args(config.get("net"), device="meta")
@@ -217,6 +230,8 @@ def read_export(model_dir: str | Path) -> tuple[TrainedModel, Path | None]:
     if hf_fields is not None:
         _check_transformers_fields(model_dir, config_file, hf_fields, net, preprocessing)
     bundled = _bundled_file(model_dir, config.get("tokenizer_file", TOKENIZER_NAME), config_file)
+    if backend == "onnxruntime":
+        return TrainedModel(_onnx_net(model_dir, config, config_file, net), preprocessing, training), bundled
     try:
         state = load_file(weights_file)
     except Exception as err:
@@ -259,19 +274,44 @@ def _check_transformers_fields(
             raise CheckpointError(f"{path}: missing, or its sha256 differs from {config_file.name}'s {FILES_KEY}")
 
 
-def _bundled_file(model_dir: Path, name: Any, config_file: Path) -> Path | None:
-    """The file the record's tokenizer_file names (None if absent), which must lie inside model_dir: no
-    absolute path, no .., no symlink out of the folder."""
+def _onnx_net(model_dir: Path, config: Mapping[str, Any], config_file: Path, net: SpamNet) -> OnnxNet:
+    """The folder's model.onnx in an onnxruntime session, once its files match the record's sha256."""
+    entry = config.get(ONNX_KEY)
+    if entry is None:
+        raise CheckpointError(
+            f"{model_dir} has no {ONNX_NAME} (exported without format=onnx): backend=onnxruntime needs a folder "
+            "written by `python export.py ckpt_path=... format=onnx`; or predict with backend=torch"
+        )
+    files = entry.get("files") if isinstance(entry, dict) else None
+    if not (
+        isinstance(files, dict)
+        and ONNX_NAME in files
+        and set(files) <= {ONNX_NAME, ONNX_DATA_NAME}
+        and all(isinstance(sha, str) for sha in files.values())
+    ):
+        raise CheckpointError(f"{config_file}: {ONNX_KEY}.files must map {ONNX_NAME} (and {ONNX_DATA_NAME}) to sha256")
+    for name, sha in files.items():
+        path = _bundled_file(model_dir, name, config_file, f"{ONNX_KEY}.files")
+        if path is None or file_sha256(path) != sha:
+            raise CheckpointError(
+                f"{model_dir / name}: missing, or its sha256 differs from {config_file.name}'s {ONNX_KEY}.files"
+            )
+    return OnnxNet(model_dir / ONNX_NAME, config["record_sha256"], net.num_classes, net.pool)
+
+
+def _bundled_file(model_dir: Path, name: Any, config_file: Path, key: str = "tokenizer_file") -> Path | None:
+    """The file the record's `key` names (None if absent), which must lie inside model_dir: no absolute path, no
+    .., no symlink out of the folder."""
     if not isinstance(name, str) or not name:
-        raise CheckpointError(f"{config_file}: tokenizer_file must be a file name inside {model_dir}, got {name!r}")
+        raise CheckpointError(f"{config_file}: {key} must be a file name inside {model_dir}, got {name!r}")
     try:
         path = (model_dir / name).resolve()
         inside = model_dir.resolve() in path.parents
     except (OSError, RuntimeError) as err:  # a symlink loop
-        raise CheckpointError(f"{config_file}: tokenizer_file {name!r} cannot be resolved ({err})") from err
+        raise CheckpointError(f"{config_file}: {key} {name!r} cannot be resolved ({err})") from err
     if not inside:
         raise CheckpointError(
-            f"{config_file}: tokenizer_file {name!r} is outside the model folder (it resolves to {path}); refused"
+            f"{config_file}: {key} {name!r} is outside the model folder (it resolves to {path}); refused"
         )
     return path if path.is_file() else None
 

@@ -1,7 +1,8 @@
 """Use a trained classifier: load it (a checkpoint or an exported folder) and score texts exactly as
 training preprocessed them, from the preprocessing record it carries.
 
-No Lightning in this module: an exported model needs only torch, safetensors and tiktoken.
+No Lightning in this module: an exported model needs only torch, safetensors and tiktoken. backend=onnxruntime runs
+an export's model.onnx instead of the torch network (onnx_model.OnnxNet); only that backend imports onnxruntime.
 
 Rules for inputs:
 - an empty or whitespace-only text gets no prediction: label null and error "empty text";
@@ -21,13 +22,27 @@ import tiktoken
 import torch
 
 from spam_lightning.checkpoint import TrainedModel, load_trained
-from spam_lightning.errors import CheckpointError
+from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.export import read_export
+from spam_lightning.onnx_model import OnnxNet
 from spam_lightning.tokenizer import get_tokenizer
 
 # Inference arithmetic: float32, or bfloat16 weights and activations (faster on GPUs; slower on CPUs without
 # bf16 units).
 PRECISIONS = ("32", "bf16")
+# What computes the logits: the torch network (a checkpoint or an export's weights), or an export's model.onnx in
+# onnxruntime (export.py format=onnx; CPU, float32).
+BACKENDS = ("torch", "onnxruntime")
+
+
+def check_backend(backend: str, device: str | torch.device = "auto", precision: str = "32") -> None:
+    """onnxruntime runs the exported float32 graph on the CPU: other devices and precisions are refused."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend}: expected one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and str(device) not in ("auto", "cpu"):
+        raise ConfigError(f"device={device}: backend=onnxruntime runs on the CPU here; use device=cpu (or auto)")
+    if backend == "onnxruntime" and precision != "32":
+        raise ConfigError(f"precision={precision}: backend=onnxruntime runs the exported float32 graph; use 32")
 
 
 @dataclass
@@ -83,9 +98,14 @@ class Predictor:
             )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-        self.device = resolve_device(device)
-        # bf16: the weights are converted once (autocast would convert them again in every batch).
-        self.net = model.net.to(self.device, torch.bfloat16 if precision == "bf16" else None).eval()
+        self.backend = "onnxruntime" if isinstance(model.net, OnnxNet) else "torch"
+        if self.backend == "onnxruntime":
+            check_backend(self.backend, device, precision)
+            self.device, self.net = torch.device("cpu"), model.net
+        else:
+            self.device = resolve_device(device)
+            # bf16: the weights are converted once (autocast would convert them again in every batch).
+            self.net = model.net.to(self.device, torch.bfloat16 if precision == "bf16" else None).eval()
         self.preprocessing = model.preprocessing
         self.training = model.training  # provenance: checkpoint, hyper_parameters, data, frozen weights
         self.tokenizer = tokenizer
@@ -98,10 +118,17 @@ class Predictor:
 
     @classmethod
     def from_dir(
-        cls, model_dir: str | Path, tokenizer_file: str | None = None, device: str = "auto", precision: str = "32"
+        cls,
+        model_dir: str | Path,
+        tokenizer_file: str | None = None,
+        device: str = "auto",
+        precision: str = "32",
+        backend: str = "torch",
     ) -> Predictor:
-        """An exported folder (export.py): its bundled tokenizer file unless `tokenizer_file` is given."""
-        model, bundled = read_export(model_dir)
+        """An exported folder (export.py): its bundled tokenizer file unless `tokenizer_file` is given;
+        backend=onnxruntime: its model.onnx (format=onnx) instead of its torch weights."""
+        check_backend(backend, device, precision)
+        model, bundled = read_export(model_dir, backend)
         tokenizer_file = tokenizer_file or (str(bundled) if bundled is not None else None)
         return cls(model, get_tokenizer(tokenizer_file), device, precision)
 
@@ -189,10 +216,17 @@ def load_predictor(
     tokenizer_file: str | None = None,
     device: str = "auto",
     precision: str = "32",
+    backend: str = "torch",
 ) -> Predictor:
-    """Exactly one of a Lightning checkpoint or an exported model folder."""
+    """Exactly one of a Lightning checkpoint or an exported model folder (the only kind backend=onnxruntime runs)."""
     if (ckpt_path is None) == (model_dir is None):
         raise CheckpointError("give exactly one of ckpt_path=PATH.ckpt or model_dir=EXPORTED_FOLDER")
+    check_backend(backend, device, precision)
+    if ckpt_path is not None and backend == "onnxruntime":
+        raise ConfigError(
+            "backend=onnxruntime runs an exported model.onnx: give model_dir=FOLDER written by "
+            "`python export.py ckpt_path=... format=onnx`, not ckpt_path"
+        )
     if ckpt_path is not None:
         return Predictor.from_checkpoint(ckpt_path, tokenizer_file, device, precision)
-    return Predictor.from_dir(str(model_dir), tokenizer_file, device, precision)
+    return Predictor.from_dir(str(model_dir), tokenizer_file, device, precision, backend)

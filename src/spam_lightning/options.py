@@ -14,7 +14,7 @@ from typing import Any
 
 from spam_lightning.errors import ConfigError
 from spam_lightning.gpt import POOLS
-from spam_lightning.inference import PRECISIONS
+from spam_lightning.inference import BACKENDS, PRECISIONS, check_backend
 
 FORMATS = ("auto", "table", "jsonl")
 NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")  # model.trainable_layers, besides a block count
@@ -35,6 +35,9 @@ def check_options(cfg: Mapping[str, Any]) -> None:
         check_choice("precision", cfg["precision"], PRECISIONS)
     if "format" in cfg:
         check_choice("format", cfg["format"], FORMATS)
+    if "backend" in cfg:
+        backend = check_choice("backend", cfg["backend"], BACKENDS)
+        check_backend(backend, str(cfg.get("device", "auto")), str(cfg.get("precision", "32")))
 
 
 def check_number(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:

@@ -33,7 +33,12 @@ def run(cfg: DictConfig) -> list[Prediction]:
     """Classify the configured texts and write them (stdout or cfg.output); returns the predictions."""
     check_options(cfg)
     predictor = load_predictor(
-        cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device, str(cfg.precision)
+        cfg.get("ckpt_path"),
+        cfg.get("model_dir"),
+        cfg.get("tokenizer_file"),
+        cfg.device,
+        str(cfg.precision),
+        str(cfg.get("backend", "torch")),
     )
     texts = gather_texts(cfg)
     predictions = predictor.predict(texts, batch_size=cfg.batch_size, threshold=cfg.threshold)

@@ -1,0 +1,304 @@
+"""The ONNX export (export.py format=onnx): onnxruntime gives our torch model's logits and P(spam) on the whole test
+split for every pooling, one session takes batches of any size and length, the folder keeps our record and its
+trust checks (model.onnx's sha256 too), and predict.py backend=onnxruntime uses it, importing onnxruntime only then."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers.scripts import run_script
+from helpers.smoke import compose_cfg, train_smoke
+
+from spam_lightning.checkpoint import TrainedModel, load_trained
+from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.evaluate import load_split
+from spam_lightning.export import read_export, write_export
+from spam_lightning.gpt import PRESETS, GPTModel
+from spam_lightning.inference import Predictor, load_predictor
+from spam_lightning.net import SpamNet
+from spam_lightning.onnx_model import OnnxNet
+from spam_lightning.predict import run as predict_run
+from spam_lightning.preprocess import Preprocessing
+from spam_lightning.tokenizer import get_tokenizer
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+TOLERANCE = 1e-5  # max |logits onnxruntime - torch| and max |P(spam) onnxruntime - torch|
+REPO = Path(__file__).resolve().parents[1]
+# pool -> padded length: last (the book's) pads every text to 120 tokens; the others pad each batch to its longest
+POOLS = {"last_token": None, "last": 120, "first": None, "mean": None}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+    """A smoke run (pool=last_token) exported by `python export.py ... format=onnx`, and the test split's texts."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
+    done = run_script("export.py", f"ckpt_path={ckpt}", "format=onnx", f"out_dir={tmp / 'last_token'}", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr and "[torch.onnx]" not in done.stdout + done.stderr, done.stderr
+    texts, _ = load_split(Predictor.from_checkpoint(ckpt, device="cpu"), "test")
+    return {"tmp": tmp, "ckpt": ckpt, "texts": texts, "folders": {"last_token": tmp / "last_token"}}
+
+
+def with_pool(model: TrainedModel, pool: str, pad_length: int | None) -> TrainedModel:
+    """The same weights recorded with another pooling and padded length (the graph differs, the weights do not)."""
+    pre = dataclasses.replace(
+        model.preprocessing, pool=pool, pad_length=pad_length, padding=pad_length if pad_length else "batch"
+    )
+    model.net.pool = pool
+    return TrainedModel(model.net, pre, model.training)
+
+
+def exported(smoke: dict[str, Any], pool: str, tokenizer_file: str) -> Path:
+    """The smoke model with `pool`, exported with format=onnx (once per pool)."""
+    if pool not in smoke["folders"]:
+        model = with_pool(load_trained(smoke["ckpt"]), pool, POOLS[pool])
+        write_export(model, smoke["tmp"] / pool, get_tokenizer(tokenizer_file), format="onnx")
+        smoke["folders"][pool] = smoke["tmp"] / pool
+    return smoke["folders"][pool]
+
+
+def batch_logits(net: Any, pre: Preprocessing, rows: list[list[int]], size: int) -> torch.Tensor:
+    """Logits of `rows` in batches of `size`, padded as prediction pads them."""
+    out = []
+    for start in range(0, len(rows), size):
+        input_ids, lengths = pre.pad(rows[start : start + size])
+        with torch.inference_mode():
+            out.append(net(input_ids, lengths))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_onnxruntime_equals_torch_on_the_whole_test_split(
+    smoke: dict[str, Any], tokenizer_file: str, pool: str
+) -> None:
+    folder = exported(smoke, pool, tokenizer_file)
+    torch_predictor = Predictor.from_dir(folder, device="cpu")
+    onnx_predictor = Predictor.from_dir(folder, backend="onnxruntime")
+    assert (torch_predictor.backend, onnx_predictor.backend) == ("torch", "onnxruntime")
+    assert isinstance(onnx_predictor.net, OnnxNet) and onnx_predictor.preprocessing == torch_predictor.preprocessing
+    texts = smoke["texts"]
+    encoded = torch_predictor.encode(texts)
+    rows = [e.ids for e in encoded]
+    assert len(rows) == 300 and any(e.truncated for e in encoded)  # some texts are longer than 128 tokens
+    pre = torch_predictor.preprocessing
+    expected = batch_logits(torch_predictor.net, pre, rows, 64)
+    got = batch_logits(onnx_predictor.net, pre, rows, 64)
+    logit_diff = float((got - expected).abs().max())
+    ours = torch_predictor.spam_probabilities(texts)[0]
+    theirs = onnx_predictor.spam_probabilities(texts)[0]
+    p_diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))  # type: ignore[operator]
+    print(f"pool={pool}: max |dlogits| {logit_diff:.2g}, max |dP(spam)| {p_diff:.2g} on {len(texts)} test texts")
+    assert logit_diff <= TOLERANCE and p_diff <= TOLERANCE
+    assert expected.abs().max() > 0.5  # logits of a trained model, not all near zero
+    # the export's own weights are the checkpoint's
+    from_ckpt = Predictor(with_pool(load_trained(smoke["ckpt"]), pool, POOLS[pool]), torch_predictor.tokenizer, "cpu")
+    assert from_ckpt.spam_probabilities(texts[:20])[0] == torch_predictor.spam_probabilities(texts[:20])[0]
+
+
+def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], tokenizer_file: str) -> None:
+    folder = exported(smoke, "last_token", tokenizer_file)
+    model = read_export(folder)[0]
+    onnx_net = read_export(folder, backend="onnxruntime")[0].net
+    shapes = [i.shape for i in onnx_net.session.get_inputs()] + [o.shape for o in onnx_net.session.get_outputs()]
+    assert shapes == [["batch", "length"], ["batch"], ["batch", 2]]  # symbolic, not the export's example sizes
+    torch.manual_seed(0)
+    for batch, length in ((1, 1), (1, 128), (2, 8), (3, 5), (7, 1), (64, 37), (300, 128), (5, 2)):
+        input_ids = torch.randint(0, 50257, (batch, length))
+        lengths = torch.randint(1, length + 1, (batch,))
+        lengths[0] = length
+        with torch.inference_mode():
+            expected = model.net(input_ids, lengths)
+        got = onnx_net(input_ids, lengths)
+        assert got.shape == (batch, 2)
+        assert float((got - expected).abs().max()) <= TOLERANCE, (batch, length)
+
+
+def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str) -> None:
+    folder = exported(smoke, "last_token", tokenizer_file)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["gpt2.tiktoken", "model.onnx", "spam_lightning.json", "spam_lightning.safetensors"]
+    record = json.loads((folder / "spam_lightning.json").read_text())
+    assert record["preprocessing"]["pool"] == "last_token" and record["preprocessing"]["max_length"] == 128
+    onnx = record["onnx"]
+    assert onnx["inputs"] == ["input_ids", "lengths"] and onnx["output"] == "logits"
+    assert set(onnx["files"]) == {"model.onnx"} and onnx["max_abs_logit_difference"] <= TOLERANCE
+    assert str(smoke["tmp"]).encode() not in (folder / "model.onnx").read_bytes()  # no local paths
+
+    def copy(name: str) -> Path:
+        dest = tmp_path / name
+        shutil.copytree(folder, dest, copy_function=os.link)
+        return dest
+
+    def refused(model_dir: Path, match: str, error: type[Exception] = CheckpointError) -> None:
+        with pytest.raises(error, match=match) as caught:
+            Predictor.from_dir(model_dir, backend="onnxruntime")
+        assert "\n" not in str(caught.value)
+
+    corrupt = copy("corrupt")
+    data = (corrupt / "model.onnx").read_bytes()
+    (corrupt / "model.onnx").unlink()  # a hard link: never write through it
+    (corrupt / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    refused(corrupt, r"model\.onnx: missing, or its sha256 differs from spam_lightning\.json's onnx\.files")
+    missing = copy("missing")
+    (missing / "model.onnx").unlink()
+    refused(missing, r"model\.onnx: missing, or its sha256")
+    # model.onnx of another export (pool=last), its sha256 written into the record: the graph's own record_sha256
+    # says it belongs to another model
+    other = copy("other")
+    (other / "model.onnx").unlink()
+    shutil.copy(exported(smoke, "last", tokenizer_file) / "model.onnx", other / "model.onnx")
+    edited = json.loads((other / "spam_lightning.json").read_text())
+    edited["onnx"]["files"]["model.onnx"] = json.loads((smoke["folders"]["last"] / "spam_lightning.json").read_text())[
+        "onnx"
+    ]["files"]["model.onnx"]
+    (other / "spam_lightning.json").unlink()
+    (other / "spam_lightning.json").write_text(json.dumps(edited))
+    refused(other, r"exported for another model \(its spam_lightning\.record_sha256 is '[0-9a-f]{64}'")
+    outside = copy("symlink")
+    shutil.copy(folder / "model.onnx", tmp_path / "elsewhere.onnx")
+    (outside / "model.onnx").unlink()
+    (outside / "model.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    refused(outside, r"onnx\.files 'model\.onnx' is outside the model folder")
+    # the record itself stays protected by record_sha256, for both backends
+    pool = copy("pool")
+    edited = json.loads((pool / "spam_lightning.json").read_text())
+    edited["preprocessing"]["pool"] = edited["net"]["pool"] = "first"
+    (pool / "spam_lightning.json").unlink()
+    (pool / "spam_lightning.json").write_text(json.dumps(edited))
+    refused(pool, r"spam_lightning\.json was edited after export")
+    # format=auto for a last_token model: transformers' layout, no model.onnx: refused, saying how to get one
+    write_export(load_trained(smoke["ckpt"]), tmp_path / "hf", get_tokenizer(tokenizer_file))
+    refused(tmp_path / "hf", r"has no model\.onnx \(exported without format=onnx\).*format=onnx`; or predict with")
+    with pytest.raises(ConfigError, match="not ckpt_path"):
+        load_predictor(ckpt_path=str(smoke["ckpt"]), backend="onnxruntime")
+
+
+def test_overwrite_removes_the_graph_with_the_format(
+    smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str
+) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(exported(smoke, "last_token", tokenizer_file), folder)
+    write_export(load_trained(smoke["ckpt"]), folder, get_tokenizer(tokenizer_file), overwrite=True, format="hf")
+    assert not (folder / "model.onnx").exists() and (folder / "config.json").is_file()
+
+
+def test_predict_py_with_onnxruntime(smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str) -> None:
+    folder = exported(smoke, "last_token", tokenizer_file)
+    messages = tmp_path / "messages.txt"
+    messages.write_text("\n".join(smoke["texts"][:40]) + "\n", encoding="utf-8")
+    no_onnxruntime = tmp_path / "no_onnxruntime"  # an onnxruntime that cannot be imported, as when not installed
+    (no_onnxruntime / "onnxruntime").mkdir(parents=True)
+    (no_onnxruntime / "onnxruntime" / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    hidden = {"PYTHONPATH": os.pathsep.join([str(no_onnxruntime), os.environ.get("PYTHONPATH", "")])}
+
+    def predict(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_script("predict.py", f"model_dir={folder}", *args, "format=jsonl", env=env, timeout=120)
+
+    def one_error_line(done: subprocess.CompletedProcess[str], message: str) -> None:
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and lines == [f"error: {message}"], done.stderr[-2000:]
+
+    outputs = {}
+    for backend, env in (("torch", hidden), ("onnxruntime", None)):  # torch needs no onnxruntime
+        done = predict(f"input_file={messages}", f"backend={backend}", env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[backend] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [p["label"] for p in outputs["torch"]] == [p["label"] for p in outputs["onnxruntime"]]
+    for a, b in zip(outputs["torch"], outputs["onnxruntime"], strict=True):
+        assert abs(a["spam_probability"] - b["spam_probability"]) <= TOLERANCE
+    one_error_line(predict("backend=onnxruntime", "text=hi", env=hidden), INSTALL_MESSAGE)
+    hf = tmp_path / "hf"
+    write_export(load_trained(smoke["ckpt"]), hf, get_tokenizer(tokenizer_file), format="hf")
+    done = run_script("predict.py", f"model_dir={hf}", "backend=onnxruntime", "text=hi", timeout=120)
+    expected = f"{hf} has no model.onnx (exported without format=onnx): backend=onnxruntime needs a folder written "
+    one_error_line(done, expected + "by `python export.py ckpt_path=... format=onnx`; or predict with backend=torch")
+    # exporting without the packages: one line, nothing written
+    done = run_script("export.py", f"ckpt_path={smoke['ckpt']}", "format=onnx", f"out_dir={tmp_path / 'x'}", env=hidden)
+    one_error_line(done, 'format=onnx needs onnxruntime, not installed: pip install ".[onnx]"')
+    assert not (tmp_path / "x").exists()
+
+
+INSTALL_MESSAGE = 'backend=onnxruntime needs onnxruntime, which is not installed: pip install ".[onnx]"'
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("backend=tensorrt",), "backend='tensorrt': expected one of torch, onnxruntime"),
+        (("backend=onnxruntime", "device=cuda"), "device=cuda: backend=onnxruntime runs on the CPU here"),
+        (("backend=onnxruntime", "precision=bf16"), "precision=bf16: backend=onnxruntime runs the exported float32"),
+    ],
+)
+def test_backend_options_are_checked_before_any_model_loads(overrides: tuple[str, ...], message: str) -> None:
+    cfg = compose_cfg("predict", "model_dir=/nonexistent", "text=hi", *overrides)
+    with pytest.raises(ConfigError) as refused:
+        predict_run(cfg)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_prediction_imports_onnxruntime_only_for_that_backend(smoke: dict[str, Any], tokenizer_file: str) -> None:
+    folder = exported(smoke, "last_token", tokenizer_file)
+    script = f"""
+import sys
+from spam_lightning.predict import run
+from spam_lightning.inference import Predictor
+def loaded():
+    names = {{m.split(".")[0] for m in sys.modules}}
+    return sorted(names & {{"onnxruntime", "onnx", "onnxscript", "lightning", "pytorch_lightning"}})
+Predictor.from_dir({str(folder)!r}).predict(["hello"])
+print(loaded())
+Predictor.from_dir({str(folder)!r}, backend="onnxruntime").predict(["hello"])
+print(loaded())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "['onnxruntime']"]  # never onnx or onnxscript (export only), Lightning
+
+
+def random_124m(pool: str) -> SpamNet:
+    """GPT-2 124M's shapes, random weights with non-trivial LayerNorms and biases: logits of order 1."""
+    torch.manual_seed(0)
+    net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, pool).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+        net.gpt.out_head.weight.normal_(0.0, 768**-0.5)
+    return net
+
+
+@pytest.mark.slow
+def test_124m_architecture(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -> None:
+    """GPT-2 124M shapes (random weights), pool=last_token, 20 texts: exported, then onnxruntime against torch."""
+    pre = Preprocessing(labels=("ham", "spam"), max_length=1024, pad_length=None, padding="batch", pool="last_token")
+    model = TrainedModel(random_124m("last_token"), pre, {})
+    tokenizer = get_tokenizer(tokenizer_file)
+    texts = [line.split("\t", 1)[1] for line in sms_tsv.read_text(encoding="utf-8").splitlines()[:20]]
+    start = time.perf_counter()
+    write_export(model, tmp_path, tokenizer, format="onnx")
+    exported_s = time.perf_counter() - start
+    ours = Predictor(model, tokenizer, device="cpu")
+    theirs = Predictor.from_dir(tmp_path, backend="onnxruntime")
+    rows = [e.ids for e in ours.encode(texts)]
+    logit_diff = float((batch_logits(theirs.net, pre, rows, 8) - batch_logits(ours.net, pre, rows, 8)).abs().max())
+    p_ours, p_theirs = ours.spam_probabilities(texts)[0], theirs.spam_probabilities(texts, batch_size=7)[0]
+    p_diff = max(abs(a - b) for a, b in zip(p_ours, p_theirs, strict=True))  # type: ignore[operator]
+    print(f"124M: exported in {exported_s:.0f} s; max |dlogits| {logit_diff:.2g}, max |dP(spam)| {p_diff:.2g}")
+    assert max(p_ours) - min(p_ours) > 0.01  # type: ignore[operator]  # the texts matter
+    assert logit_diff <= TOLERANCE and p_diff <= TOLERANCE
+    assert (tmp_path / "model.onnx").stat().st_size > 400e6 and not (tmp_path / "model.onnx.data").exists()
