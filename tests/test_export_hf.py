@@ -15,16 +15,14 @@ import pytest
 import torch
 import yaml
 from helpers.scripts import run_script
-from helpers.smoke import train_smoke
+from helpers.smoke import random_124m, train_smoke
 
 from spam_lightning.checkpoint import RECORD_KEY, TrainedModel, load_trained
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.evaluate import load_split
 from spam_lightning.export import export_checkpoint, read_export, write_export
-from spam_lightning.gpt import PRESETS, GPTModel
 from spam_lightning.hf_export import HFExportError, check_fold, fold_head_bias
 from spam_lightning.inference import Predictor
-from spam_lightning.net import SpamNet
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.tokenizer import get_tokenizer
 
@@ -257,26 +255,10 @@ def test_edited_transformers_files_and_earlier_exports_are_refused(smoke: dict[s
         read_export(old)
 
 
-def random_124m(seed: int) -> SpamNet:
-    """GPT-2 124M's shapes with random weights, LayerNorm parameters and biases all non-trivial, and a head with
-    a bias: logits of order 1."""
-    torch.manual_seed(seed)
-    net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, "last_token").eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.02)
-        net.gpt.out_head.weight.normal_(0.0, 768**-0.5)
-        net.gpt.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
-    return net
-
-
 def test_124m_architecture_exports_exactly(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -> None:
     pre = Preprocessing(labels=("ham", "spam"), max_length=1024, pad_length=None, padding="batch", pool="last_token")
     training = {"hyper_parameters": {"pretrained": "gpt2", "trainable_layers": "last_block", "lr": 5e-5}}
-    model = TrainedModel(random_124m(0), pre, training)
+    model = TrainedModel(random_124m(), pre, training)
     tokenizer = get_tokenizer(tokenizer_file)
     texts = [line.split("\t", 1)[1] for line in sms_tsv.read_text(encoding="utf-8").splitlines()[:20]]
     ours = Predictor(model, tokenizer, device="cpu").spam_probabilities(texts)[0]

@@ -17,15 +17,13 @@ from typing import Any
 import pytest
 import torch
 from helpers.scripts import run_script
-from helpers.smoke import compose_cfg, train_smoke
+from helpers.smoke import compose_cfg, random_124m, train_smoke
 
 from spam_lightning.checkpoint import TrainedModel, load_trained
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.evaluate import load_split
 from spam_lightning.export import read_export, write_export
-from spam_lightning.gpt import PRESETS, GPTModel
 from spam_lightning.inference import Predictor, load_predictor
-from spam_lightning.net import SpamNet
 from spam_lightning.onnx_model import OnnxNet
 from spam_lightning.predict import run as predict_run
 from spam_lightning.preprocess import Preprocessing
@@ -266,20 +264,6 @@ print(loaded())
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["[]", "['onnxruntime']"]  # never onnx or onnxscript (export only), Lightning
-
-
-def random_124m(pool: str) -> SpamNet:
-    """GPT-2 124M's shapes, random weights with non-trivial LayerNorms and biases: logits of order 1."""
-    torch.manual_seed(0)
-    net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, pool).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.02)
-        net.gpt.out_head.weight.normal_(0.0, 768**-0.5)
-    return net
 
 
 @pytest.mark.slow

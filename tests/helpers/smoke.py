@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from spam_lightning.checkpoint import read_checkpoint
+from spam_lightning.gpt import PRESETS, GPTModel
+from spam_lightning.net import SpamNet
 from spam_lightning.train import run as train_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,3 +93,19 @@ def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) ->
 
 def final_weights(tmp: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(tmp / "runs" / "r" / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def random_124m(pool: str = "last_token") -> SpamNet:
+    """GPT-2 124M's shapes with random weights (seed 0), LayerNorm parameters and biases all non-trivial, and a head
+    with a bias: logits of order 1 (the export tests' stand-in for the pretrained model)."""
+    torch.manual_seed(0)
+    net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, pool).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.02)
+        net.gpt.out_head.weight.normal_(0.0, 768**-0.5)
+        net.gpt.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
+    return net
