@@ -106,6 +106,29 @@ def _normalise_keys(hf_state: Mapping[str, Tensor], source: str) -> dict[str, Te
     return state
 
 
+# The one key mapping between the Hub's GPT-2 layout and ours, used in both directions. Per block:
+# (Hub key, our key, a Conv1D weight stored (in, out) that nn.Linear holds as (out, in)); c_attn is QKV side by side.
+TRUNK_KEYS = (
+    ("wte.weight", "tok_emb.weight"),
+    ("wpe.weight", "pos_emb.weight"),
+    ("ln_f.weight", "final_norm.weight"),
+    ("ln_f.bias", "final_norm.bias"),
+)
+BLOCK_KEYS = (
+    ("ln_1.weight", "norm1.weight", False),
+    ("ln_1.bias", "norm1.bias", False),
+    ("attn.c_proj.weight", "att.out_proj.weight", True),
+    ("attn.c_proj.bias", "att.out_proj.bias", False),
+    ("ln_2.weight", "norm2.weight", False),
+    ("ln_2.bias", "norm2.bias", False),
+    ("mlp.c_fc.weight", "ff.layers.0.weight", True),
+    ("mlp.c_fc.bias", "ff.layers.0.bias", False),
+    ("mlp.c_proj.weight", "ff.layers.2.weight", True),
+    ("mlp.c_proj.bias", "ff.layers.2.bias", False),
+)
+QKV = ("att.W_query", "att.W_key", "att.W_value")
+
+
 def convert_hf_state_dict(
     hf_state: Mapping[str, Tensor], cfg: GPTConfig, source: str = "state dict"
 ) -> dict[str, Tensor]:
@@ -141,36 +164,17 @@ def convert_hf_state_dict(
         if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
             raise PretrainedWeightsError(f"{source}: {key!r} holds NaN/Inf values (a corrupt or diverged weights file)")
 
-    # Conv1D weights are (in, out): transpose them into nn.Linear's (out, in).
-    ours = {
-        "tok_emb.weight": state["wte.weight"],
-        "pos_emb.weight": state["wpe.weight"],
-        "final_norm.weight": state["ln_f.weight"],
-        "final_norm.bias": state["ln_f.bias"],
-        "out_head.weight": state["wte.weight"],
-    }
+    ours = {mine: state[hub] for hub, mine in TRUNK_KEYS} | {"out_head.weight": state["wte.weight"]}
     for i in range(cfg.n_layers):
         h, b = f"h.{i}.", f"trf_blocks.{i}."
-        q_w, k_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)
-        q_b, k_b, v_b = state[h + "attn.c_attn.bias"].chunk(3, dim=-1)
-        ours |= {
-            b + "norm1.weight": state[h + "ln_1.weight"],
-            b + "norm1.bias": state[h + "ln_1.bias"],
-            b + "att.W_query.weight": q_w.t(),
-            b + "att.W_query.bias": q_b,
-            b + "att.W_key.weight": k_w.t(),
-            b + "att.W_key.bias": k_b,
-            b + "att.W_value.weight": v_w.t(),
-            b + "att.W_value.bias": v_b,
-            b + "att.out_proj.weight": state[h + "attn.c_proj.weight"].t(),
-            b + "att.out_proj.bias": state[h + "attn.c_proj.bias"],
-            b + "norm2.weight": state[h + "ln_2.weight"],
-            b + "norm2.bias": state[h + "ln_2.bias"],
-            b + "ff.layers.0.weight": state[h + "mlp.c_fc.weight"].t(),
-            b + "ff.layers.0.bias": state[h + "mlp.c_fc.bias"],
-            b + "ff.layers.2.weight": state[h + "mlp.c_proj.weight"].t(),
-            b + "ff.layers.2.bias": state[h + "mlp.c_proj.bias"],
-        }
+        for hub, mine, conv1d in BLOCK_KEYS:
+            ours[b + mine] = state[h + hub].t() if conv1d else state[h + hub]
+        weights, biases = (
+            state[h + "attn.c_attn.weight"].chunk(3, dim=-1),
+            state[h + "attn.c_attn.bias"].chunk(3, dim=-1),
+        )
+        for name, weight, bias in zip(QKV, weights, biases, strict=True):
+            ours[b + f"{name}.weight"], ours[b + f"{name}.bias"] = weight.t(), bias
     return ours
 
 
@@ -179,29 +183,13 @@ def to_hf_state_dict(ours: Mapping[str, Tensor], cfg: GPTConfig) -> dict[str, Te
     Hub's layout (no `transformer.` prefix; Conv1D weights transposed, query/key/value fused into c_attn)."""
     if not cfg.qkv_bias:
         raise PretrainedWeightsError("GPT-2's layout has query/key/value biases; this model has none (qkv_bias=false)")
-    hf = {
-        "wte.weight": ours["tok_emb.weight"],
-        "wpe.weight": ours["pos_emb.weight"],
-        "ln_f.weight": ours["final_norm.weight"],
-        "ln_f.bias": ours["final_norm.bias"],
-    }
+    hf = {hub: ours[mine] for hub, mine in TRUNK_KEYS}
     for i in range(cfg.n_layers):
         h, b = f"h.{i}.", f"trf_blocks.{i}."
-        qkv = ("att.W_query", "att.W_key", "att.W_value")
-        hf |= {
-            h + "ln_1.weight": ours[b + "norm1.weight"],
-            h + "ln_1.bias": ours[b + "norm1.bias"],
-            h + "attn.c_attn.weight": torch.cat([ours[b + f"{w}.weight"].t() for w in qkv], dim=-1),
-            h + "attn.c_attn.bias": torch.cat([ours[b + f"{w}.bias"] for w in qkv]),
-            h + "attn.c_proj.weight": ours[b + "att.out_proj.weight"].t(),
-            h + "attn.c_proj.bias": ours[b + "att.out_proj.bias"],
-            h + "ln_2.weight": ours[b + "norm2.weight"],
-            h + "ln_2.bias": ours[b + "norm2.bias"],
-            h + "mlp.c_fc.weight": ours[b + "ff.layers.0.weight"].t(),
-            h + "mlp.c_fc.bias": ours[b + "ff.layers.0.bias"],
-            h + "mlp.c_proj.weight": ours[b + "ff.layers.2.weight"].t(),
-            h + "mlp.c_proj.bias": ours[b + "ff.layers.2.bias"],
-        }
+        for hub, mine, conv1d in BLOCK_KEYS:
+            hf[h + hub] = ours[b + mine].t() if conv1d else ours[b + mine]
+        hf[h + "attn.c_attn.weight"] = torch.cat([ours[b + f"{name}.weight"].t() for name in QKV], dim=-1)
+        hf[h + "attn.c_attn.bias"] = torch.cat([ours[b + f"{name}.bias"] for name in QKV])
     return {k: v.detach().cpu().contiguous() for k, v in hf.items()}
 
 
