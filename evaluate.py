@@ -1,17 +1,9 @@
-"""Evaluate a trained model: `python evaluate.py ckpt_path=... [split=test|data_file=...]` (see conf/evaluate.yaml)."""
+"""Evaluate a trained model: `python evaluate.py ckpt_path=... [split=test|data_file=...]` (see conf/evaluate.yaml).
 
-import hydra
-from omegaconf import DictConfig
+The same command as `spam-evaluate` (spam_lightning.cli.evaluate).
+"""
 
-from spam_lightning.errors import one_line_errors
-from spam_lightning.evaluate import run
-
-
-@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
-        run(cfg)
-
+from spam_lightning.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -1,17 +1,9 @@
-"""Export a checkpoint as a self-contained model folder: `python export.py ckpt_path=...` (see conf/export.yaml)."""
+"""Export a checkpoint as a model folder: `python export.py ckpt_path=... [format=hf|onnx]` (see conf/export.yaml).
 
-import hydra
-from omegaconf import DictConfig
+The same command as `spam-export` (spam_lightning.cli.export).
+"""
 
-from spam_lightning.errors import one_line_errors
-from spam_lightning.export import run
-
-
-@hydra.main(config_path="conf", config_name="export", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
-        run(cfg)
-
+from spam_lightning.cli import export
 
 if __name__ == "__main__":
-    main()
+    export()

@@ -110,6 +110,22 @@ def test_ddp_over_two_cpu_processes(machine: UserMachine) -> None:
     check_run(only_new_run(machine, before), world_size=2)
 
 
+def test_debug_run_of_the_default_recipe_from_another_directory(machine: UserMachine) -> None:
+    """`python /path/to/train.py debug=fdr` started elsewhere: the 124M default recipe, one batch of each stage, the
+    config tree printed, the run in the project's runs/debug/, nothing in the current directory."""
+    elsewhere = machine.root / "elsewhere"
+    elsewhere.mkdir()
+    before = machine.run_dirs()
+    command = f"cd {elsewhere} && python {machine.clone / 'train.py'} debug=fdr run_name=fdr {machine.url_overrides}"
+    result = machine.sh(command)
+    assert result.returncode == 0, output(result)
+    assert "├── model" in result.stdout and "pretrained: gpt2" in result.stdout
+    metrics = json.loads((machine.clone / "runs" / "debug" / "fdr" / "metrics.json").read_text())
+    assert metrics["parameters"] == PARAMETERS_124M
+    assert [p.name for p in machine.run_dirs() if p not in before] in ([], ["debug"])
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_offline_fails_with_one_message(tmp_path: Path) -> None:
     """No network (every download refused) and no local copies: one message naming each download and the
     override that replaces it; no traceback, no run directory."""

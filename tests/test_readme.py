@@ -117,6 +117,15 @@ HOW: dict[str, Run | Covered | NotRun] = {
     'make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"': NotRun(
         "the CUDA wheel index (download.pytorch.org) cannot be reached from our machines"
     ),
+    # Installing with pip
+    "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu": NotRun(
+        "the PyTorch wheel index (download.pytorch.org) cannot be reached from our machines"
+    ),
+    "pip install .": Covered("tests/test_library.py::test_pip_install_of_the_project_adds_no_torch_build"),
+    (
+        "spam-train experiment=smoke data.source=../shared/data/sms_spam_collection/sms+spam+collection.zip "
+        "data.tokenizer_file=../shared/assets/gpt2.tiktoken"
+    ): Covered("tests/test_library.py::test_wheel_carries_every_config_and_its_commands_run_anywhere"),
     # Training
     "python train.py": Covered(MAIN_JOB + "test_make_train_default_recipe_through_the_downloads"),
     (
@@ -128,6 +137,14 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py trainer.accelerator=cpu trainer.devices=2": Covered(MAIN_JOB + "test_ddp_over_two_cpu_processes"),
     "python train.py model=gpt2-medium": Run("training", f"{RANDOM_INIT} {ONE_BATCH_RUN}"),
     "python train.py experiment=smoke --cfg job": Run("training"),
+    # Configuration: debug group, early stopping
+    "python train.py debug=fdr": Covered(MAIN_JOB + "test_debug_run_of_the_default_recipe_from_another_directory"),
+    "python train.py experiment=smoke debug=overfit": Covered(
+        "tests/test_library.py::test_debug_overfit_drives_the_training_loss_down"
+    ),
+    "python train.py callbacks=early_stopping callbacks.early_stopping.patience=3": Covered(
+        "tests/test_library.py::test_early_stopping"
+    ),
     # Continuing a run
     "python train.py run_name=book1": Run("continuing", ONE_BATCH_RUN),
     "python train.py run_name=book1 resume=true": Run("continuing", f"{ONE_BATCH_RUN} {TO_EPOCH_2}"),

@@ -121,7 +121,8 @@ def test_evaluate_model_dir_leaves_the_export_unchanged(
     export = smoke["export"]
     before = snapshot(export)
     assert {"model.safetensors", "config.json", "gpt2.tiktoken", "README.md"} <= set(before)  # the hf layout
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPAM_LIGHTNING_ROOT", str(tmp_path))  # the project folder: where evaluations/ goes
+    monkeypatch.chdir(export)  # not the current directory
 
     data = f"data_dir={smoke['tmp'] / 'data'}"  # an export records no local path: where the splits are is given
     result = evaluate_run(compose_cfg("evaluate", f"model_dir={export}", "device=cpu", data))
@@ -135,7 +136,7 @@ def test_evaluate_model_dir_leaves_the_export_unchanged(
     assert {p.name for p in elsewhere.iterdir()} == EVALUATION_FILES
     assert snapshot(export) == before
 
-    monkeypatch.chdir(export)  # the default would land inside the export: refused, nothing written
+    monkeypatch.setenv("SPAM_LIGHTNING_ROOT", str(export))  # the default would land inside the export: refused
     with pytest.raises(ValueError, match="inside model_dir"):
         evaluate_run(compose_cfg("evaluate", "model_dir=.", "device=cpu", data, "target_precision=null"))
     assert snapshot(export) == before

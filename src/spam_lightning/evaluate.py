@@ -32,6 +32,7 @@ from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
 from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.options import check_options
+from spam_lightning.paths import project_dir
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
 from spam_lightning.sms_spam import LABELS, SPLITS, parse_split_csv, read_split_file, splits_dir
 from spam_lightning.textio import decode_utf8, read_table, split_lines
@@ -257,13 +258,13 @@ def _select_threshold(
 
 def default_out_dir(cfg: DictConfig, name: str) -> Path:
     """Where an evaluation goes without out_dir=: RUN_DIR/evaluation/<name> for a checkpoint (its run directory),
-    evaluations/<parent folder name>/<folder name>/<name> under the current directory for an exported folder
-    (e.g. runs/smoke/export -> evaluations/smoke/export/test), which stays exactly as export.py wrote it.
+    evaluations/<parent folder name>/<folder name>/<name> in the project folder (paths.project_dir) for an exported
+    folder (e.g. runs/smoke/export -> evaluations/smoke/export/test), which stays exactly as export.py wrote it.
     `name` is the split or the data file's stem."""
     if not cfg.get("model_dir"):
         return _model_home(cfg) / "evaluation" / name
     model_dir = Path(cfg.model_dir).expanduser().resolve()
-    out_dir = Path("evaluations", model_dir.parent.name, model_dir.name, name)
+    out_dir = project_dir() / "evaluations" / Path(model_dir.parent.name, model_dir.name, name)
     if out_dir.resolve().is_relative_to(model_dir):
         raise ValueError(f"the default out_dir {out_dir.resolve()} is inside model_dir: pass out_dir=FOLDER")
     return out_dir

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 import warnings
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 # Loggers that add their own console handler at import time when nobody has configured logging yet (this
 # package's __init__, Lightning's), and stop propagating: under Hydra their records would miss train.log.
@@ -37,3 +41,19 @@ FALSE_WARNINGS = (
 def silence_false_warnings() -> None:
     for pattern in FALSE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def config_tree(cfg: DictConfig) -> str:
+    """The composed config, resolved, as a tree: one branch a config group (data, model, trainer, ...), then the
+    top-level values (print_config=true)."""
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    groups = {key: value for key, value in resolved.items() if isinstance(value, dict)}
+    values = {key: value for key, value in resolved.items() if not isinstance(value, dict)}
+    branches = [(name, OmegaConf.to_yaml(group)) for name, group in groups.items()]
+    branches.append(("top level", OmegaConf.to_yaml(values)))
+    lines = ["config"]
+    for i, (name, text) in enumerate(branches):
+        last = i == len(branches) - 1
+        lines.append(("└── " if last else "├── ") + name)
+        lines.append(textwrap.indent(text.rstrip(), "    " if last else "│   "))
+    return "\n".join(lines)

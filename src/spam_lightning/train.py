@@ -29,7 +29,7 @@ from spam_lightning.ddp import use_resolved_config_launcher
 from spam_lightning.errors import ConfigError, DivergedError, DownloadError, user_error
 from spam_lightning.files import DiskFullError, atomic_write_bytes
 from spam_lightning.gpt import PRESETS, make_config
-from spam_lightning.logs import log_through_root, silence_false_warnings
+from spam_lightning.logs import config_tree, log_through_root, silence_false_warnings
 from spam_lightning.options import check_seeds
 from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
@@ -55,6 +55,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or continue) one run as configured; returns what it writes to metrics.json."""
     log_through_root()  # Hydra has set up its handlers by now: our and Lightning's messages reach train.log
     silence_false_warnings()
+    if cfg.get("print_config"):
+        info("%s", config_tree(cfg))
     run_dir = Path(cfg.run_dir)
     _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
     check_seeds(cfg)

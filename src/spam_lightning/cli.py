@@ -1,0 +1,128 @@
+"""The commands: `python train.py` / `spam-train`, and likewise predict, evaluate and export (pyproject.toml's
+console scripts). Each is a Hydra app on the configs that `paths.config_dir` finds: the checkout's conf/ or the copy
+packaged in the wheel, so the commands work from any directory.
+
+A command imports only what it runs (prediction never imports Lightning).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from spam_lightning.errors import one_line_cause, one_line_errors
+from spam_lightning.paths import config_dir
+
+
+def _options_help(name: str) -> str:
+    """A command's --help: its config file's own options with their comments (not Hydra's section or defaults)."""
+    lines, skipping = [], False
+    for line in (config_dir() / f"{name}.yaml").read_text(encoding="utf-8").splitlines():
+        if line.startswith("hydra:"):
+            break
+        if line.startswith("defaults:"):
+            skipping = True
+        elif skipping and not line.startswith((" ", "-")):
+            skipping = False
+        if not skipping:
+            lines.append(line)
+    return "\n".join(lines).strip()
+
+
+if not OmegaConf.has_resolver("options_help"):
+    OmegaConf.register_new_resolver("options_help", _options_help)  # conf/{predict,evaluate,export}.yaml: --help
+
+
+def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+    return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
+
+
+def _train(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from spam_lightning.rundir import remove_unstarted
+    from spam_lightning.sweep import run_job_in_sweep
+    from spam_lightning.train import run
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        metrics = run_job_in_sweep(lambda: run(cfg), Path(cfg.run_dir))
+    else:
+        try:
+            metrics = run(cfg)
+        except Exception as err:
+            remove_unstarted(Path(cfg.run_dir))  # a run that failed before it started leaves no folder
+            cause = one_line_cause(err)
+            if cause is None:
+                raise  # a bug: keep the traceback
+            raise SystemExit(f"error: {cause}") from None
+    # Returned for sweepers: the monitored metric of this job (None: failed, or no metrics).
+    return (metrics or {}).get("validation", {}).get("accuracy")
+
+
+def _torchrun_setup() -> None:
+    """Under torchrun every process runs this command: one shared run directory, written by global rank 0 only."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    if not any(arg.lstrip("+").startswith("run_name=") for arg in sys.argv[1:]):
+        raise SystemExit(
+            "train.py under torchrun: pass run_name=NAME (the same on every node); otherwise each node "
+            "names its run directory after its own start time"
+        )
+    if os.environ.get("RANK", "0") != "0":  # Hydra of the other ranks: no .hydra/ folder, no log file
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def _null_config_groups() -> None:
+    """`logger=null` turns logging off, as in lightning-hydra-template: Hydra cannot set a config group to null
+    from the command line, so it becomes `~logger` (the group removed)."""
+    sys.argv = ["~logger" if arg == "logger=null" else arg for arg in sys.argv]
+
+
+def train() -> None:
+    """Fine-tune (python train.py / spam-train): one run, a grid (-m a=1,2) or a search (-m hparams_search=optuna).
+
+    In a sweep a job that raises is recorded as failed (failed.json in its folder) and the sweep goes on; the exit
+    status says whether the sweep failed (hydra.callbacks.sweep_summary.fail_on; see spam_lightning.sweep). A user
+    error (config value, data file, failed download) is one `error:` line and exit status 1; a run that fails
+    before it starts leaves no run directory.
+    """
+    from spam_lightning.sweep import exit_code
+
+    _null_config_groups()
+    _torchrun_setup()
+    _hydra_app("train", _train)()
+    sys.exit(exit_code())
+
+
+def _one_line_errors(module: str) -> Callable[[DictConfig], None]:
+    """The task of predict, evaluate and export: `module.run(cfg)`, imported once Hydra has parsed the command line
+    (--help needs no torch), with one-line errors."""
+
+    def task(cfg: DictConfig) -> None:
+        with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
+            import_module(module).run(cfg)
+
+    return task
+
+
+def predict() -> None:
+    """Classify texts with a trained model (python predict.py / spam-predict; conf/predict.yaml)."""
+    _hydra_app("predict", _one_line_errors("spam_lightning.predict"))()
+
+
+def evaluate() -> None:
+    """Metrics, misclassified texts and a threshold for a trained model (python evaluate.py / spam-evaluate)."""
+    _hydra_app("evaluate", _one_line_errors("spam_lightning.evaluate"))()
+
+
+def export() -> None:
+    """Write a trained model as a folder: ours, Hugging Face's or ONNX (python export.py / spam-export)."""
+    _hydra_app("export", _one_line_errors("spam_lightning.export"))()
