@@ -128,7 +128,8 @@ def settings_of(cfg: DictConfig) -> tuple[dict[str, Any], Limits]:
     limits = Limits(
         *(check_int(f"limits.{k}", cfg.limits[k], 1) for k in ("max_texts", "max_text_bytes", "max_request_bytes"))
     )
-    threads = cfg.threads if cfg.threads is not None else max(1, (os.cpu_count() or 1) // cfg.workers)
+    # null: the cores but one (the HTTP and queue processes need one) shared among the model processes
+    threads = cfg.threads if cfg.threads is not None else max(1, ((os.cpu_count() or 1) - 1) // cfg.workers)
     settings = {
         "ckpt_path": _absolute(cfg.get("ckpt_path")),
         "model_dir": _absolute(cfg.get("model_dir")),
@@ -234,6 +235,7 @@ def build_server(cfg: DictConfig, settings: dict[str, Any], limits: Limits, info
         workers_per_device=int(cfg.workers),
         timeout=float(cfg.request_timeout),
         model_metadata=info,
+        fast_queue=bool(cfg.fast_queue),
         middlewares=[(RequestGuard, {"path": API_PATH, "limits": limits})],
     )
     html = page()
