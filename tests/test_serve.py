@@ -23,6 +23,7 @@ from helpers.smoke import compose_cfg, train_smoke
 from spam_lightning.errors import ConfigError
 from spam_lightning.export import export_checkpoint
 from spam_lightning.predict import run as predict_run
+from spam_lightning.serve import find_metrics
 from spam_lightning.serve import run as serve_run
 
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
@@ -215,6 +216,32 @@ def test_info_health_and_page(port: int, model: dict[str, Any]) -> None:
     assert described["serving"]["max_batch_size"] == 8 and described["serving"]["limits"]["max_texts"] == 1000
     status, html = request(port, "GET", "/")
     assert status == 200 and "<title>SMS spam classifier</title>" in html
+
+
+def test_metrics_of_a_checkpoint(model: dict[str, Any]) -> None:
+    """ckpt_path=: the run's metrics.json (the best checkpoint's); metrics_file= wins over what is found."""
+    best = model["metrics"]["best_checkpoint"]
+    found = find_metrics(compose_cfg("serve", f"ckpt_path={best}"))
+    assert found is not None and found["test"]["accuracy"] == model["metrics"]["test"]["accuracy"]
+    assert found["validation"]["f1"] == model["metrics"]["validation"]["f1"]
+    metrics_file = model["tmp"] / "run" / "metrics.json"
+    chosen = find_metrics(compose_cfg("serve", f"model_dir={model['dir']}", f"metrics_file={metrics_file}"))
+    assert chosen == found
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl")
+def test_readme_curl_commands(port: int) -> None:
+    """The curl lines of README.md's Serving section, against this module's server (port 8000 replaced)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith("curl ")]
+    assert len(lines) >= 4
+    for line in lines:
+        command = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and done.stdout, (line, done.stderr)
+        if not line.endswith("/health"):
+            json.loads(done.stdout)
 
 
 # -- configuration errors ------------------------------------------------------------------------------
