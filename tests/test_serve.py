@@ -280,7 +280,7 @@ def test_config_errors_are_one_line(port: int, model: dict[str, Any], tmp_path: 
 def test_page_in_headless_chromium(port: int, tmp_path: Path) -> None:
     """Keyboard only: type a spam and a ham message, Ctrl+Enter, read the labels; move the threshold with the arrow
     keys and see them change; a phone-width screen has no sideways scrolling. Screenshots into tmp_path (and to
-    $SPAM_LIGHTNING_SCREENSHOT, e.g. docs/serve.png, when set)."""
+    $SPAM_LIGHTNING_SCREENSHOT, e.g. docs/serve.png, when set; the phone-width one beside it)."""
     assert CHROMIUM is not None, "SPAM_LIGHTNING_REQUIRE_CHROMIUM is set but there is no chromium on PATH"
     from playwright import sync_api
 
@@ -319,5 +319,7 @@ def test_page_in_headless_chromium(port: int, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert (tmp_path / "serve.png").stat().st_size > 10_000
-    if os.environ.get("SPAM_LIGHTNING_SCREENSHOT"):
-        shutil.copyfile(tmp_path / "serve.png", os.environ["SPAM_LIGHTNING_SCREENSHOT"])
+    if os.environ.get("SPAM_LIGHTNING_SCREENSHOT"):  # the phone's beside it: docs/serve.png, docs/serve-phone.png
+        dest = Path(os.environ["SPAM_LIGHTNING_SCREENSHOT"])
+        shutil.copyfile(tmp_path / "serve.png", dest)
+        shutil.copyfile(tmp_path / "serve-phone.png", dest.with_name(f"{dest.stem}-phone{dest.suffix}"))
