@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
+import torch
 import yaml
 from fastapi.responses import HTMLResponse
 from omegaconf import DictConfig
@@ -41,6 +42,8 @@ from spam_lightning.serve_requests import Job, Limits, RequestGuard, json_error,
 API_PATH = "/predict"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")  # LitServer's accelerators
+
+
 # -- the model process ----------------------------------------------------------------------------
 
 
@@ -53,8 +56,6 @@ class SpamAPI(ls.LitAPI):
         self.predictor: Predictor | None = None
 
     def setup(self, device: str) -> None:
-        import torch
-
         s = self.settings
         if s["threads"] is not None and device == "cpu":
             torch.set_num_threads(s["threads"])
@@ -121,6 +122,8 @@ def settings_of(cfg: DictConfig) -> tuple[dict[str, Any], Limits]:
     check_number("request_timeout", cfg.request_timeout, 0.0, 3600.0, low_open=True)
     if cfg.threads is not None:
         check_int("threads", cfg.threads, 1)
+    if not isinstance(cfg.fast_queue, bool):
+        raise ConfigError(f"fast_queue={cfg.fast_queue}: expected true or false")
     if str(cfg.device) not in DEVICES:
         raise ConfigError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
     if cfg.devices != "auto":
