@@ -114,6 +114,22 @@ def test_concurrent_clients_each_get_their_own_answer(port: int) -> None:
         assert status == 200 and [p["text"] for p in answer["predictions"]] == payload["texts"]
 
 
+@pytest.mark.slow
+def test_two_model_processes(port: int, model: dict[str, Any], texts: list[str]) -> None:
+    """workers=2 api_servers=2 (two model processes, two HTTP processes), no batching: the answers of the
+    one-worker server (within 1e-6, as batching may round differently)."""
+    _, expected = post(port, {"texts": texts})
+    log = model["tmp"] / "server-2-workers.log"
+    overrides = ("workers=2", "api_servers=2", "threads=1", "max_batch_size=1")
+    with serving(f"model_dir={model['dir']}", *overrides, log=log) as port2:
+        assert request(port2, "GET", "/info")[1]["server"]["workers_per_device"] == 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: post(port2, {"text": t}), texts))
+    for (status, got), want in zip(answers, expected["predictions"], strict=True):
+        assert status == 200 and got["label"] == want["label"]
+        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+
+
 # -- bad requests: a 4xx with {"error": ...}, and the server still healthy -----------------------------
 
 BAD = {
