@@ -5,8 +5,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-all lint format train mutation clean
+.PHONY: install install-ui test test-all lint format train mutation clean
 
 install: $(STAMP)
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# The browser for tests/test_serve.py's page test: Debian's chromium (as root, or with sudo). Playwright drives it
+# from the dev extra; `playwright install`'s own browser download is not needed.
+install-ui:
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spam_lightning"
 # Lower layers (the network, its weights, the data and what a checkpoint holds) never import these.
 UPPER = {"train", "classifier", "feature_cache", "checkpointing", "inference", "predict", "evaluate", "export"}
-UPPER |= {"report", "sweep", "optuna_sweeper", "ddp", "textio", "trackers"}
+UPPER |= {"report", "sweep", "optuna_sweeper", "ddp", "textio", "trackers", "serve", "serve_requests"}
 LOWER = {"gpt", "net", "weights", "preprocess", "tokenizer", "sms_spam", "samplers", "data", "checkpoint"}
 LOWER |= {"hf_export", "hf_tokenizer", "model_card"}  # what export.py writes for transformers
 LOWER |= {"onnx_model"}  # the ONNX graph export.py writes, and predict.py's onnxruntime backend

@@ -126,7 +126,7 @@ def test_project_dir_is_the_running_checkout(tmp_path: Path, monkeypatch: pytest
     assert paths.project_dir() == tmp_path / "mine"
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "serve"])
 def test_help_lists_the_commands_own_options(command: str) -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / f"{command}.py"), "--help"], capture_output=True, text=True, timeout=60, check=True

@@ -108,6 +108,7 @@ TWO_NODES = (
     "done; wait"
 )
 MAIN_JOB = "tests/test_main_job.py::"
+SERVE_CURL = "tests/test_serve.py::test_readme_curl_commands"  # against the served smoke model
 GPU = "needs GPUs; our machines have none"
 
 HOW: dict[str, Run | Covered | NotRun] = {
@@ -213,6 +214,19 @@ HOW: dict[str, Run | Covered | NotRun] = {
     ),
     "hf auth login": NotRun("needs a Hugging Face Hub account and the network"),
     "hf upload YOUR_NAME/sms-spam-gpt2 runs/smoke/export .": NotRun("needs a Hugging Face Hub account and the network"),
+    # Serving
+    "python serve.py model_dir=runs/smoke/export": Covered("tests/test_serve.py::test_same_answers_as_predict_py"),
+    """curl -s 127.0.0.1:8000/predict -d '{"text": "WINNER!! Claim your £900 prize, call 09061701461 now"}'""": (
+        Covered(SERVE_CURL)
+    ),
+    (
+        """curl -s 127.0.0.1:8000/predict -d '{"texts": ["See you at 6", "Free entry! Text WIN to 80086"], """
+        """"threshold": 0.8}'"""
+    ): Covered(SERVE_CURL),
+    "curl -s 127.0.0.1:8000/info": Covered(SERVE_CURL),
+    "curl -s 127.0.0.1:8000/health": Covered(SERVE_CURL),
+    "python benchmarks/bench_serve.py --smoke --clients 8 --seconds 20": NotRun("a load test of ~2 minutes"),
+    "python benchmarks/bench_serve.py --random-124m --clients 8 --seconds 20": NotRun("a load test of ~2 minutes"),
     # Grid sweeps
     "python train.py -m model.lr=1e-5,5e-5 model.trainable_layers=last_block,all run_name=grid1": Run(
         "grid", ONE_BATCH_RUN

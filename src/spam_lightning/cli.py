@@ -1,4 +1,4 @@
-"""The commands: `python train.py` / `spam-train`, and likewise predict, evaluate and export (pyproject.toml's
+"""The commands: `python train.py` / `spam-train`, and likewise predict, evaluate, export and serve (pyproject.toml's
 console scripts). Each is a Hydra app on the configs that `paths.config_dir` finds: the checkout's conf/ or the copy
 packaged in the wheel, so the commands work from any directory.
 
@@ -126,3 +126,8 @@ def evaluate() -> None:
 def export() -> None:
     """Write a trained model as a folder: ours, Hugging Face's or ONNX (python export.py / spam-export)."""
     _hydra_app("export", _one_line_errors("spam_lightning.export"))()
+
+
+def serve() -> None:
+    """A trained model behind HTTP, with a web page (python serve.py / spam-serve; conf/serve.yaml)."""
+    _hydra_app("serve", _one_line_errors("spam_lightning.serve"))()

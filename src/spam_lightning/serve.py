@@ -1,0 +1,275 @@
+"""`python serve.py` (Hydra, conf/serve.yaml): a trained model behind HTTP with LitServe, and a web page.
+
+    POST /predict  {"text": "..."} -> one prediction; {"texts": [...]} -> {"predictions": [...]}
+                   (predict.py's fields: text, label, spam_probability, truncated, error; optional "threshold")
+    GET /          the web page (static/index.html)
+    GET /info      the model's provenance (name, metrics, preprocessing record, training) and the serving settings
+    GET /health    "ok" once every model process is ready
+
+Each model process (LitServe worker) loads the model with inference.load_predictor and scores the texts of up to
+max_batch_size requests in one Predictor.spam_probabilities call. A request is read and checked in the HTTP
+process (RequestGuard) before it is queued: in a batch, an error raised in a worker would fail every request of
+the batch, and a bad request must never reach one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import torch
+import yaml
+from fastapi.responses import HTMLResponse
+from omegaconf import DictConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spam_lightning.checkpoint import run_dir_of
+from spam_lightning.errors import ConfigError
+from spam_lightning.export import portable, run_metrics
+from spam_lightning.inference import Prediction, Predictor, load_predictor
+from spam_lightning.model_card import METRICS
+from spam_lightning.options import check_int, check_number, check_options
+from spam_lightning.serve_requests import Job, Limits, RequestGuard, json_error, json_response, parse_payload
+
+API_PATH = "/predict"
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
+DEVICES = ("auto", "cpu", "cuda", "mps")  # LitServer's accelerators
+
+
+# -- the model process ----------------------------------------------------------------------------
+
+
+class SpamAPI(ls.LitAPI):
+    """LitServe's model side. Pickled into each worker process: it carries only settings until setup()."""
+
+    def __init__(self, settings: dict[str, Any], limits: Limits, max_batch_size: int, batch_timeout: float) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH)
+        self.settings, self.limits = settings, limits
+        self.predictor: Predictor | None = None
+
+    def setup(self, device: str) -> None:
+        s = self.settings
+        if s["threads"] is not None and device == "cpu":
+            torch.set_num_threads(s["threads"])
+        self.predictor = load_predictor(
+            s["ckpt_path"],
+            s["model_dir"],
+            s["tokenizer_file"],
+            device if s["backend"] == "torch" else "cpu",
+            s["precision"],
+            s["backend"],
+        )
+
+    # No annotations on decode_request's argument and encode_response's result: LitServe reads them as the
+    # endpoint's request and response types (none: a JSON body, and whatever the worker returns).
+    def decode_request(self, request) -> Job:  # type: ignore[no-untyped-def]
+        return parse_payload(request, self.limits)  # RequestGuard passed it: cannot fail
+
+    def batch(self, inputs: list[Job]) -> list[Job]:
+        return inputs
+
+    def unbatch(self, output: list[Any]) -> list[Any]:
+        return output
+
+    def predict(self, x: Job | list[Job]) -> dict[str, Any] | list[dict[str, Any]]:
+        """The texts of every request in the batch in one spam_probabilities call (batch_size texts per pass)."""
+        jobs = x if isinstance(x, list) else [x]
+        assert self.predictor is not None
+        texts = [t for job in jobs for t in job.texts]
+        scores, encoded = self.predictor.spam_probabilities(texts, self.settings["batch_size"])
+        labels = self.predictor.preprocessing.labels
+        out, start = [], 0
+        for job in jobs:
+            end = start + len(job.texts)
+            threshold = self.settings["threshold"] if job.threshold is None else job.threshold
+            answers = [  # as Predictor.predict labels them, with this request's threshold
+                Prediction(text, None if p is None else labels[int(p > threshold)], p, enc.truncated, enc.error)
+                for text, p, enc in zip(job.texts, scores[start:end], encoded[start:end], strict=True)
+            ]
+            out.append(answers[0].to_json() if job.single else {"predictions": [a.to_json() for a in answers]})
+            start = end
+        return out if isinstance(x, list) else out[0]
+
+    def encode_response(self, output: dict[str, Any]):  # type: ignore[no-untyped-def]
+        return json_response(output)
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def settings_of(cfg: DictConfig) -> tuple[dict[str, Any], Limits]:
+    """The checked settings (ConfigError naming the key otherwise) and the request limits."""
+    check_options(cfg)
+    if (cfg.get("ckpt_path") is None) == (cfg.get("model_dir") is None):
+        raise ConfigError(
+            "give the model to serve: python serve.py model_dir=EXPORTED_FOLDER (or ckpt_path=PATH.ckpt), not both"
+        )
+    if cfg.host not in HOSTS:
+        raise ConfigError(f"host={cfg.host}: expected one of {', '.join(HOSTS)} (0.0.0.0 or :: listen everywhere)")
+    check_int("port", cfg.port, 1024, 65535)
+    check_int("max_batch_size", cfg.max_batch_size, 1)
+    check_number("batch_timeout", cfg.batch_timeout, 0.0, 60.0)
+    check_int("workers", cfg.workers, 1)
+    check_int("api_servers", cfg.api_servers, 1)
+    check_number("request_timeout", cfg.request_timeout, 0.0, 3600.0, low_open=True)
+    if cfg.threads is not None:
+        check_int("threads", cfg.threads, 1)
+    if not isinstance(cfg.fast_queue, bool):
+        raise ConfigError(f"fast_queue={cfg.fast_queue}: expected true or false")
+    if str(cfg.device) not in DEVICES:
+        raise ConfigError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
+    if cfg.devices != "auto":
+        check_int("devices", cfg.devices, 1)
+    limits = Limits(
+        *(check_int(f"limits.{k}", cfg.limits[k], 1) for k in ("max_texts", "max_text_bytes", "max_request_bytes"))
+    )
+    # null: the cores but one (the HTTP and queue processes need one) shared among the model processes
+    threads = cfg.threads if cfg.threads is not None else max(1, ((os.cpu_count() or 1) - 1) // cfg.workers)
+    settings = {
+        "ckpt_path": _absolute(cfg.get("ckpt_path")),
+        "model_dir": _absolute(cfg.get("model_dir")),
+        "tokenizer_file": _absolute(cfg.get("tokenizer_file")),
+        "threshold": float(cfg.threshold),
+        "batch_size": int(cfg.batch_size),
+        "threads": int(threads),
+        "precision": str(cfg.precision),
+        "backend": str(cfg.backend),
+    }
+    return settings, limits
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line now if the port is taken, rather than after the model processes started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"port={port}: cannot listen on {host}:{port} ({err.strerror}); choose another port="
+            ) from None
+
+
+def find_metrics(cfg: DictConfig) -> dict[str, Any] | None:
+    """{"test": {...}, "validation": {...}} of the served model: metrics_file, else the run's metrics.json when
+    ckpt_path is its best checkpoint, else the test metrics of an export's model card (README.md)."""
+    if cfg.get("metrics_file"):
+        try:
+            metrics = json.loads(Path(cfg.metrics_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"metrics_file={cfg.metrics_file}: not a readable metrics.json ({err})") from err
+    elif cfg.get("ckpt_path"):
+        metrics = run_metrics(Path(cfg.ckpt_path))
+    else:
+        metrics = _card_metrics(Path(cfg.model_dir) / "README.md")
+    if not isinstance(metrics, dict):
+        return None
+    return {
+        split: {k: v for k, v in metrics[split].items() if isinstance(v, int | float) and math.isfinite(v)}
+        for split in ("validation", "test")
+        if isinstance(metrics.get(split), dict)
+    } or None
+
+
+def _card_metrics(card: Path) -> dict[str, Any] | None:
+    """The test metrics in a model card's front matter (model_card.metadata wrote them under model-index)."""
+    try:
+        front = card.read_text(encoding="utf-8").split("---")[1]
+        results = yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"]
+        ours = {hub: name for name, hub in METRICS.items()}
+        return {"test": {ours[r["type"]]: r["value"] for r in results if r.get("type") in ours}}
+    except (OSError, IndexError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def describe(cfg: DictConfig, predictor: Predictor, settings: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """What GET /info shows as "model" (and the page reads): provenance, metrics and the serving settings."""
+    if cfg.get("ckpt_path"):
+        run_dir = run_dir_of(cfg.ckpt_path)
+        name = f"{run_dir.name}/{Path(cfg.ckpt_path).name}" if run_dir is not None else Path(cfg.ckpt_path).name
+    else:
+        name = Path(cfg.model_dir).absolute().name
+    return {
+        "name": name,
+        "source": "ckpt_path" if cfg.get("ckpt_path") else "model_dir",
+        "metrics": find_metrics(cfg),
+        "preprocessing": predictor.preprocessing.to_dict(),
+        "training": portable(predictor.training),
+        "serving": {
+            "threshold": settings["threshold"],
+            "backend": settings["backend"],
+            "precision": settings["precision"],
+            "batch_size": settings["batch_size"],
+            "max_batch_size": int(cfg.max_batch_size),
+            "batch_timeout": float(cfg.batch_timeout),
+            "limits": {
+                "max_texts": limits.max_texts,
+                "max_text_bytes": limits.max_text_bytes,
+                "max_request_bytes": limits.max_request_bytes,
+            },
+        },
+    }
+
+
+def page() -> str:
+    return files("spam_lightning").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def build_server(cfg: DictConfig, settings: dict[str, Any], limits: Limits, info: dict[str, Any]) -> ls.LitServer:
+    api = SpamAPI(settings, limits, int(cfg.max_batch_size), float(cfg.batch_timeout))
+    accelerator = "cpu" if settings["backend"] == "onnxruntime" else str(cfg.device)
+    server = ls.LitServer(
+        api,
+        accelerator=accelerator,
+        devices=cfg.devices,
+        workers_per_device=int(cfg.workers),
+        timeout=float(cfg.request_timeout),
+        model_metadata=info,
+        fast_queue=bool(cfg.fast_queue),
+        middlewares=[(RequestGuard, {"path": API_PATH, "limits": limits})],
+    )
+    html = page()
+    # LitServe answers GET / with "litserve running": the page replaces it.
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+    server.app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+    server.app.add_exception_handler(StarletteHTTPException, json_error)
+    return server
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # LitServe's graceful shutdown (workers and HTTP processes stopped)
+
+
+def run(cfg: DictConfig) -> None:
+    """Check the config and the model here (one `error:` line), then serve until Ctrl-C or SIGTERM."""
+    settings, limits = settings_of(cfg)
+    check_port(cfg.host, cfg.port)
+    # Loaded once here, on the CPU, so a bad model is an error before any process starts; the workers load their own.
+    predictor = load_predictor(
+        settings["ckpt_path"], settings["model_dir"], settings["tokenizer_file"], "cpu", "32", settings["backend"]
+    )
+    info = describe(cfg, predictor, settings, limits)
+    del predictor
+    server = build_server(cfg, settings, limits, info)
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"serving {info['name']} at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
+    server.run(
+        host=str(cfg.host),
+        port=int(cfg.port),
+        num_api_servers=int(cfg.api_servers),
+        log_level=str(cfg.log_level),
+        generate_client_file=False,
+    )

@@ -1,0 +1,341 @@
+"""serve.py: the HTTP API (predict.py's answers, batching, bad requests, misbehaving clients), its config errors, and
+the web page in headless Chromium. One smoke model is trained, exported and served for the whole module."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.serving import REPO, healthy, post, request, serving
+from helpers.smoke import compose_cfg, train_smoke
+
+from spam_lightning.errors import ConfigError
+from spam_lightning.export import export_checkpoint
+from spam_lightning.predict import run as predict_run
+from spam_lightning.serve import find_metrics
+from spam_lightning.serve import run as serve_run
+
+SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
+HAM = "Are we still meeting for lunch tomorrow? I'll be at the cafe around noon"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+    """A smoke run exported by export.py (its model card carries the test metrics)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    metrics = train_smoke(tmp, sms_zip, tokenizer_file)
+    export_checkpoint(metrics["best_checkpoint"], tmp / "export", tokenizer_file)
+    return {"dir": tmp / "export", "metrics": metrics, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def port(model: dict[str, Any]) -> Any:
+    """The served smoke model: batching on (8 requests, 20 ms), one torch thread (the tests share 2 cores)."""
+    log = model["tmp"] / "server.log"
+    with serving(f"model_dir={model['dir']}", "max_batch_size=8", "batch_timeout=0.02", "threads=1", log=log) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def texts(sms_tsv: Path) -> list[str]:
+    lines = sms_tsv.read_text(encoding="utf-8").splitlines()[:60]
+    return [line.split("\t", 1)[1] for line in lines] + [SPAM, HAM]
+
+
+def predict_py(model_dir: Path, texts: list[str], tmp: Path) -> list[dict[str, Any]]:
+    """predict.py's JSON lines for the texts (in-process: run() of conf/predict.yaml)."""
+    (tmp / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cfg = compose_cfg(
+        "predict", f"model_dir={model_dir}", f"input_file={tmp / 'in.txt'}", f"output={tmp / 'out.jsonl'}",
+        "format=jsonl", "device=cpu",
+    )  # fmt: skip
+    predict_run(cfg)
+    return [json.loads(line) for line in (tmp / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def test_same_answers_as_predict_py(port: int, model: dict[str, Any], texts: list[str], tmp_path: Path) -> None:
+    """One request with predict.py's texts: the same records, P(spam) bit for bit (the same texts in the same
+    forward passes). Sent concurrently one text per request, the server batches them with other requests: each
+    batch is padded to its own longest text, which may move a float by rounding, so there within 1e-6."""
+    expected = predict_py(model["dir"], texts, tmp_path)
+    status, answer = post(port, {"texts": texts})
+    assert status == 200 and answer["predictions"] == expected
+    assert {p["label"] for p in expected} == {"ham", "spam"}
+
+    with ThreadPoolExecutor(16) as pool:
+        singles = list(pool.map(lambda t: post(port, {"text": t}), texts))
+    assert all(status == 200 for status, _ in singles)
+    for (_, got), want in zip(singles, expected, strict=True):
+        assert got["text"] == want["text"] and got["label"] == want["label"]
+        assert got["truncated"] == want["truncated"] and got["error"] is None
+        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+
+
+def test_threshold_and_per_text_errors(port: int) -> None:
+    status, low = post(port, {"texts": [SPAM, HAM], "threshold": 0.0})
+    assert status == 200 and [p["label"] for p in low["predictions"]] == ["spam", "spam"]
+    status, high = post(port, {"texts": [SPAM, HAM], "threshold": 1})
+    assert status == 200 and [p["label"] for p in high["predictions"]] == ["ham", "ham"]
+    # In a list, a text that cannot be classified gets predict.py's record and the others their predictions.
+    status, mixed = post(port, {"texts": [HAM, "", "   ", "\ud800"]})
+    assert status == 200
+    assert [p["error"] for p in mixed["predictions"]] == [None, "empty text", "empty text", "invalid UTF-8"]
+    assert mixed["predictions"][1] == {
+        "text": "", "label": None, "spam_probability": None, "truncated": False, "error": "empty text"
+    }  # fmt: skip
+
+
+def test_one_megabyte_text_is_truncated_and_flagged(port: int) -> None:
+    status, answer = post(port, {"text": "Free prize! Call now. " * 47_000})  # 1,034,000 bytes < limits.max_text_bytes
+    assert status == 200 and answer["truncated"] is True and answer["label"] in ("ham", "spam")
+
+
+def test_concurrent_clients_each_get_their_own_answer(port: int) -> None:
+    """64 requests from 16 threads: every one answered once, with its own text (no mix-up across a batch)."""
+    payloads = [{"texts": [f"message {i} {HAM}", f"{i} {SPAM}"][: 1 + i % 2]} for i in range(64)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda p: post(port, p), payloads))
+    for payload, (status, answer) in zip(payloads, answers, strict=True):
+        assert status == 200 and [p["text"] for p in answer["predictions"]] == payload["texts"]
+
+
+@pytest.mark.slow
+def test_two_model_processes(port: int, model: dict[str, Any], texts: list[str]) -> None:
+    """workers=2 api_servers=2 (two model processes, two HTTP processes), no batching: the answers of the
+    one-worker server (within 1e-6, as batching may round differently)."""
+    _, expected = post(port, {"texts": texts})
+    log = model["tmp"] / "server-2-workers.log"
+    overrides = ("workers=2", "api_servers=2", "threads=1", "max_batch_size=1")
+    with serving(f"model_dir={model['dir']}", *overrides, log=log) as port2:
+        assert request(port2, "GET", "/info")[1]["server"]["workers_per_device"] == 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: post(port2, {"text": t}), texts))
+    for (status, got), want in zip(answers, expected["predictions"], strict=True):
+        assert status == 200 and got["label"] == want["label"]
+        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+
+
+# -- bad requests: a 4xx with {"error": ...}, and the server still healthy -----------------------------
+
+BAD = {
+    "not JSON": (b"text=hello", 400, "not JSON"),
+    "JSON constant": (b'{"text": NaN}', 400, "not JSON"),
+    "invalid UTF-8": (b'{"text": "caf\xe9"}', 400, "not valid UTF-8"),
+    "an array": (b'["hello"]', 400, "got a JSON array"),
+    "no text": (b'{"message": "hello"}', 400, "unknown field"),
+    "both": (b'{"text": "a", "texts": ["b"]}', 400, "exactly one of"),
+    "text a number": (b'{"text": 5}', 400, '"text" must be a string, got a JSON number'),
+    "texts a string": (b'{"texts": "hello"}', 400, '"texts" must be an array of strings, got a JSON string'),
+    "texts holds null": (b'{"texts": ["a", null]}', 400, '"texts"[1] must be a string, got a JSON null'),
+    "empty list": (b'{"texts": []}', 400, "empty array"),
+    "bad threshold": (b'{"text": "a", "threshold": 2}', 400, '"threshold" must be a number in [0, 1]'),
+    "10,000 texts": (json.dumps({"texts": ["hello"] * 10_000}).encode(), 413, "10000 texts in one request: at most"),
+    "a 2 MB text": (json.dumps({"text": "a" * 2_000_000}).encode(), 413, "at most 1048576 UTF-8 bytes"),
+    "a 9 MB body": (json.dumps({"texts": ["a" * 900_000] * 10}).encode(), 413, "over 8388608 bytes"),
+    "empty text": (b'{"text": ""}', 422, "empty text"),
+    "whitespace text": (b'{"text": " \\n "}', 422, "empty text"),
+    "lone surrogate": (b'{"text": "\\ud800"}', 422, "invalid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_request(port: int, case: str) -> None:
+    body, expected_status, message = BAD[case]
+    status, answer = request(port, "POST", "/predict", body, {"Content-Type": "application/json"})
+    assert status == expected_status and isinstance(answer, dict) and message in answer["error"], answer
+    if status == 422:  # a single text predict.py cannot classify: predict.py's record for it
+        assert answer["label"] is None and answer["spam_probability"] is None and answer["truncated"] is False
+    assert healthy(port)
+
+
+def test_other_errors_are_json_too(port: int) -> None:
+    assert request(port, "GET", "/nowhere") == (404, {"error": "Not Found"})
+    assert request(port, "GET", "/predict") == (405, {"error": "Method Not Allowed"})
+    status, answer = request(port, "POST", "/predict", b'{"text": "form-encoded, as curl -d sends it"}')
+    assert status == 200 and answer["label"] in ("ham", "spam")
+
+
+# -- misbehaving clients -----------------------------------------------------------------------------
+
+
+def _raw(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head)
+    return sock
+
+
+def test_clients_that_disconnect_mid_request(port: int) -> None:
+    body = json.dumps({"texts": [HAM] * 200}).encode()
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    _raw(port, head.encode() + body[:100]).close()  # mid-body
+    _raw(port, head.encode() + body).close()  # before the answer
+    _raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-").close()  # mid-headers
+    time.sleep(0.5)
+    assert healthy(port) and post(port, {"text": HAM})[0] == 200
+
+
+def test_a_slow_client_does_not_block_others(port: int) -> None:
+    """A body trickled over ~2 s: meanwhile other requests are answered, and then the slow one too."""
+    body = json.dumps({"text": HAM}).encode()
+    sock = _raw(port, f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    fast: list[float] = []
+
+    def others() -> None:
+        for _ in range(5):
+            start = time.monotonic()
+            assert post(port, {"text": SPAM})[0] == 200
+            fast.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=others)
+    thread.start()
+    for i in range(0, len(body), 8):
+        sock.sendall(body[i : i + 8])
+        time.sleep(2 / (len(body) / 8))
+    thread.join()
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 200") and b'"label"' in reply
+    assert len(fast) == 5 and max(fast) < 2
+
+
+# -- the rest of the API -----------------------------------------------------------------------------
+
+
+def test_info_health_and_page(port: int, model: dict[str, Any]) -> None:
+    assert request(port, "GET", "/health") == (200, "ok")
+    status, info = request(port, "GET", "/info")
+    assert status == 200
+    described = info["model"]
+    record = json.loads((model["dir"] / "config.json").read_text())["spam_lightning"]
+    assert described["name"] == "export" and described["preprocessing"] == record["preprocessing"]
+    assert described["metrics"]["test"]["accuracy"] == round(model["metrics"]["test"]["accuracy"], 6)
+    assert described["serving"]["max_batch_size"] == 8 and described["serving"]["limits"]["max_texts"] == 1000
+    status, html = request(port, "GET", "/")
+    assert status == 200 and "<title>SMS spam classifier</title>" in html
+
+
+def test_metrics_of_a_checkpoint(model: dict[str, Any]) -> None:
+    """ckpt_path=: the run's metrics.json (the best checkpoint's); metrics_file= wins over what is found."""
+    best = model["metrics"]["best_checkpoint"]
+    found = find_metrics(compose_cfg("serve", f"ckpt_path={best}"))
+    assert found is not None and found["test"]["accuracy"] == model["metrics"]["test"]["accuracy"]
+    assert found["validation"]["f1"] == model["metrics"]["validation"]["f1"]
+    metrics_file = model["tmp"] / "run" / "metrics.json"
+    chosen = find_metrics(compose_cfg("serve", f"model_dir={model['dir']}", f"metrics_file={metrics_file}"))
+    assert chosen == found
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl")
+def test_readme_curl_commands(port: int) -> None:
+    """The curl lines of README.md's Serving section, against this module's server (port 8000 replaced)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("  #")[0].strip() for line in section.splitlines() if line.startswith("curl ")]
+    assert len(lines) >= 4
+    for line in lines:
+        command = line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and done.stdout, (line, done.stderr)
+        if not line.endswith("/health"):
+            json.loads(done.stdout)
+
+
+# -- configuration errors ------------------------------------------------------------------------------
+
+
+def test_config_errors_are_one_line(port: int, model: dict[str, Any], tmp_path: Path) -> None:
+    """No model, a bad path, a bad port, a port in use, a host LitServe cannot bind: ConfigError or a user error,
+    before anything starts; from the command line, one `error:` line and exit status 1."""
+    cases = {
+        (): "give the model to serve",
+        (f"model_dir={tmp_path / 'missing'}",): "missing",
+        (f"model_dir={model['dir']}", "port=80"): "port=80: expected an integer in [1024, 65535]",
+        (f"model_dir={model['dir']}", f"port={port}"): f"port={port}: cannot listen on 127.0.0.1:{port}",
+        (f"model_dir={model['dir']}", "host=localhost"): "host=localhost: expected one of",
+        (f"model_dir={model['dir']}", "limits.max_texts=0"): "limits.max_texts=0",
+    }
+    for overrides, message in cases.items():
+        with pytest.raises((ConfigError, OSError, ValueError), match=re.escape(message)):
+            serve_run(compose_cfg("serve", *overrides))
+    cli = subprocess.run(
+        [sys.executable, "serve.py", f"model_dir={model['dir']}", f"port={port}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert cli.returncode == 1 and cli.stderr.strip().splitlines() == [
+        f"error: port={port}: cannot listen on 127.0.0.1:{port} (Address already in use); choose another port="
+    ]
+
+
+# -- the page in a real browser --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("SPAM_LIGHTNING_REQUIRE_CHROMIUM"),  # CI sets it: there it must run
+    reason="no chromium on PATH: `make install-ui` installs Debian's chromium for this test",
+)
+def test_page_in_headless_chromium(port: int, tmp_path: Path) -> None:
+    """Keyboard only: type a spam and a ham message, Ctrl+Enter, read the labels; move the threshold with the arrow
+    keys and see them change; a phone-width screen has no sideways scrolling. Screenshots into tmp_path (and to
+    $SPAM_LIGHTNING_SCREENSHOT, e.g. docs/serve.png, when set; the phone-width one beside it)."""
+    assert CHROMIUM is not None, "SPAM_LIGHTNING_REQUIRE_CHROMIUM is set but there is no chromium on PATH"
+    from playwright import sync_api
+
+    _, expected = post(port, {"texts": [SPAM, HAM]})
+    p_spam, p_ham = (p["spam_probability"] for p in expected["predictions"])
+    assert p_spam > 0.5 > p_ham, expected  # the smoke model gets these two right
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.querySelector('#metrics').textContent.includes('%')")  # /info read
+            page.keyboard.press("Tab")  # the first focusable element is the message box
+            assert page.evaluate("document.activeElement.id") == "messages"
+            page.keyboard.type(f"{SPAM}\n{HAM}")
+            page.keyboard.press("Control+Enter")
+            page.wait_for_selector("#results tbody tr >> nth=1")
+            labels = page.locator("#results td.label").all_inner_texts()
+            assert labels == ["spam", "ham"]
+            probs = [float(t.split()[0]) for t in page.locator("#results td.prob").all_inner_texts()]
+            assert probs == pytest.approx([p_spam, p_ham], abs=5e-4)  # shown with 3 decimals
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+
+            page.keyboard.press("Tab")  # from the message box: the threshold slider
+            assert page.evaluate("document.activeElement.id") == "threshold"
+            page.keyboard.press("End")  # threshold 1: nothing is spam
+            assert page.locator("#threshold-value").inner_text() == "1.00"
+            assert page.locator("#results td.label").all_inner_texts() == ["ham", "ham"]
+            page.keyboard.press("Home")  # threshold 0: everything is spam
+            assert page.locator("#results td.label").all_inner_texts() == ["spam", "spam"]
+            assert "2 spam, 0 ham" in page.locator("#status").inner_text()
+
+            page.set_viewport_size({"width": 375, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            page.screenshot(path=str(tmp_path / "serve-phone.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    if os.environ.get("SPAM_LIGHTNING_SCREENSHOT"):  # the phone's beside it: docs/serve.png, docs/serve-phone.png
+        dest = Path(os.environ["SPAM_LIGHTNING_SCREENSHOT"])
+        shutil.copyfile(tmp_path / "serve.png", dest)
+        shutil.copyfile(tmp_path / "serve-phone.png", dest.with_name(f"{dest.stem}-phone{dest.suffix}"))
