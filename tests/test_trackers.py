@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.smoke import compose_cfg
+from helpers.smoke import REPO, compose_cfg
 from helpers.wandb_offline import offline_runs
 from mlflow.tracking import MlflowClient
 
@@ -173,7 +173,7 @@ def test_logger_groups_and_combinations_compose(override: str, loggers: set[str]
     if "wandb" in loggers:
         assert cfg.logger.wandb.offline is True and cfg.logger.wandb.name == "r"
     if "mlflow" in loggers:
-        assert cfg.logger.mlflow.tracking_uri == "sqlite:///runs/mlflow.db"  # made absolute when the run starts
+        assert cfg.logger.mlflow.tracking_uri == f"sqlite:///{REPO}/runs/mlflow.db"  # in the project's runs/
 
 
 def test_flat_config_has_every_key_with_dots(tmp_path: Path) -> None:
