@@ -136,7 +136,7 @@ class Predictor:
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Token ids as training made them (Preprocessing.encode), with the texts that cannot be classified."""
-        errors = [_text_error(t) for t in texts]
+        errors = [text_error(t) for t in texts]
         ids, truncated = self.preprocessing.encode(
             self.tokenizer, [t for t, e in zip(texts, errors, strict=True) if e is None]
         )
@@ -200,7 +200,8 @@ class Predictor:
         return out
 
 
-def _text_error(text: str) -> str | None:
+def text_error(text: str) -> str | None:
+    """Why a text gets no prediction ("invalid UTF-8", "empty text"), or None: one rule for predict and serve."""
     if not isinstance(text, str):
         raise TypeError(f"texts must be str, got {type(text).__name__}")
     try:

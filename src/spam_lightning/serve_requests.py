@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spam_lightning.inference import Prediction, _text_error
+from spam_lightning.inference import Prediction, text_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -115,7 +115,7 @@ def parse_request(body: bytes, limits: Limits) -> Job:
     except ValueError as err:
         raise RequestError(400, f"the request body is not JSON ({err}); {EXPECTED}") from None
     job = parse_payload(payload, limits)
-    error = _text_error(job.texts[0]) if job.single else None
+    error = text_error(job.texts[0]) if job.single else None
     if error is not None:
         raise RequestError(422, error, Prediction(job.texts[0], None, None, False, error).to_json())
     return job
