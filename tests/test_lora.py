@@ -13,6 +13,7 @@ The book's LoRA and PEFT's compute the same function once three differences are 
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -21,18 +22,24 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.smoke import compose_cfg
+from helpers.local_internet import write_gpt2_safetensors
+from helpers.smoke import compose_cfg, train_smoke
 from hydra.utils import instantiate
 
+from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import ConfigError
+from spam_lightning.evaluate import load_split
+from spam_lightning.export import export_checkpoint
+from spam_lightning.files import file_sha256
 from spam_lightning.gpt import PRESETS, GPTModel, make_config
-from spam_lightning.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora
+from spam_lightning.inference import Predictor
+from spam_lightning.lora import BOOK_TARGETS, LoRAConfig, LoRALinear, apply_lora, merge_lora
 from spam_lightning.net import SpamNet
 from spam_lightning.sms_spam import parse_split_csv, read_split_file, splits_dir
 from spam_lightning.tokenizer import get_tokenizer
 from spam_lightning.train import run as train_run
-from spam_lightning.weights import to_hf_state_dict
+from spam_lightning.weights import convert_hf_state_dict, read_safetensors, to_hf_state_dict
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -288,3 +295,68 @@ def test_bad_lora_options_are_one_line_errors(override: str, message: str, tmp_p
         train_run(cfg)
     cause = err.value.__cause__ or err.value
     assert isinstance(cause, ConfigError) and "\n" not in str(cause) and not (tmp_path / "data").exists()
+
+
+# --- a LoRA run: checkpoints, prediction, export ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+    """A one-epoch LoRA smoke run (tiny model) on a tiny pretrained weights file: small checkpoints."""
+    tmp = tmp_path_factory.mktemp("lora")
+    arch = make_config(compose_cfg("train", "experiment=smoke").model.arch)
+    weights = write_gpt2_safetensors(tmp / "weights" / "model.safetensors", arch, seed=1)
+    overrides = (f"model.pretrained={weights}", "model.finetune=lora", "model.lora.rank=4", "model.lora.alpha=2")
+    metrics = train_smoke(tmp, sms_zip, tokenizer_file, *overrides)
+    return {"tmp": tmp, "weights": weights, "metrics": metrics, "ckpt": Path(metrics["best_checkpoint"])}
+
+
+def test_lora_checkpoints_hold_the_adapters_and_the_head(lora_run: dict[str, Any]) -> None:
+    d, n_layers, r = 64, 2, 4  # the tiny model; every Linear has a rank-4 adapter
+    per_block = 4 * r * (d + d) + r * (d + 4 * d) + r * (4 * d + d)
+    assert lora_run["metrics"]["parameters"]["trainable"] == n_layers * per_block + r * (d + 2)
+    last = lora_run["ckpt"].parent / "last.ckpt"
+    for path in (lora_run["ckpt"], last):
+        ckpt = read_checkpoint(path)
+        record = ckpt[RECORD_KEY]
+        assert record["lora"] == {"rank": 4, "alpha": 2.0, "dropout": 0.0, "targets": list(BOOK_TARGETS)}
+        assert record["frozen_weights"]["sha256"] == file_sha256(lora_run["weights"])
+        keys = set(ckpt["state_dict"])
+        head = {f"net.gpt.out_head.{name}" for name in ("weight", "bias", "lora_A", "lora_B")}
+        assert head <= keys and all("lora_" in k for k in keys - head), sorted(keys)
+        assert len(keys) == 2 * (6 * n_layers + 1) + 2
+    assert "optimizer_states" in read_checkpoint(last)
+
+    # load_trained: frozen weights from the file + adapters, merged into a plain network computing the same
+    model = load_trained(lora_run["ckpt"])
+    assert not any(isinstance(m, LoRALinear) for m in model.net.modules())
+    unmerged = SpamNet.from_args(model.net.args())
+    apply_lora(unmerged, LoRAConfig.from_dict(read_checkpoint(lora_run["ckpt"])[RECORD_KEY]["lora"]))
+    frozen = convert_hf_state_dict(read_safetensors(lora_run["weights"]), unmerged.gpt.cfg)
+    trained = {k.removeprefix("net."): v for k, v in read_checkpoint(lora_run["ckpt"])["state_dict"].items()}
+    unmerged.load_state_dict({f"gpt.{k}": v for k, v in frozen.items()} | trained)
+    assert unmerged.gpt.trf_blocks[0].att.W_query.lora_B.abs().max() > 0  # the adapters trained
+    ids = torch.randint(0, 50256, (4, 20))
+    with torch.no_grad():
+        assert (unmerged.eval()(ids, torch.full((4,), 20)) - model.net(ids, torch.full((4,), 20))).abs().max() < 1e-5
+
+
+def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path) -> None:
+    """Our format and format=hf (loaded by transformers) predict what the checkpoint predicts."""
+    predictor = Predictor.from_checkpoint(lora_run["ckpt"], device="cpu")
+    texts, _ = load_split(predictor, "test")
+    ours = predictor.spam_probabilities(texts)[0]
+
+    export_checkpoint(lora_run["ckpt"], tmp_path / "own", format="spam_lightning")
+    assert Predictor.from_dir(tmp_path / "own").spam_probabilities(texts)[0] == ours
+    record = json.loads((tmp_path / "own" / "spam_lightning.json").read_text())
+    assert record["training"]["lora"]["rank"] == 4
+
+    export_checkpoint(lora_run["ckpt"], tmp_path / "hf", format="hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        hf = model(**tokenizer(texts, truncation=True, padding=True, return_tensors="pt")).logits.softmax(-1)[:, 1]
+    diff = max(abs(a - b) for a, b in zip(hf.tolist(), ours, strict=True))
+    print(f"LoRA run exported for transformers: max |P(spam) - predict.py's| {diff:.3g}")
+    assert diff <= 1e-5
