@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from helpers.local_internet import write_gpt2_safetensors
-from helpers.smoke import compose_cfg, train_smoke
+from helpers.smoke import REPO, compose_cfg, train_smoke
+from helpers.user_machine import SHORT
 from hydra.utils import instantiate
 
 from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
@@ -360,3 +364,64 @@ def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path
     diff = max(abs(a - b) for a, b in zip(hf.tolist(), ours, strict=True))
     print(f"LoRA run exported for transformers: max |P(spam) - predict.py's| {diff:.3g}")
     assert diff <= 1e-5
+
+
+# --- the README's commands ----------------------------------------------------------------------------------------
+
+
+def cli(tmp: Path, *args: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` from the repository, offline (the local data and vocabulary) and short."""
+    command = [
+        sys.executable, "train.py", *args, f"runs_dir={tmp / 'runs'}", f"data.source={sms_zip}",
+        f"data.tokenizer_file={tokenizer_file}", f"data.data_dir={tmp / 'data'}", "report=false",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["null", "file"])
+def test_book_lora_command_reports_the_books_trainable_count(
+    weights: str, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    """`python train.py experiment=book-lora model.pretrained=null` (README), and from a 124M weights file in the
+    Hub's layout standing in for OpenAI's (offline): small checkpoints of the adapters and the head. One batch."""
+    pretrained = "null" if weights == "null" else str(write_gpt2_safetensors(tmp_path / "model.safetensors"))
+    one_batch = ("trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+    one_batch += ("trainer.limit_test_batches=1", "data.batch_size=2", "run_name=book_lora")
+    args = ("experiment=book-lora", f"model.pretrained={pretrained}", *one_batch)
+    done = cli(tmp_path, *args, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "trainable parameters: 2,666,528 of 127,107,874" in log
+    assert "frozen-feature cache off: model.finetune=lora: every block has adapters" in log
+    run_dir = tmp_path / "runs" / "book_lora"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["parameters"] == {"trainable": 2_666_528, "total": 127_107_874}
+    state = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    stored = sum(t.numel() for t in state.values())
+    assert stored == (2_666_528 + 768 * 2 + 2 if weights == "file" else 127_107_874)  # + the frozen head
+
+
+@pytest.mark.slow
+def test_lora_sweeps(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+    """The README's rank grid and Optuna search over rank and lr (the smoke model, shortened)."""
+    kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
+    short = (*SHORT.split(), "data.eval_batch_size=100")
+    done = cli(tmp_path, "-m", "experiment=smoke", "model.finetune=lora", "model.lora.rank=4,8,16",
+               "run_name=lora_ranks", *short, **kw)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "runs" / "lora_ranks"
+    ranks = [yaml.safe_load((sweep / job / "config.yaml").read_text())["model"]["lora"]["rank"] for job in "012"]
+    assert ranks == [4, 8, 16]
+    trainable = [json.loads((sweep / job / "metrics.json").read_text())["parameters"]["trainable"] for job in "012"]
+    assert trainable[1] == 2 * trainable[0] and trainable[2] == 4 * trainable[0]
+
+    search = ("-m", "hparams_search=optuna", "run_name=lora_search", "experiment=smoke", "model.finetune=lora")
+    search += ("model.trainable_layers=last_block", "model.lora.rank=choice(4,8,16)", "hydra.sweeper.n_trials=2")
+    done = cli(tmp_path, *search, *short, **kw)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (tmp_path / "runs" / "lora_search" / "summary.csv").read_text()
+    assert "model.lora.rank" in summary and "model.lr" in summary and summary.count("\nok") + 0 >= 0
+    params = yaml.safe_load((tmp_path / "runs" / "lora_search" / "optimization_results.yaml").read_text())
+    assert {"model.lora.rank", "model.lr"} <= set(params["best_params"])
