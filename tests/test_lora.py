@@ -346,7 +346,8 @@ def test_lora_checkpoints_hold_the_adapters_and_the_head(lora_run: dict[str, Any
 
 
 def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path) -> None:
-    """Our format and format=hf (loaded by transformers) predict what the checkpoint predicts."""
+    """Our format, format=hf (loaded by transformers) and format=onnx (onnxruntime) predict what the checkpoint
+    predicts: the adapters are merged, so none of them needs LoRA code."""
     predictor = Predictor.from_checkpoint(lora_run["ckpt"], device="cpu")
     texts, _ = load_split(predictor, "test")
     ours = predictor.spam_probabilities(texts)[0]
@@ -364,6 +365,11 @@ def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path
     diff = max(abs(a - b) for a, b in zip(hf.tolist(), ours, strict=True))
     print(f"LoRA run exported for transformers: max |P(spam) - predict.py's| {diff:.3g}")
     assert diff <= 1e-5
+
+    pytest.importorskip("onnxruntime")
+    export_checkpoint(lora_run["ckpt"], tmp_path / "onnx", format="onnx")
+    onnx = Predictor.from_dir(tmp_path / "onnx", backend="onnxruntime").spam_probabilities(texts)[0]
+    assert max(abs(a - b) for a, b in zip(onnx, ours, strict=True)) <= 1e-5
 
 
 # --- the README's commands ----------------------------------------------------------------------------------------

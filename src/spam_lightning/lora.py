@@ -152,7 +152,3 @@ def is_adapter(name: str) -> bool:
 def first_adapted_block(n_layers: int, config: LoRAConfig) -> int:
     """The lowest block with adapters (n_layers when only the head has one): what runs below is frozen."""
     return 0 if config.layers - {"head"} else n_layers
-
-
-def num_adapter_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for name, p in net.named_parameters() if is_adapter(name))
