@@ -31,6 +31,7 @@ from helpers.user_machine import SHORT
 from hydra.utils import instantiate
 
 from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
+from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import ConfigError
 from spam_lightning.evaluate import load_split
@@ -272,6 +273,21 @@ def test_the_books_trainable_count_for_124m() -> None:
         sum(p.numel() for p in model.parameters())
         == sum(p.numel() for p in SpamNet(GPTModel(PRESETS["gpt2"]), 2, "last").parameters()) + 2_666_528
     )
+
+
+@pytest.mark.parametrize(
+    ("targets", "trainable", "cache"),
+    [
+        (["attention"], 2 * 4 * 2 * (64 + 64) + 64 * 2 + 2, False),  # the head has no adapter: it trains in full
+        (["query", "ff_out"], 2 * 2 * (64 + 64 + 4 * 64 + 64) + 64 * 2 + 2, False),
+        (["head"], 2 * (64 + 2), True),  # no block has adapters: the frozen-feature cache applies again
+    ],
+)
+def test_targets_choose_what_trains(targets: list[str], trainable: int, cache: bool) -> None:
+    model = SpamClassifier(arch=TINY, pretrained=None, finetune="lora", lora={"rank": 2, "targets": targets})
+    assert model.num_trainable_parameters == trainable
+    assert (model.feature_cache is not None) == cache
+    assert SpamClassifier(arch=TINY, pretrained=None, finetune="lora").lora == LoRAConfig()  # the book's
 
 
 @pytest.mark.parametrize(

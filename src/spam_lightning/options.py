@@ -136,9 +136,9 @@ def check_model_options(args: Mapping[str, Any]) -> None:
     if finetune not in FINETUNE:
         raise ConfigError(f"model.finetune must be one of {list(FINETUNE)}, got {finetune!r}")
     if finetune == "lora":
-        if not isinstance(lora, Mapping):
+        if lora is not None and not isinstance(lora, Mapping):
             raise ConfigError(f"model.lora must be a mapping of rank, alpha, dropout, targets, got {lora!r}")
         try:
-            LoRAConfig.from_dict(lora)
+            LoRAConfig.from_dict(lora or {})
         except ValueError as err:
             raise ConfigError(f"model.{err}") from err
