@@ -375,6 +375,7 @@ def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path
     assert record["training"]["lora"]["rank"] == 4
 
     export_checkpoint(lora_run["ckpt"], tmp_path / "hf", format="hf")
+    assert "LoRA (the book's appendix E): rank 4, alpha 2 adapters" in (tmp_path / "hf" / "README.md").read_text()
     model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     with torch.no_grad():
