@@ -321,10 +321,11 @@ def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str], head
     )
     for key, r in results.items():
         epochs = ", ".join(f"{s:.1f}" for s in r["epoch_s"])
+        trainable = f"{r['trainable_parameters']:,}" if "trainable_parameters" in r else ""  # (a): not counted
         print(
             f"{labels[key]:<36}{r['examples_per_s']:>11.1f}{sum(r['epoch_s']) / len(r['epoch_s']):>9.1f}"
             f"{r['fit_s']:>9.1f}{r['total_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_memory_mib']:>10.0f}"
-            f"{r.get('trainable_parameters', ''):>12}{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
+            f"{trainable:>12}{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
         )
 
 
