@@ -207,10 +207,9 @@ def test_peft_oracle_gives_the_same_logits_and_adapter_gradients(
     assert logit_diff <= 1e-5 and grad_diff <= 1e-5
 
 
-@pytest.mark.slow  # ~20 s
 def test_peft_oracle_on_the_124m_architecture(test_texts: list[str], tokenizer_file: str) -> None:
     """In float64: float32 rounding through 12 blocks of width 768 alone differs by a few 1e-5 between any two
-    implementations (the tiny model above is compared in float32)."""
+    implementations (the tiny model above is compared in float32). 9 s on our CPU, 25 s under load."""
     config = LoRAConfig(rank=16, alpha=16.0)  # the book's
     net = lora_net("gpt2", config, seed=1)
     ids, lengths = batch(test_texts[:2], tokenizer_file, 32)
