@@ -14,7 +14,9 @@ decay 0.1), batch size (8) and number of epochs:
 
 The model is random-initialised (model.pretrained=null): timings do not depend on the weights.
 `--variant NAME=OVERRIDES` also times (b) with extra Hydra overrides (the GPU fast paths), e.g.
-`--variant "bf16=trainer.precision=bf16-mixed" --variant "compile=model.compile=true model.tf32=true"`.
+`--variant "bf16=trainer.precision=bf16-mixed" --variant "compile=model.compile=true model.tf32=true"`, or LoRA
+against (b)'s last-block fine-tuning: `--variant "lora=model.finetune=lora model.lr=8e-4"` (no feature cache:
+every block has adapters).
 `--scaling` also times one epoch of (b) at 1x, 2x and 4x the training data (repeated; each copy's
 first token is changed so the cache cannot share copies).
 
@@ -291,7 +293,8 @@ def run_project(
     result = summary(seen, timer.epochs, timer.validation, *times, memory, val_accuracy, test_accuracy)
     checkpoints = sorted(Path(cfg.run_dir, "checkpoints").glob("*.ckpt"))
     sizes = {path.name: round(path.stat().st_size / 2**20, 1) for path in checkpoints}
-    return {**result, "epoch_cpu_s": timer.epochs_cpu, "checkpoint_MiB": sizes}
+    trainable = model.num_trainable_parameters
+    return {**result, "epoch_cpu_s": timer.epochs_cpu, "checkpoint_MiB": sizes, "trainable_parameters": trainable}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,14 +317,15 @@ def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str], head
     print(f"\n{header}")
     print(
         f"{'run':<36}{'examples/s':>11}{'s/epoch':>9}{'fit s':>9}{'total s':>9}{'CPU s':>9}{'peak MiB':>10}"
-        f"{'val acc':>9}{'test acc':>9}  epochs (s)"
+        f"{'trainable':>12}{'val acc':>9}{'test acc':>9}  epochs (s)"
     )
     for key, r in results.items():
         epochs = ", ".join(f"{s:.1f}" for s in r["epoch_s"])
+        trainable = f"{r['trainable_parameters']:,}" if "trainable_parameters" in r else ""  # (a): not counted
         print(
             f"{labels[key]:<36}{r['examples_per_s']:>11.1f}{sum(r['epoch_s']) / len(r['epoch_s']):>9.1f}"
             f"{r['fit_s']:>9.1f}{r['total_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_memory_mib']:>10.0f}"
-            f"{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
+            f"{trainable:>12}{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
         )
 
 

@@ -144,13 +144,27 @@ def test_older_checkpoints_are_refused_with_a_clear_message(tmp_path: Path) -> N
         load_trained(foreign)
 
 
-def test_small_checkpoint_resume_equals_uninterrupted(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
+# finetune: (overrides, what the checkpoints hold). LoRA: the adapters, and the new head's tensors.
+FINETUNES = {
+    "last_block": (("model.trainable_layers=last_block",), lambda key: key.startswith(TRAINABLE_PREFIXES)),
+    "lora": (
+        ("model.finetune=lora", "model.lora.rank=4"),
+        lambda key: key.endswith(("lora_A", "lora_B")) or key.startswith("net.gpt.out_head."),
+    ),
+}
+
+
+@pytest.mark.parametrize("finetune", ["last_block", pytest.param("lora", marks=pytest.mark.slow)])
+def test_small_checkpoint_resume_equals_uninterrupted(
+    finetune: str, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
     """1 epoch, then resume to 2 (from a checkpoint of the trained tensors only) == 2 epochs in one go."""
     weights = tiny_weights(tmp_path / "model.safetensors", seed=1)
     kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
     # Whole epochs: the cache is filled ahead in the same length-sorted batches in both runs (an epoch limited by
     # limit_train_batches fills it from its own batches, so a resumed run's features can differ in the last bits).
-    extra = (f"model.pretrained={weights}", "model.trainable_layers=last_block", "data.batch_size=64")
+    overrides, held = FINETUNES[finetune]
+    extra = (f"model.pretrained={weights}", *overrides, "data.batch_size=64")
     straight, split = tmp_path / "straight", tmp_path / "split"
     done = train_cli(straight, *extra, **kw)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -159,7 +173,7 @@ def test_small_checkpoint_resume_equals_uninterrupted(tmp_path: Path, sms_zip: P
     resumed = train_cli(split, *extra, "resume=true", **kw)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(straight), final_weights(split)
-    assert a.keys() == b.keys() and all(k.startswith(TRAINABLE_PREFIXES) for k in a)
+    assert a.keys() == b.keys() and all(held(k) for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_checkpoint(split / "runs" / "r" / "checkpoints" / "last.ckpt")["global_step"] == 2 * (1045 // 64)
 

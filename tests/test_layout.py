@@ -14,10 +14,11 @@ UPPER |= {"report", "sweep", "optuna_sweeper", "ddp", "textio", "trackers", "ser
 LOWER = {"gpt", "net", "weights", "preprocess", "tokenizer", "sms_spam", "samplers", "data", "checkpoint"}
 LOWER |= {"hf_export", "hf_tokenizer", "model_card"}  # what export.py writes for transformers
 LOWER |= {"onnx_model"}  # the ONNX graph export.py writes, and predict.py's onnxruntime backend
+LOWER |= {"lora"}  # LoRA adapters on the network, merged by the checkpoint reader
 # Prediction and export load without Lightning (start-up time; an exported model needs torch, safetensors, tiktoken).
 NO_LIGHTNING = {"gpt", "net", "weights", "preprocess", "tokenizer", "checkpoint", "export", "inference", "textio"}
 NO_LIGHTNING |= {"predict", "sms_spam", "errors", "files", "downloads", "hf_export", "hf_tokenizer", "model_card"}
-NO_LIGHTNING |= {"onnx_model"}
+NO_LIGHTNING |= {"onnx_model", "lora"}
 # Imported only by the functions that need them (the ONNX export; backend=onnxruntime), never when a module is.
 ONNX_PACKAGES = {"onnx", "onnxscript", "onnxruntime"}
 # Modules allowed beyond ~400 lines, and why.
@@ -85,7 +86,7 @@ def test_one_copy_of_each_concept() -> None:
     def where(pattern: str) -> set[str]:
         return {m for m, text in sources.items() if re.search(pattern, text)}
 
-    assert where(r"class \w+\(nn\.Module\)") == {"gpt", "net"}  # GPT-2's parts; the classifier network
+    assert where(r"class \w+\(nn\.Module\)") == {"gpt", "lora", "net"}  # GPT-2's parts, the LoRA layer; the network
     assert where(r"nn\.Linear\([^)]*num_classes") == {"net"}  # the classification head
     assert where(r"encode_ordinary") == {"preprocess"}
     assert where(r"torch\.full\(\(len\(") == {"preprocess"}  # right padding of token rows

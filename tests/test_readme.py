@@ -134,6 +134,18 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "data.tokenizer_file=../shared/assets/gpt2.tiktoken"
     ): Run("training", SMOKE),
     "python train.py experiment=book": Covered(MAIN_JOB + "test_book_experiment_uses_the_caches"),
+    # LoRA: appendix E from the Hub stand-in's 124M weights (small checkpoints); the commands below offline/shortened
+    "python train.py experiment=book-lora": Run("training", ONE_BATCH_RUN),
+    "python train.py experiment=book-lora model.pretrained=null": Covered(
+        "tests/test_lora.py::test_book_lora_command_reports_the_books_trainable_count"
+    ),
+    "python train.py -m experiment=smoke model.finetune=lora model.lora.rank=4,8,16 run_name=lora_ranks": Covered(
+        "tests/test_lora.py::test_lora_sweeps"
+    ),
+    (
+        "python train.py -m hparams_search=optuna run_name=lora_search experiment=smoke model.finetune=lora "
+        "model.trainable_layers=last_block 'model.lora.rank=choice(4,8,16)'"
+    ): Covered("tests/test_lora.py::test_lora_sweeps"),
     "python train.py trainer.devices=2": NotRun(GPU),
     "python train.py trainer.accelerator=cpu trainer.devices=2": Covered(MAIN_JOB + "test_ddp_over_two_cpu_processes"),
     "python train.py model=gpt2-medium": Run("training", f"{RANDOM_INIT} {ONE_BATCH_RUN}"),
@@ -566,11 +578,13 @@ def test_a_failing_command_fails_its_group(tmp_path: Path, monkeypatch: pytest.M
 def test_group_training(machine: UserMachine) -> None:
     done = run_group(machine, "training")
     runs = machine.run_dirs()
-    assert len(runs) == 2, runs  # the smoke run and GPT-2 medium; --cfg job only prints
+    assert len(runs) == 3, runs  # the smoke run, GPT-2 medium and book-lora; --cfg job only prints
     configs = [(run / "config.yaml").read_text() for run in runs]
     assert sum("arch: gpt2-medium\n" in c for c in configs) == 1, configs
+    assert sum("finetune: lora\n" in c for c in configs) == 1, configs
     for run in runs:
         assert metrics(run)["global_step"] in (1, 3)
+    assert "trainable parameters: 2,666,528 of 127,107,874" in done.stdout("experiment=book-lora")
     assert "emb_dim: 64" in done.stdout("--cfg job") and "run_name:" in done.stdout("--cfg job")
 
 

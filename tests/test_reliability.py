@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,12 +17,25 @@ from spam_lightning.train import run
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    result = train_cli(tmp, "checkpoint_every_n_steps=10", sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+LORA = ("model.finetune=lora", "model.lora.rank=4")  # the tiny model with rank-4 adapters on every Linear
+
+
+def uninterrupted_run(tmp: Path, *extra: str, **kw: Any) -> dict:
+    result = train_cli(tmp, "checkpoint_every_n_steps=10", *extra, **kw)
     assert result.returncode == 0, result.stderr[-3000:]
     return final_weights(tmp)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
+    kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
+    return uninterrupted_run(tmp_path_factory.mktemp("uninterrupted"), **kw)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_lora(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
+    kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
+    return uninterrupted_run(tmp_path_factory.mktemp("uninterrupted_lora"), *LORA, **kw)
 
 
 KILL_POINTS = {
@@ -35,26 +49,40 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_kill_9_then_resume_equals_uninterrupted(
-    point: str, uninterrupted: dict, tmp_path: Path, sms_zip: Path, tokenizer_file: str
-) -> None:
-    kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
-    killed = train_cli(tmp_path, "checkpoint_every_n_steps=10", *KILL_POINTS[point], **kw)
+def kill_then_resume(point: str, uninterrupted: dict, tmp_path: Path, *extra: str, **kw: Any) -> None:
+    killed = train_cli(tmp_path, "checkpoint_every_n_steps=10", *extra, *KILL_POINTS[point], **kw)
     assert killed.returncode == -9, killed.stderr[-3000:]
     last = tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt"
     state = load_checkpoint(last)  # complete: loads without error
     assert 0 < state["global_step"] < 130
     leftovers = [p.name for p in last.parent.iterdir() if p.name.startswith(".")]
-    resumed = train_cli(tmp_path, "checkpoint_every_n_steps=10", "resume=true", **kw)
+    resumed = train_cli(tmp_path, "checkpoint_every_n_steps=10", *extra, "resume=true", **kw)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last}" in resumed.stderr + resumed.stdout
     weights = final_weights(tmp_path)
+    assert weights.keys() == uninterrupted.keys()
     assert all(torch.equal(weights[k], uninterrupted[k]) for k in uninterrupted)
     if point == "during_checkpoint_write":
         assert leftovers, "the half-written temporary file should be there"
         assert state["global_step"] == 65  # the previous complete one (end of epoch 1); step 70 died
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_9_then_resume_equals_uninterrupted(
+    point: str, uninterrupted: dict, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    kill_then_resume(point, uninterrupted, tmp_path, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted_with_lora(
+    uninterrupted_lora: dict, tmp_path: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    """The same with LoRA adapters (model.finetune=lora): adapters and their AdamW state resume exactly."""
+    assert any(k.endswith("lora_A") for k in uninterrupted_lora)
+    kw = {"sms_zip": sms_zip, "tokenizer_file": tokenizer_file}
+    kill_then_resume("mid_epoch_after_step_25", uninterrupted_lora, tmp_path, *LORA, **kw)
 
 
 def test_kill_9_during_checkpoint_write_leaves_previous_checkpoint(

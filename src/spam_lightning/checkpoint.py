@@ -9,7 +9,9 @@ Lightning writes the checkpoint; `SpamClassifier` adds our record to it under `R
     frozen_weights   None: state_dict holds every weight. Else the provenance of the pretrained weights
                      (preset and pinned Hub revision, or file path; sha256): state_dict holds only what
                      training changed, and the frozen tensors are read again from those weights, which must
-                     have the recorded sha256.
+                     have the recorded sha256. The new head's tensors are always in state_dict.
+    lora             None, or LoRAConfig.to_dict() (rank, alpha, dropout, targets) of a model.finetune=lora run:
+                     state_dict's keys include the adapters (…lora_A, …lora_B); `load_trained` merges them.
 
 No Lightning here: prediction and export load checkpoints without it.
 """
@@ -28,6 +30,7 @@ import torch
 
 from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
 from spam_lightning.gpt import make_config
+from spam_lightning.lora import LoRAConfig, apply_lora, merge_lora
 from spam_lightning.net import SpamNet
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.weights import load_recorded
@@ -98,13 +101,17 @@ class TrainedModel:
 
 def load_trained(path: str | Path) -> TrainedModel:
     """The complete trained network of a checkpoint, on the CPU in eval mode (frozen weights read again and
-    checked against their recorded sha256 when the checkpoint holds only the trained ones)."""
+    checked against their recorded sha256 when the checkpoint holds only the trained ones; LoRA adapters merged
+    into the weights, so the net is a plain SpamNet)."""
     source = str(path)
     ckpt = read_checkpoint(path)
     record = read_record(ckpt, source)
     try:
         net = SpamNet.from_args(record["net"], device="meta")  # shapes only: no time on random init
         preprocessing = Preprocessing.from_dict(record["preprocessing"], source)
+        lora = LoRAConfig.from_dict(record["lora"]) if record.get("lora") is not None else None
+        if lora is not None:
+            apply_lora(net, lora)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: unusable record ({err})") from err
     state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
@@ -114,11 +121,13 @@ def load_trained(path: str | Path) -> TrainedModel:
         state = {**{f"gpt.{k}": v for k, v in pretrained.items()}, **state}  # the trained head replaces GPT-2's
     load_net_state(net, state, source)
     check_finite(net, f"checkpoint {source!r}")
+    merge_lora(net)
     training = {
         "checkpoint": str(Path(path).absolute()),
         "hyper_parameters": dict(ckpt.get("hyper_parameters", {})),
         "data": dict(record.get("data") or {}),
         "frozen_weights": frozen,
+        "lora": record.get("lora"),
     }
     return TrainedModel(net.eval(), preprocessing, training)
 

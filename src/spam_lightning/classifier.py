@@ -34,6 +34,7 @@ from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, che
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
+from spam_lightning.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
 from spam_lightning.metrics import classification_metrics
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
@@ -72,12 +73,16 @@ class SpamClassifier(L.LightningModule):
         cache_dir: str | None = None,  # None: in memory (GPU memory on a GPU); a folder: memory-mapped files there
         compile: bool = False,  # torch.compile the transformer blocks
         tf32: bool = True,  # TF32 matmuls on CUDA GPUs (torch.set_float32_matmul_precision("high"))
+        finetune: str = "layers",  # layers: trainable_layers train in full | lora: adapters (spam_lightning.lora)
+        lora: Mapping[str, Any] | None = None,  # LoRAConfig's fields (rank, alpha, dropout, targets) for finetune=lora
     ) -> None:
         super().__init__()
         if isinstance(arch, DictConfig):
             arch = OmegaConf.to_container(arch, resolve=True)  # type: ignore[assignment]
         elif isinstance(arch, Mapping):
             arch = dict(arch)
+        if isinstance(lora, DictConfig):
+            lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
         check_model_options(locals())  # every argument, by name
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
@@ -87,17 +92,30 @@ class SpamClassifier(L.LightningModule):
         self.save_hyperparameters()
 
         self.net = SpamNet(build_gpt(cfg, pretrained), num_classes, pool)
-
-        named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
-        n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
-        self.first_trainable_block: int = cfg.n_layers - n_trainable_blocks
-        self.embeddings_trainable = trainable_layers == "all"
-        self.final_norm_trainable = trainable_layers != "head"
         self.num_classes = num_classes
 
+        # finetune=lora: every original weight is frozen; the adapters train, and the head in full when it has none.
+        self.lora = LoRAConfig.from_dict(lora or {}) if finetune == "lora" else None
+        if self.lora is not None:
+            apply_lora(self.net, self.lora)
+            self.first_trainable_block: int = first_adapted_block(cfg.n_layers, self.lora)
+            self.embeddings_trainable = self.final_norm_trainable = False
+        else:
+            named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
+            n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
+            self.first_trainable_block = cfg.n_layers - n_trainable_blocks
+            self.embeddings_trainable = trainable_layers == "all"
+            self.final_norm_trainable = trainable_layers != "head"
+
         self.requires_grad_(False)
-        for module in self._trainable_modules():
-            module.requires_grad_(True)
+        if self.lora is None:
+            for module in self._trainable_modules():
+                module.requires_grad_(True)
+        else:
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(is_adapter(name))
+            if "head" not in self.lora.layers:
+                self.net.gpt.out_head.requires_grad_(True)
         self.train(self.training)  # puts the frozen modules in eval mode
 
         # Frozen modules always run in eval mode (no dropout), so their output per text is fixed and the
@@ -165,6 +183,8 @@ class SpamClassifier(L.LightningModule):
         return modules
 
     def _cache_off_reason(self) -> str | None:
+        if self.lora is not None and self.first_trainable_block == 0:
+            return f"model.finetune=lora: every block has adapters (model.lora.targets={list(self.lora.targets)})"
         if self.embeddings_trainable:
             return "trainable_layers=all: the embeddings train, nothing is frozen"
         if self.first_trainable_block == 0:
@@ -206,7 +226,8 @@ class SpamClassifier(L.LightningModule):
         """(B, num_classes) logits; `frozen`: the frozen part's output when already computed (the cache)."""
         hidden = self.frozen_features(input_ids) if frozen is None else frozen
         # With dropout active the full top block runs, so the random masks stay those of the plain forward.
-        one_position_top = self.pooled_top_block and not (self.training and self.net.gpt.cfg.dropout > 0)
+        dropout = self.net.gpt.cfg.dropout > 0 or (self.lora is not None and self.lora.dropout > 0)
+        one_position_top = self.pooled_top_block and not (self.training and dropout)
         return self.net.head_logits(hidden, lengths, self.first_trainable_block, one_position_top)
 
     # --- Lightning steps ------------------------------------------------------------------------
@@ -336,10 +357,16 @@ class SpamClassifier(L.LightningModule):
             "preprocessing": self.preprocessing.to_dict() if self.preprocessing is not None else None,
             "data": self.data_record,
             "frozen_weights": frozen,
+            "lora": self.lora.to_dict() if self.lora is not None else None,
         }
         if frozen is not None:
-            trainable = {NET_PREFIX + name for name, p in self.net.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            # The head is new (not in the pretrained weights): kept even where frozen (a LoRA target).
+            kept = {
+                NET_PREFIX + name
+                for name, p in self.net.named_parameters()
+                if p.requires_grad or name.startswith("gpt.out_head.")
+            }
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before Lightning loads the state dict: a checkpoint of the trained tensors only gets the frozen ones

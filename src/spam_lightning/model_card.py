@@ -96,8 +96,7 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "",
         "## Training",
         "",
-        f"- Start: {start}; trainable layers: `{hp.get('trainable_layers')}` (spam_lightning's "
-        "`model.trainable_layers`; the others frozen).",
+        f"- Start: {start}; " + _what_trained(hp),
         f"- AdamW, learning rate {hp.get('lr')}, weight decay {hp.get('weight_decay')}, scheduler "
         f"`{hp.get('scheduler')}`"
         + (f", {metrics['epochs']} epoch(s) ({metrics.get('global_step')} steps)" if metrics else "")
@@ -157,3 +156,16 @@ def _results(metrics: Mapping[str, Any] | None) -> list[str]:
         if all(isinstance(v, int | float) for v in values):
             rows.append(f"| {ours} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     return rows
+
+
+def _what_trained(hp: Mapping[str, Any]) -> str:
+    lora = hp.get("lora") or {}
+    if hp.get("finetune") == "lora":
+        return (
+            f"LoRA (the book's appendix E): rank {lora.get('rank')}, alpha {lora.get('alpha')} adapters on "
+            f"`{lora.get('targets')}`, every original weight frozen; the adapters are merged into these weights."
+        )
+    return (
+        f"trainable layers: `{hp.get('trainable_layers')}` (spam_lightning's `model.trainable_layers`; the others "
+        "frozen)."
+    )

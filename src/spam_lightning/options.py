@@ -15,10 +15,12 @@ from typing import Any
 from spam_lightning.errors import ConfigError
 from spam_lightning.gpt import POOLS
 from spam_lightning.inference import BACKENDS, PRECISIONS, check_backend
+from spam_lightning.lora import LoRAConfig
 
 FORMATS = ("auto", "table", "jsonl")
 NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")  # model.trainable_layers, besides a block count
 SCHEDULERS = ("none", "cosine")
+FINETUNE = ("layers", "lora")  # model.finetune
 
 
 def check_options(cfg: Mapping[str, Any]) -> None:
@@ -130,3 +132,13 @@ def check_model_options(args: Mapping[str, Any]) -> None:
         value = args[name]
         if not isinstance(value, bool):
             raise ConfigError(f"model.{name} must be true or false, got {value!r}")
+    finetune, lora = args.get("finetune", "layers"), args.get("lora")
+    if finetune not in FINETUNE:
+        raise ConfigError(f"model.finetune must be one of {list(FINETUNE)}, got {finetune!r}")
+    if finetune == "lora":
+        if lora is not None and not isinstance(lora, Mapping):
+            raise ConfigError(f"model.lora must be a mapping of rank, alpha, dropout, targets, got {lora!r}")
+        try:
+            LoRAConfig.from_dict(lora or {})
+        except ValueError as err:
+            raise ConfigError(f"model.{err}") from err

@@ -47,7 +47,7 @@ REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
 # checkpoint_every_n_steps, model.cache_frozen/cache_dir/compile/tf32, data.eval_batch_size/num_workers/pin_memory,
 # logging and progress bars.
 RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool", "lr", "weight_decay", "scheduler")
-RESUME_FIXED_MODEL += ("warmup_steps",)
+RESUME_FIXED_MODEL += ("warmup_steps", "finetune", "lora")
 RESUME_FIXED_DATA = ("seed", "splits_sha256", "batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
 
 

@@ -282,6 +282,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_classifier.py -k warmup or cosine",),
         "the warmup's first step has learning rate 0",
     ),
+    # --- LoRA ---------------------------------------------------------------------------------------
+    Mutation(
+        "lora-peft-scaling",
+        PKG + "lora.py",
+        "self.alpha * (self.lora_dropout(x) @ self.lora_A @ self.lora_B)",
+        "self.alpha / self.lora_A.shape[1] * (self.lora_dropout(x) @ self.lora_A @ self.lora_B)",
+        ("tests/test_lora.py -k peft_oracle",),
+        "LoRA scaled by alpha / r (PEFT's) instead of the book's alpha",
+    ),
+    Mutation(
+        "lora-merge-untransposed",
+        PKG + "lora.py",
+        "delta = self.alpha * (self.lora_A @ self.lora_B).t()",
+        "delta = self.alpha * (self.lora_A @ self.lora_B).reshape(self.out_features, self.in_features)",
+        ("tests/test_lora.py -k merging",),
+        "merging adds the adapter's product in the wrong layout",
+    ),
     # --- checkpoints --------------------------------------------------------------------------------
     Mutation(
         "resume-any-trainable",
