@@ -18,13 +18,16 @@ from typing import Any
 
 import pytest
 from helpers.serving import REPO, healthy, post, request, serving
-from helpers.smoke import compose_cfg, train_smoke
+from helpers.smoke import compose_cfg, random_124m, train_smoke
 
+from spam_lightning.checkpoint import TrainedModel
 from spam_lightning.errors import ConfigError
-from spam_lightning.export import export_checkpoint
+from spam_lightning.export import export_checkpoint, write_export
 from spam_lightning.predict import run as predict_run
+from spam_lightning.preprocess import Preprocessing
 from spam_lightning.serve import find_metrics
 from spam_lightning.serve import run as serve_run
+from spam_lightning.tokenizer import get_tokenizer
 
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
 HAM = "Are we still meeting for lunch tomorrow? I'll be at the cafe around noon"
@@ -83,6 +86,25 @@ def test_same_answers_as_predict_py(port: int, model: dict[str, Any], texts: lis
     for (_, got), want in zip(singles, expected, strict=True):
         assert got["text"] == want["text"] and got["label"] == want["label"]
         assert got["truncated"] == want["truncated"] and got["error"] is None
+        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+
+
+@pytest.mark.slow  # ~1 min: a 124M export, its server, predict.py on it
+def test_serves_the_124m_architecture(texts: list[str], tokenizer_file: str, tmp_path: Path) -> None:
+    """What users serve: GPT-2 124M's shapes (random weights), exported as export.py does, answers as predict.py."""
+    net = random_124m()
+    pre = Preprocessing(labels=("ham", "spam"), max_length=120, pad_length=None, padding="batch", pool="last_token")
+    write_export(TrainedModel(net, pre, {}), tmp_path / "export", get_tokenizer(tokenizer_file), format="hf")
+    some = texts[:16]
+    expected = predict_py(tmp_path / "export", some, tmp_path)
+    with serving(f"model_dir={tmp_path / 'export'}", "threads=1", log=tmp_path / "server.log") as port:
+        status, answer = post(port, {"texts": some})
+        with ThreadPoolExecutor(4) as pool:
+            singles = list(pool.map(lambda t: post(port, {"text": t}), some))
+        assert healthy(port)
+    assert status == 200 and answer["predictions"] == expected
+    for (status, got), want in zip(singles, expected, strict=True):
+        assert status == 200 and got["label"] == want["label"]
         assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
 
 
