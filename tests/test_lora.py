@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from helpers.local_internet import write_gpt2_safetensors
-from helpers.smoke import REPO, compose_cfg, train_smoke
+from helpers.smoke import REPO, compose_cfg, make_nontrivial, train_smoke
 from helpers.user_machine import SHORT
 from hydra.utils import instantiate
 
@@ -87,14 +87,8 @@ def lora_net(arch: dict[str, Any] | str, config: LoRAConfig, seed: int) -> SpamN
     """A random SpamNet (pool=last_token, head without bias as transformers' score) with adapters whose A and B
     are both non-zero, so that every adapter changes the logits."""
     torch.manual_seed(seed)
-    net = SpamNet(GPTModel(make_config(arch)), 2, "last_token")
+    net = make_nontrivial(SpamNet(GPTModel(make_config(arch)), 2, "last_token"))
     with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-            elif name.endswith("bias"):
-                p.normal_(0.0, 0.02)
-        net.gpt.out_head.weight.normal_(0.0, net.gpt.cfg.emb_dim**-0.5)
         net.gpt.out_head.bias.zero_()
     apply_lora(net, config)
     with torch.no_grad():

@@ -95,17 +95,24 @@ def final_weights(tmp: Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(tmp / "runs" / "r" / "checkpoints" / "last.ckpt")["state_dict"]
 
 
-def random_124m(pool: str = "last_token") -> SpamNet:
-    """GPT-2 124M's shapes with random weights (seed 0), LayerNorm parameters and biases all non-trivial, and a head
-    with a bias: logits of order 1 (the export tests' stand-in for the pretrained model)."""
-    torch.manual_seed(0)
-    net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, pool).eval()
+def make_nontrivial(net: SpamNet) -> SpamNet:
+    """LayerNorm parameters and biases all non-trivial (a fresh net has ones and zeros, which hide mapping mistakes),
+    and a head giving logits of order 1 (its bias is left to the caller), from the current torch seed."""
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "norm" in name:
                 p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.02)
-        net.gpt.out_head.weight.normal_(0.0, 768**-0.5)
+        net.gpt.out_head.weight.normal_(0.0, net.gpt.cfg.emb_dim**-0.5)
+    return net
+
+
+def random_124m(pool: str = "last_token") -> SpamNet:
+    """GPT-2 124M's shapes with random weights (seed 0), made non-trivial, and a head with a bias (the export
+    tests' stand-in for the pretrained model)."""
+    torch.manual_seed(0)
+    net = make_nontrivial(SpamNet(GPTModel(PRESETS["gpt2"]), 2, pool).eval())
+    with torch.no_grad():
         net.gpt.out_head.bias.copy_(torch.tensor([0.3, -0.2]))
     return net
