@@ -22,8 +22,12 @@ def _script_folder() -> Path | None:
     return Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] not in ("", "-c", "-m") else None
 
 
-def _is_project(folder: Path | None) -> bool:
-    return folder is not None and (folder / "conf" / "train.yaml").is_file()
+def _checkout() -> Path | None:
+    """The checkout whose script runs (`python train.py`), else the one holding this package, else None (a wheel)."""
+    for folder in (_script_folder(), CHECKOUT):
+        if folder is not None and (folder / "conf" / "train.yaml").is_file():
+            return folder
+    return None
 
 
 def project_dir() -> Path:
@@ -31,18 +35,13 @@ def project_dir() -> Path:
     editable install's console scripts); else, for a package installed from a wheel, the current directory."""
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV]).expanduser().resolve()
-    for folder in (_script_folder(), CHECKOUT):
-        if _is_project(folder):
-            return folder  # type: ignore[return-value]
-    return Path.cwd()
+    return _checkout() or Path.cwd()
 
 
 def config_dir() -> Path:
-    """The configs of the checkout whose script runs, else of the checkout holding the package, else the wheel's."""
-    for folder in (_script_folder(), CHECKOUT):
-        if _is_project(folder):
-            return folder / "conf"  # type: ignore[operator]
-    return PACKAGED_CONF
+    """The configs of the checkout (as in project_dir), else the ones packaged in the wheel."""
+    checkout = _checkout()
+    return checkout / "conf" if checkout is not None else PACKAGED_CONF
 
 
 if not OmegaConf.has_resolver("project_dir"):
