@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+import spam_lightning.paths  # noqa: F401  (registers the ${project_dir:} resolver that conf/train.yaml uses)
 from spam_lightning.checkpoint import check_finite, read_checkpoint, read_record
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
