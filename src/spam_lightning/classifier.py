@@ -62,7 +62,8 @@ class SpamClassifier(L.LightningModule):
         arch: str | dict[str, Any] = "gpt2",  # GPT-2 preset name or a mapping of GPTConfig fields
         pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
         dropout: float | None = None,  # overrides the arch's dropout when set
-        num_classes: int = 2,  # class 1 (spam) is the positive class when binary
+        num_classes: int | None = 2,  # class 1 (spam) is the positive class when binary; None: 2 (train.py passes
+        # the data's class count)
         trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
         pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
         lr: float = 5e-5,  # AdamW learning rate
@@ -83,6 +84,8 @@ class SpamClassifier(L.LightningModule):
             arch = dict(arch)
         if isinstance(lora, DictConfig):
             lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
+        if num_classes is None:
+            num_classes = 2
         check_model_options(locals())  # every argument, by name
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
@@ -274,10 +277,24 @@ class SpamClassifier(L.LightningModule):
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
         mean_loss.reset()
         metrics.reset()
-        for name, value in values.items():
+        for name, value in self._per_class(values).items():
             show = name == "accuracy" or (name == "loss" and stage != "train")
             # sync_dist: the values are already equal on every rank; averaging them changes nothing.
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
+
+    def _per_class(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-class vectors (multi-class precision/recall/F1) as one value per class, named after it."""
+        labels = self.preprocessing.labels if self.preprocessing is not None else None
+        out = {}
+        for name, value in values.items():
+            if value.ndim == 0:
+                out[name] = value
+                continue
+            base = name.removesuffix("_per_class")
+            for i, v in enumerate(value):
+                label = labels[i] if labels is not None and len(labels) == len(value) else str(i)
+                out[f"{base}_{label.replace('/', '_')}"] = v
+        return out
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train", self.train_metrics)

@@ -1,5 +1,6 @@
 """The classification metrics of training and evaluation (torchmetrics: exact under DDP, accumulated per step,
-computed once per epoch). Binary: class 1 (spam) is the positive class; multi-class: macro averages."""
+computed once per epoch). Binary: class 1 (spam) is the positive class; multi-class: macro averages (AUROC: one
+against the rest), and precision, recall and F1 per class (`*_per_class`, logged per class name)."""
 
 from __future__ import annotations
 
@@ -37,5 +38,13 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             "recall": MulticlassRecall(**kw),
             "f1": MulticlassF1Score(**kw),
             "auroc": MulticlassAUROC(**kw),
+            **{
+                f"{name}_per_class": metric(num_classes=num_classes, average=None)
+                for name, metric in (
+                    ("precision", MulticlassPrecision),
+                    ("recall", MulticlassRecall),
+                    ("f1", MulticlassF1Score),
+                )
+            },
         }
     return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]
