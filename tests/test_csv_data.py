@@ -13,6 +13,9 @@ from helpers.smoke import compose_cfg, train_smoke
 
 from spam_lightning.csv_data import CsvDataModule
 from spam_lightning.errors import ConfigError, DataError
+from spam_lightning.evaluate import run as evaluate_run
+from spam_lightning.export import export_checkpoint
+from spam_lightning.inference import Predictor
 from spam_lightning.sms_spam import parse_sms_collection
 
 
@@ -157,3 +160,42 @@ def test_sms_splits_through_data_csv_give_identical_metrics(tmp_path: Path, sms_
     saved = json.loads((tmp_path / "csv" / "run" / "metrics.json").read_text())
     assert saved["test"] == sms["test"]
     assert compose_cfg("train", "data=csv").model.num_classes is None
+
+
+def test_three_classes_train_predict_evaluate_and_export(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -> None:
+    file = _write(tmp_path / "three.csv", _three_class_rows(sms_tsv))
+    metrics = train_smoke(tmp_path, sms_tsv, tokenizer_file, "data=csv", f"data.path={file}", "trainer.max_epochs=2")
+    labels = ("ham", "spam", "weather")
+    test = metrics["test"]
+    assert len(test["confusion_matrix"]) == 3 and sum(map(sum, test["confusion_matrix"])) == 72
+    for name in ("precision", "recall", "f1"):
+        per_class = [test[f"{name}_{label}"] for label in labels]
+        assert test[name] == pytest.approx(sum(per_class) / 3, abs=1e-5)  # macro: the mean of the per-class values
+    assert 0 <= test["auroc"] <= 1
+    assert test["recall_weather"] > 0.9  # the generated class is easy
+    ckpt = metrics["best_checkpoint"]
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    assert predictor.preprocessing.labels == labels
+    texts = ["Weather for Oslo on day 3: sunny, 20 degrees, wind 5 km/h.", "see you at 8 then", ""]
+    predictions = predictor.predict(texts)
+    assert predictions[0].label == "weather" and predictions[2].error == "empty text"
+    out = predictions[0].to_json()
+    assert set(out["probabilities"]) == set(labels) and sum(out["probabilities"].values()) == pytest.approx(1)
+    assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
+
+    result = evaluate_run(compose_cfg("evaluate", f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'eval'}", "device=cpu"))
+    assert result["metrics"]["confusion_matrix"] == test["confusion_matrix"]
+    assert result["metrics"]["accuracy"] == pytest.approx(test["accuracy"], abs=2e-6)
+    assert result["metrics"]["f1_weather"] == pytest.approx(test["f1_weather"], abs=2e-6)
+
+    ours = export_checkpoint(ckpt, tmp_path / "ours", tokenizer_file, format="spam_lightning")
+    hf = export_checkpoint(ckpt, tmp_path / "hf", tokenizer_file, format="hf")
+    assert ours and hf
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["id2label"] == {"0": "ham", "1": "spam", "2": "weather"}
+    for folder in ("ours", "hf"):
+        exported = Predictor.from_dir(str(tmp_path / folder), tokenizer_file, "cpu")
+        again = exported.predict(texts)
+        assert [p.label for p in again] == [p.label for p in predictions]
+        assert again[0].probabilities == pytest.approx(predictions[0].probabilities, abs=1e-5)

@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best = _best_checkpoint(trainer, run_dir)
         results, test_scored = evaluate(trainer, model, datamodule, best)
         summary = {
+            "labels": list(datamodule.labels),
             **results,
             "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
             "time_seconds": {"fit": round(fit_timer.seconds, 2), "test": round(time.perf_counter() - start, 2)},
