@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
 from spam_lightning.csv_data import CsvDataModule
@@ -16,6 +17,8 @@ from spam_lightning.errors import ConfigError, DataError
 from spam_lightning.evaluate import run as evaluate_run
 from spam_lightning.export import export_checkpoint
 from spam_lightning.inference import Predictor
+from spam_lightning.serve import SpamAPI
+from spam_lightning.serve_requests import Job
 from spam_lightning.sms_spam import parse_sms_collection
 
 
@@ -184,6 +187,11 @@ def test_three_classes_train_predict_evaluate_and_export(tmp_path: Path, sms_tsv
     assert set(out["probabilities"]) == set(labels) and sum(out["probabilities"].values()) == pytest.approx(1)
     assert out["label"] == max(out["probabilities"], key=out["probabilities"].get)
 
+    api = SpamAPI({"batch_size": 8, "threshold": 0.5}, None, max_batch_size=4, batch_timeout=0.0)  # type: ignore[arg-type]
+    api.predictor = predictor
+    served = api.predict([Job(texts, None, False), Job(texts[:1], None, True)])
+    assert served[0] == {"predictions": [p.to_json() for p in predictions]} and served[1] == out
+
     result = evaluate_run(compose_cfg("evaluate", f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'eval'}", "device=cpu"))
     assert result["metrics"]["confusion_matrix"] == test["confusion_matrix"]
     assert result["metrics"]["accuracy"] == pytest.approx(test["accuracy"], abs=2e-6)
@@ -199,3 +207,32 @@ def test_three_classes_train_predict_evaluate_and_export(tmp_path: Path, sms_tsv
         again = exported.predict(texts)
         assert [p.label for p in again] == [p.label for p in predictions]
         assert again[0].probabilities == pytest.approx(predictions[0].probabilities, abs=1e-5)
+
+
+def test_readme_commands_train_and_baseline_on_a_csv_file(
+    tmp_path: Path, sms_tsv: Path, sms_zip: Path, tokenizer_file: str
+) -> None:
+    """README's `python train.py data=csv data.path=my_texts.csv`, `python baseline.py data=csv ...` and
+    `python baseline.py`, as typed (plus the offline vocabulary, a short smoke model and a temporary folder)."""
+    data = _write(tmp_path / "my_texts.csv", _three_class_rows(sms_tsv, per_class=60))
+    offline = f"data.tokenizer_file={tokenizer_file}"
+    done = run_script("baseline.py", "data=csv", f"data.path={data}", offline, f"out_dir={tmp_path / 'bl'}")
+    assert done.returncode == 0, done.stderr
+    assert "TF-IDF + logistic regression" in done.stdout and "validation" in done.stdout
+    saved = json.loads((tmp_path / "bl" / "baseline.json").read_text())
+    assert saved["labels"] == ["ham", "spam", "weather"] and saved["test"]["recall_weather"] == 1.0
+    assert 0.5 < saved["test"]["accuracy"] <= 1 and set(saved["test"]) >= {"f1_ham", "auroc", "precision_spam"}
+    sms = run_script("baseline.py", f"data.source={sms_zip}", f"data.data_dir={tmp_path / 'sms'}", offline)
+    assert sms.returncode == 0, sms.stderr
+    test_row = next(line for line in sms.stdout.splitlines() if line.startswith("test "))
+    assert float(test_row.split()[1]) > 0.9  # accuracy on the SMS test split
+
+    train = run_script(
+        "train.py", "data=csv", f"data.path={data}", offline, "experiment=smoke", "trainer.max_epochs=1",
+        "report=false", f"runs_dir={tmp_path / 'runs'}", "run_name=r", "trainer.enable_progress_bar=false",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-2000:]
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["labels"] == ["ham", "spam", "weather"] and len(metrics["test"]["confusion_matrix"]) == 3
+    bad = run_script("baseline.py", "data=csv", f"data.path={tmp_path / 'missing.csv'}", offline)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith("missing.csv' does not exist")

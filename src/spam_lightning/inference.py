@@ -207,22 +207,29 @@ class Predictor:
         return self.net.num_classes == 2
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float = 0.5) -> list[Prediction]:
-        """One Prediction per text, in order: binary, class 1 (spam) iff P(spam) > threshold; more classes, the most
-        probable class (the threshold does not apply)."""
+        """One Prediction per text, in order (`predictions`)."""
+        rows, encoded = self.class_probabilities(texts, batch_size)
+        return self.predictions(texts, rows, encoded, threshold)
+
+    def predictions(
+        self,
+        texts: Sequence[str],
+        rows: Sequence[list[float] | None],
+        encoded: Sequence[Encoded],
+        threshold: float = 0.5,
+    ) -> list[Prediction]:
+        """Predictions from `class_probabilities`' output: binary, class 1 (spam) iff P(spam) > threshold; more
+        classes, the most probable class (the threshold does not apply)."""
         labels = self.preprocessing.labels
-        if not self.binary:
-            rows, encoded = self.class_probabilities(texts, batch_size)
-            predictions = []
-            for text, p, enc in zip(texts, rows, encoded, strict=True):
-                best = None if p is None else labels[max(range(len(p)), key=p.__getitem__)]
-                probs = None if p is None else dict(zip(labels, p, strict=True))
-                predictions.append(Prediction(text, best, None, enc.truncated, enc.error, probs))
-            return predictions
-        scores, encoded = self.spam_probabilities(texts, batch_size)
         out = []
-        for text, p, enc in zip(texts, scores, encoded, strict=True):
-            label = None if p is None else labels[int(p > threshold)]
-            out.append(Prediction(text, label, p, enc.truncated, enc.error))
+        for text, p, enc in zip(texts, rows, encoded, strict=True):
+            if p is None:
+                out.append(Prediction(text, None, None, enc.truncated, enc.error))
+            elif self.binary:
+                out.append(Prediction(text, labels[int(p[1] > threshold)], p[1], enc.truncated))
+            else:
+                best = labels[max(range(len(p)), key=p.__getitem__)]
+                out.append(Prediction(text, best, None, enc.truncated, None, dict(zip(labels, p, strict=True))))
         return out
 
 
