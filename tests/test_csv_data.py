@@ -236,3 +236,10 @@ def test_readme_commands_train_and_baseline_on_a_csv_file(
     assert metrics["labels"] == ["ham", "spam", "weather"] and len(metrics["test"]["confusion_matrix"]) == 3
     bad = run_script("baseline.py", "data=csv", f"data.path={tmp_path / 'missing.csv'}", offline)
     assert bad.returncode == 1 and bad.stderr.strip().endswith("missing.csv' does not exist")
+
+
+def test_baseline_help_lists_its_own_options() -> None:
+    done = run_script("baseline.py", "--help", timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("python baseline.py [key=value ...]")
+    assert "\nmax_features: 50000 " in done.stdout and "root_dir: ${project_dir:}" in done.stdout
+    assert "Configuration groups" not in done.stdout

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from spam_lightning.data import TextDataModule
 from spam_lightning.errors import ConfigError
-from spam_lightning.metrics import classification_metrics
+from spam_lightning.metrics import classification_metrics, per_class
 from spam_lightning.sms_spam import SPLITS
 
 log = logging.getLogger(__name__)
@@ -27,14 +27,7 @@ def split_metrics(probs: torch.Tensor, labels: torch.Tensor, names: tuple[str, .
     metrics = classification_metrics(len(names), prefix="")
     scores = probs[:, 1] if len(names) == 2 else probs
     metrics.update(scores, labels)
-    out: dict[str, Any] = {}
-    for name, value in metrics.compute().items():
-        if value.ndim == 0:
-            out[name] = round(float(value), 6)
-        else:
-            for label, v in zip(names, value.tolist(), strict=True):
-                out[f"{name.removesuffix('_per_class')}_{label}"] = round(float(v), 6)
-    return out
+    return {name: round(float(value), 6) for name, value in per_class(metrics.compute(), names).items()}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
-from spam_lightning.metrics import classification_metrics
+from spam_lightning.metrics import classification_metrics, per_class
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
@@ -277,24 +277,11 @@ class SpamClassifier(L.LightningModule):
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
         mean_loss.reset()
         metrics.reset()
-        for name, value in self._per_class(values).items():
+        labels = self.preprocessing.labels if self.preprocessing is not None else None
+        for name, value in per_class(values, labels).items():
             show = name == "accuracy" or (name == "loss" and stage != "train")
             # sync_dist: the values are already equal on every rank; averaging them changes nothing.
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
-
-    def _per_class(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-class vectors (multi-class precision/recall/F1) as one value per class, named after it."""
-        labels = self.preprocessing.labels if self.preprocessing is not None else None
-        out = {}
-        for name, value in values.items():
-            if value.ndim == 0:
-                out[name] = value
-                continue
-            base = name.removesuffix("_per_class")
-            for i, v in enumerate(value):
-                label = labels[i] if labels is not None and len(labels) == len(value) else str(i)
-                out[f"{base}_{label.replace('/', '_')}"] = v
-        return out
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train", self.train_metrics)

@@ -33,7 +33,7 @@ def _options_help(name: str) -> str:
             skipping = False
         if not skipping:
             lines.append(line)
-    return "\n".join(lines).strip()
+    return "\n".join(lines).strip().replace("$", "$$")  # Hydra substitutes $NAME in the help template
 
 
 if not OmegaConf.has_resolver("options_help"):

@@ -4,8 +4,10 @@ against the rest), and precision, recall and F1 per class (`*_per_class`, logged
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -48,3 +50,18 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             },
         }
     return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]
+
+
+def per_class(values: Mapping[str, torch.Tensor], labels: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Computed metrics with each per-class vector (`precision_per_class`, ...) split into one value per class,
+    named after the class (`precision_weather`; the class id without `labels`)."""
+    out = {}
+    for name, value in values.items():
+        if value.ndim == 0:
+            out[name] = value
+            continue
+        base = name.removesuffix("_per_class")
+        for i, v in enumerate(value):
+            label = labels[i] if labels is not None and len(labels) == len(value) else str(i)
+            out[f"{base}_{label.replace('/', '_')}"] = v
+    return out
