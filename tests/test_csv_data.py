@@ -96,6 +96,16 @@ def test_a_folder_of_three_files_is_used_as_it_is(tmp_path: Path, tokenizer_file
     assert set(dm.record()["splits_sha256"]) == {"train", "validation", "test"}
 
 
+def test_truncated_texts_are_counted_and_recorded(tmp_path: Path, tokenizer_file: str) -> None:
+    rows = [("one two three four five six", "long"), ("short", "brief")] * 20
+    dm = _module(tokenizer_file, path=str(_write(tmp_path / "d.csv", rows)), max_length=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.truncated == {"train": 14, "validation": 2}  # every "long" text of the splits read so far
+    assert dm.record()["truncated"] == {"train": 14, "validation": 2}
+    assert max(len(ids) for ids in dm.datasets["train"].ids) == 4
+
+
 # -- bad data: one message naming file and row --------------------------------------------------------
 
 
@@ -196,6 +206,15 @@ def test_three_classes_train_predict_evaluate_and_export(tmp_path: Path, sms_tsv
     assert result["metrics"]["confusion_matrix"] == test["confusion_matrix"]
     assert result["metrics"]["accuracy"] == pytest.approx(test["accuracy"], abs=2e-6)
     assert result["metrics"]["f1_weather"] == pytest.approx(test["f1_weather"], abs=2e-6)
+
+    labelled = _write(tmp_path / "mine.csv", [(texts[0], "weather"), (texts[1], "ham"), ("WIN a prize! txt 8", "spam")])
+    mine = evaluate_run(
+        compose_cfg(
+            "evaluate", f"ckpt_path={ckpt}", f"data_file={labelled}", f"out_dir={tmp_path / 'e2'}", "device=cpu"
+        )
+    )
+    assert mine["n"] == 3 and sum(map(sum, mine["metrics"]["confusion_matrix"])) == 3
+    assert (tmp_path / "e2" / "confusion_matrix.png").is_file() and mine["labels"] == list(labels)
 
     ours = export_checkpoint(ckpt, tmp_path / "ours", tokenizer_file, format="spam_lightning")
     hf = export_checkpoint(ckpt, tmp_path / "hf", tokenizer_file, format="hf")
