@@ -116,6 +116,9 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py data=csv data.path=my_texts.csv": Covered(CSV_COMMANDS),
     "python baseline.py data=csv data.path=my_texts.csv": Covered(CSV_COMMANDS),
     "python baseline.py": Covered(CSV_COMMANDS),
+    "python benchmarks/bench_long_texts.py --tokenizer-file ../shared/assets/gpt2.tiktoken": NotRun(
+        "a benchmark of ~15 minutes on our 2 cores"
+    ),
     # Set-up
     "make train": Covered(MAIN_JOB + "test_make_train_default_recipe_through_the_downloads"),
     "make test": Covered(".ci/run"),
