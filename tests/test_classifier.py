@@ -252,6 +252,9 @@ def test_multiclass_metrics() -> None:
     with torch.no_grad():
         predicted = model(batch["input_ids"], batch["lengths"]).argmax(dim=1)
     (val,) = trainer().validate(model, DataLoader([batch], batch_size=None), verbose=False)
-    assert set(val) == {f"val/{k}" for k in ("loss", "accuracy", "precision", "recall", "f1", "auroc")}
+    per_class_keys = {f"{m}_{c}" for m in ("precision", "recall", "f1") for c in range(3)}  # no labels: class ids
+    assert set(val) == {f"val/{k}" for k in ("loss", "accuracy", "precision", "recall", "f1", "auroc", *per_class_keys)}
+    for m in ("precision", "recall", "f1"):
+        assert math.isclose(val[f"val/{m}"], sum(val[f"val/{m}_{c}"] for c in range(3)) / 3, abs_tol=1e-6)
     per_class = [(predicted[batch["labels"] == c] == c).float().mean().item() for c in range(3)]
     assert math.isclose(val["val/accuracy"], sum(per_class) / 3, abs_tol=1e-6)  # macro average

@@ -111,7 +111,14 @@ MAIN_JOB = "tests/test_main_job.py::"
 SERVE_CURL = "tests/test_serve.py::test_readme_curl_commands"  # against the served smoke model
 GPU = "needs GPUs; our machines have none"
 
+CSV_COMMANDS = "tests/test_csv_data.py::test_readme_commands_train_and_baseline_on_a_csv_file"
 HOW: dict[str, Run | Covered | NotRun] = {
+    "python train.py data=csv data.path=my_texts.csv": Covered(CSV_COMMANDS),
+    "python baseline.py data=csv data.path=my_texts.csv": Covered(CSV_COMMANDS),
+    "python baseline.py": Covered(CSV_COMMANDS),
+    "python benchmarks/bench_long_texts.py --tokenizer-file ../shared/assets/gpt2.tiktoken": NotRun(
+        "a benchmark of ~15 minutes on our 2 cores"
+    ),
     # Set-up
     "make train": Covered(MAIN_JOB + "test_make_train_default_recipe_through_the_downloads"),
     "make test": Covered(".ci/run"),

@@ -35,7 +35,7 @@ from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
-from spam_lightning.metrics import classification_metrics
+from spam_lightning.metrics import classification_metrics, per_class
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
@@ -62,7 +62,8 @@ class SpamClassifier(L.LightningModule):
         arch: str | dict[str, Any] = "gpt2",  # GPT-2 preset name or a mapping of GPTConfig fields
         pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
         dropout: float | None = None,  # overrides the arch's dropout when set
-        num_classes: int = 2,  # class 1 (spam) is the positive class when binary
+        num_classes: int | None = 2,  # class 1 (spam) is the positive class when binary; None: 2 (train.py passes
+        # the data's class count)
         trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
         pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
         lr: float = 5e-5,  # AdamW learning rate
@@ -83,6 +84,8 @@ class SpamClassifier(L.LightningModule):
             arch = dict(arch)
         if isinstance(lora, DictConfig):
             lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
+        if num_classes is None:
+            num_classes = 2
         check_model_options(locals())  # every argument, by name
         cfg = make_config(arch, dropout=dropout)
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
@@ -274,7 +277,8 @@ class SpamClassifier(L.LightningModule):
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
         mean_loss.reset()
         metrics.reset()
-        for name, value in values.items():
+        labels = self.preprocessing.labels if self.preprocessing is not None else None
+        for name, value in per_class(values, labels).items():
             show = name == "accuracy" or (name == "loss" and stage != "train")
             # sync_dist: the values are already equal on every rank; averaging them changes nothing.
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)

@@ -1,6 +1,6 @@
-"""The commands: `python train.py` / `spam-train`, and likewise predict, evaluate, export and serve (pyproject.toml's
-console scripts). Each is a Hydra app on the configs that `paths.config_dir` finds: the checkout's conf/ or the copy
-packaged in the wheel, so the commands work from any directory.
+"""The commands: `python train.py` / `spam-train`, and likewise predict, evaluate, export, serve and baseline
+(pyproject.toml's console scripts). Each is a Hydra app on the configs that `paths.config_dir` finds: the checkout's
+conf/ or the copy packaged in the wheel, so the commands work from any directory.
 
 A command imports only what it runs (prediction never imports Lightning).
 """
@@ -33,7 +33,7 @@ def _options_help(name: str) -> str:
             skipping = False
         if not skipping:
             lines.append(line)
-    return "\n".join(lines).strip()
+    return "\n".join(lines).strip().replace("$", "$$")  # Hydra substitutes $NAME in the help template
 
 
 if not OmegaConf.has_resolver("options_help"):
@@ -131,3 +131,8 @@ def export() -> None:
 def serve() -> None:
     """A trained model behind HTTP, with a web page (python serve.py / spam-serve; conf/serve.yaml)."""
     _hydra_app("serve", _one_line_errors("spam_lightning.serve"))()
+
+
+def baseline() -> None:
+    """TF-IDF + logistic regression on the training splits (python baseline.py / spam-baseline; conf/baseline.yaml)."""
+    _hydra_app("baseline", _one_line_errors("spam_lightning.baseline"))()

@@ -1,5 +1,6 @@
-"""The UCI SMS Spam Collection as a LightningDataModule: obtain and split the data (`spam_lightning.sms_spam`),
-tokenize, pad and batch it.
+"""Labelled texts as a LightningDataModule (`TextDataModule`): tokenize, pad and batch three splits. The UCI SMS
+Spam Collection (`SmsSpamDataModule`: obtain and split the data, `spam_lightning.sms_spam`) and any CSV/TSV data
+(`spam_lightning.csv_data.CsvDataModule`) provide the splits.
 
 Follows chapter 6 of *Build a Large Language Model (From Scratch)*: encode with GPT-2's BPE and right-pad
 with <|endoftext|> (50256) to the longest training text. What that means for a text is recorded once, in
@@ -82,11 +83,13 @@ def pad_collate(pad_to: int | None) -> partial[dict[str, torch.Tensor]]:
 # --------------------------------------------------------------------------------------------------
 
 
-class SmsSpamDataModule(L.LightningDataModule):
+class TextDataModule(L.LightningDataModule):
+    """Labelled texts in three splits, tokenized, padded and batched. Subclasses obtain the splits:
+    `prepare_data` (download, check, write), `_load_frames` (read them once: columns label (class id) and text,
+    and a hash per file read) and `labels` (the class names in class-id order)."""
+
     def __init__(
         self,
-        source: str | None = None,
-        data_dir: str = "data/sms_spam",
         tokenizer_file: str | None = None,
         tokenizer_url: str = TIKTOKEN_URL,
         padding: str | int = "auto",
@@ -100,16 +103,9 @@ class SmsSpamDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 123,
         drop_last: bool = True,
-        verify_checksum: bool = True,
-        urls: Sequence[str] = (UCI_URL, BACKUP_URL),
     ) -> None:
         """
         Args:
-            source: a local zip, a local extracted `SMSSpamCollection` file, or a URL; None means a
-                verified copy in `data_dir`, else a download from UCI (book's backup URL as fallback).
-            data_dir: where the zip and the extracted file are kept; the splits of seed S (train/validation/
-                test.csv, splits.json) are in its subfolder seed-S (`splits_dir`), so runs with other seeds
-                can share it.
             tokenizer_file: a local GPT-2 `.tiktoken` ranks file (sha256-checked, then kept in the cache);
                 None: the cached copy, else a download from `tokenizer_url`.
             padding: "longest_train" (the book: every split padded/truncated to the longest training
@@ -124,9 +120,6 @@ class SmsSpamDataModule(L.LightningDataModule):
             batch_size: training batch size (the book: 8); eval_batch_size defaults to it.
             seed: seeds balancing, shuffling before the split, and the training order.
             drop_last: drop the last incomplete training batch (the book: True).
-            verify_checksum: check the data against UCI's published sha256 (turn off only for your
-                own variant of the file).
-            urls: download URLs of the UCI zip, tried in order.
         """
         super().__init__()
         if padding == "auto":
@@ -143,8 +136,6 @@ class SmsSpamDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size} (eval: {eval_batch_size})")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
-        self.source = source
-        self.data_dir = Path(data_dir).expanduser()
         self.tokenizer_file = tokenizer_file
         self.tokenizer_url = tokenizer_url
         self.padding = padding
@@ -156,64 +147,33 @@ class SmsSpamDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.drop_last = drop_last
-        self.verify_checksum = verify_checksum
-        self.urls = list(urls)
         self.datasets: dict[str, TokenizedSplit] = {}
         self.pool = pool
         self.preprocessing: Preprocessing | None = None  # made by setup() from the training split
         self._summarized = False  # the data summary was logged
-        self._manifest: dict[str, Any] | None = None  # the splits.json prepare_data() wrote or found current
         self._frames: dict[str, pd.DataFrame] | None = None  # the splits, read once (`_read_splits`)
         self._splits_sha256: dict[str, str] | None = None  # the sha256 of the bytes read, per file
+        self.truncated: dict[str, int] = {}  # texts cut to the token limit, per split (after setup)
 
     @property
-    def splits_dir(self) -> Path:
-        """The folder of this seed's train/validation/test.csv and splits.json."""
-        return splits_dir(self.data_dir, self.seed)
+    def labels(self) -> tuple[str, ...]:
+        """The class names in class-id order."""
+        raise NotImplementedError
 
-    # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
-
-    def prepare_data(self) -> None:
-        """Obtain the data and the vocabulary (download or verify), write the splits. Both downloads are tried
-        before failing, so offline use fails once, naming everything missing. Writes nothing when every file is
-        current (a read-only data_dir then works)."""
-        failed = []
-        source = b""
-        try:
-            source = self._obtain_tsv()
-        except DownloadError as err:
-            failed.append(err)
-        try:
-            self.tokenizer()  # once, before the DDP ranks need it
-        except DownloadError as err:
-            failed.append(err)
-        if failed:
-            raise DownloadError.combine(failed)
-        self._write_splits(source)
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
 
     def tokenizer(self) -> tiktoken.Encoding:
         return get_tokenizer(self.tokenizer_file, self.tokenizer_url)
 
-    def _obtain_tsv(self) -> bytes:
-        return obtain_tsv(self.source, self.data_dir, self.urls, self.verify_checksum)
+    def _load_frames(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """The three splits (columns label: class id, text) and the sha256 of each file read."""
+        raise NotImplementedError
 
-    def _write_splits(self, source: bytes) -> None:
-        """This seed's splits in `splits_dir`, made from the `source` bytes unless current (`write_splits`)."""
-        manifest, made = write_splits(source, self.data_dir, self.seed)
-        if self._manifest is not None and manifest != self._manifest:
-            raise DataError(
-                f"the data changed during this run: the splits in {self.splits_dir} are now made from a source with "
-                f"sha256 {manifest['source_sha256']}, the run's from {self._manifest['source_sha256']} (another run "
-                f"with another data source writing into {self.data_dir}?); give each data source its own "
-                "data.data_dir and start again"
-            )
-        self._manifest = manifest
-        if made or not self._summarized:
-            if not made:
-                info("reusing the splits in %s (same source and seed)", self.splits_dir)
-            self._summarized = True
-            for stage, c in manifest["counts"].items():
-                info("%-10s %5d messages: %4d ham, %4d spam", stage, c["ham"] + c["spam"], c["ham"], c["spam"])
+    def record(self) -> dict[str, Any]:
+        """Where the training data came from, for checkpoints: evaluation finds and checks the same splits."""
+        raise NotImplementedError
 
     # -- checkpoint state: a run can only be continued on the same splits ---------------------------
 
@@ -234,16 +194,6 @@ class SmsSpamDataModule(L.LightningDataModule):
         per_process = -(-len(self.datasets["train"]) // world_size)  # DistributedSampler pads to equal shares
         return per_process // self.batch_size if self.drop_last else -(-per_process // self.batch_size)
 
-    def record(self) -> dict[str, Any]:
-        """Where the training data came from, for checkpoints: evaluation finds and checks the same splits."""
-        return {
-            "source": self.source,
-            "data_dir": str(self.data_dir.absolute()),
-            "seed": self.seed,
-            "verify_checksum": self.verify_checksum,
-            "splits_sha256": self.state_dict()["splits_sha256"],
-        }
-
     def load_state_dict(self, state: dict[str, object]) -> None:
         ours = self.state_dict()
         for key, value in state.items():
@@ -260,9 +210,7 @@ class SmsSpamDataModule(L.LightningDataModule):
         the sha256 of each file's bytes. The run then uses only what it read (setup, state_dict, record), whatever
         later happens to the files."""
         if self._splits_sha256 is None:
-            self._frames, self._splits_sha256 = read_splits(
-                self.data_dir, self.seed, self._manifest, self.verify_checksum
-            )
+            self._frames, self._splits_sha256 = self._load_frames()
         return dict(self._splits_sha256)
 
     def read_split(self, name: str) -> pd.DataFrame:
@@ -279,17 +227,23 @@ class SmsSpamDataModule(L.LightningDataModule):
         tokenizer = self.tokenizer()
         self._read_splits()
         if self.preprocessing is None:  # the training split fixes the padded length
-            unpadded = Preprocessing(LABELS, self.max_length, None, "batch", self.pool)
+            unpadded = Preprocessing(self.labels, self.max_length, None, "batch", self.pool)
             longest = max(len(ids) for ids in unpadded.encode(tokenizer, self.read_split("train")["text"].tolist())[0])
             pad_length = {"longest_train": longest, "batch": None}.get(self.padding, self.padding)
-            self.preprocessing = Preprocessing(LABELS, self.max_length, pad_length, self.padding, self.pool)
+            self.preprocessing = Preprocessing(self.labels, self.max_length, pad_length, self.padding, self.pool)
             info("longest training text: %d tokens; padding=%s -> padded length %s", longest, self.padding, pad_length)
         wanted = {"fit": SPLITS[:2], "validate": ("validation",), "test": ("test",)}
         for name in ["train", *wanted.get(stage, SPLITS)] if stage else SPLITS:
             if name not in self.datasets:
                 df = self.read_split(name)
-                ids, _ = self.preprocessing.encode(tokenizer, df["text"].tolist())
+                ids, cut = self.preprocessing.encode(tokenizer, df["text"].tolist())
                 self.datasets[name] = TokenizedSplit(ids, df["label"].tolist())
+                self.truncated[name] = sum(cut)
+                if self.truncated[name]:
+                    info(
+                        "%s: %d of %d texts longer than %d tokens, truncated",
+                        name, self.truncated[name], len(ids), self.preprocessing.token_limit,
+                    )  # fmt: skip
 
     # -- loaders -----------------------------------------------------------------------------
 
@@ -355,3 +309,97 @@ class SmsSpamDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+class SmsSpamDataModule(TextDataModule):
+    """The UCI SMS Spam Collection, balanced and split as the book does (`spam_lightning.sms_spam`)."""
+
+    def __init__(
+        self,
+        source: str | None = None,
+        data_dir: str = "data/sms_spam",
+        verify_checksum: bool = True,
+        urls: Sequence[str] = (UCI_URL, BACKUP_URL),
+        **batching: Any,
+    ) -> None:
+        """
+        Args:
+            source: a local zip, a local extracted `SMSSpamCollection` file, or a URL; None means a
+                verified copy in `data_dir`, else a download from UCI (book's backup URL as fallback).
+            data_dir: where the zip and the extracted file are kept; the splits of seed S (train/validation/
+                test.csv, splits.json) are in its subfolder seed-S (`splits_dir`), so runs with other seeds
+                can share it.
+            verify_checksum: check the data against UCI's published sha256 (turn off only for your
+                own variant of the file).
+            urls: download URLs of the UCI zip, tried in order.
+            batching: `TextDataModule`'s arguments (tokenizer, padding, batch sizes, seed, ...).
+        """
+        super().__init__(**batching)
+        self.source = source
+        self.data_dir = Path(data_dir).expanduser()
+        self.verify_checksum = verify_checksum
+        self.urls = list(urls)
+        self._manifest: dict[str, Any] | None = None  # the splits.json prepare_data() wrote or found current
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return LABELS
+
+    @property
+    def splits_dir(self) -> Path:
+        """The folder of this seed's train/validation/test.csv and splits.json."""
+        return splits_dir(self.data_dir, self.seed)
+
+    # -- prepare_data: runs once (rank 0), writes files ----------------------------------------
+
+    def prepare_data(self) -> None:
+        """Obtain the data and the vocabulary (download or verify), write the splits. Both downloads are tried
+        before failing, so offline use fails once, naming everything missing. Writes nothing when every file is
+        current (a read-only data_dir then works)."""
+        failed = []
+        source = b""
+        try:
+            source = self._obtain_tsv()
+        except DownloadError as err:
+            failed.append(err)
+        try:
+            self.tokenizer()  # once, before the DDP ranks need it
+        except DownloadError as err:
+            failed.append(err)
+        if failed:
+            raise DownloadError.combine(failed)
+        self._write_splits(source)
+
+    def _obtain_tsv(self) -> bytes:
+        return obtain_tsv(self.source, self.data_dir, self.urls, self.verify_checksum)
+
+    def _write_splits(self, source: bytes) -> None:
+        """This seed's splits in `splits_dir`, made from the `source` bytes unless current (`write_splits`)."""
+        manifest, made = write_splits(source, self.data_dir, self.seed)
+        if self._manifest is not None and manifest != self._manifest:
+            raise DataError(
+                f"the data changed during this run: the splits in {self.splits_dir} are now made from a source with "
+                f"sha256 {manifest['source_sha256']}, the run's from {self._manifest['source_sha256']} (another run "
+                f"with another data source writing into {self.data_dir}?); give each data source its own "
+                "data.data_dir and start again"
+            )
+        self._manifest = manifest
+        if made or not self._summarized:
+            if not made:
+                info("reusing the splits in %s (same source and seed)", self.splits_dir)
+            self._summarized = True
+            for stage, c in manifest["counts"].items():
+                info("%-10s %5d messages: %4d ham, %4d spam", stage, c["ham"] + c["spam"], c["ham"], c["spam"])
+
+    def _load_frames(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        return read_splits(self.data_dir, self.seed, self._manifest, self.verify_checksum)
+
+    def record(self) -> dict[str, Any]:
+        """Where the training data came from, for checkpoints: evaluation finds and checks the same splits."""
+        return {
+            "source": self.source,
+            "data_dir": str(self.data_dir.absolute()),
+            "seed": self.seed,
+            "verify_checksum": self.verify_checksum,
+            "splits_sha256": self.state_dict()["splits_sha256"],
+        }

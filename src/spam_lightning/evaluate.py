@@ -25,9 +25,16 @@ from torchmetrics.functional.classification import (
     binary_f1_score,
     binary_precision,
     binary_recall,
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
 )
 
 from spam_lightning.checkpoint import run_dir_of
+from spam_lightning.csv_data import CsvDataModule
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
 from spam_lightning.inference import Predictor, load_predictor
@@ -35,6 +42,7 @@ from spam_lightning.options import check_options
 from spam_lightning.paths import project_dir
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
 from spam_lightning.sms_spam import LABELS, SPLITS, parse_split_csv, read_split_file, splits_dir
+from spam_lightning.text_csv import encode_labels, read_labelled_table
 from spam_lightning.textio import decode_utf8, read_table, split_lines
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,9 @@ def load_split(predictor: Predictor, split: str, data_dir: str | None = None) ->
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     data = predictor.training.get("data") or {}
+    if data.get("kind") == "csv":  # made again from the recorded files (their hashes checked) and settings
+        df = CsvDataModule.from_record(data).read_split(split)
+        return df["text"].tolist(), df["label"].tolist()
     directory = Path(data_dir or data.get("data_dir") or "data/sms_spam").expanduser()
     seed = data.get("seed", 123)
     path = splits_dir(directory, seed) / f"{split}.csv"
@@ -135,6 +146,27 @@ def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float 
     return {**metrics, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "confusion_matrix": matrix.tolist()}
 
 
+def multiclass_metrics(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """The training metrics of more than 2 classes (the most probable class is predicted): macro accuracy,
+    precision, recall, F1 and one-vs-rest AUROC, the per-class precision/recall/F1, the confusion matrix."""
+    kw: dict[str, Any] = {"num_classes": len(names)}
+    metrics: dict[str, Any] = {
+        name: round(float(fn_(probs, labels, average="macro", **kw)), 6)
+        for name, fn_ in (
+            ("accuracy", multiclass_accuracy),
+            ("precision", multiclass_precision),
+            ("recall", multiclass_recall),
+            ("f1", multiclass_f1_score),
+            ("auroc", multiclass_auroc),
+        )
+    }
+    for name, fn_ in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
+        for label, value in zip(names, fn_(probs, labels, average=None, **kw).tolist(), strict=True):
+            metrics[f"{name}_{label.replace('/', '_')}"] = round(float(value), 6)
+    metrics["confusion_matrix"] = multiclass_confusion_matrix(probs, labels, **kw).tolist()
+    return metrics
+
+
 def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float) -> float | None:
     """The lowest threshold t (spam iff score > t) whose precision reaches the target: the best recall there.
 
@@ -173,6 +205,8 @@ def score_texts(
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_options(cfg)
     predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
+    if not predictor.binary:
+        return _run_multiclass(predictor, cfg)
     if cfg.get("data_file"):
         name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
         texts, labels = read_labelled(cfg.data_file, cfg.column, cfg.label_column)
@@ -228,6 +262,69 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if (run_dir / "logs" / "metrics.csv").is_file():
             plots += plot_training_curves(run_dir / "logs" / "metrics.csv", run_dir)
     _print_summary(result, name, misclassified[: cfg.show_misclassified], out_dir, plots)
+    return result
+
+
+def _run_multiclass(predictor: Predictor, cfg: DictConfig) -> dict[str, Any]:
+    """evaluate for more than 2 classes: no threshold (the most probable class is predicted), no PR curve."""
+    names = predictor.preprocessing.labels
+    if cfg.get("data_file"):
+        name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
+        file = Path(cfg.data_file).expanduser()
+        table = read_labelled_table(file, cfg.column, cfg.label_column)
+        texts, labels = table["text"].tolist(), encode_labels(table["label"], names, file, "evaluated")
+    else:
+        name = data_name = cfg.split
+        texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
+    probs, encoded = predictor.class_probabilities(texts, cfg.batch_size)
+    rows = [i for i, p in enumerate(probs) if p is not None]
+    if len(rows) < len(texts):
+        log.warning("%d texts not classified (empty or invalid) are left out of the metrics", len(texts) - len(rows))
+    prob_t = torch.tensor([probs[i] for i in rows], dtype=torch.float64)
+    label_t = torch.tensor([labels[i] for i in rows])
+    metrics = multiclass_metrics(prob_t, label_t, names)
+    predicted = prob_t.argmax(dim=1).tolist()
+    misclassified = [
+        {"row": i, "label": names[labels[i]], "predicted": names[p],
+         "probabilities": dict(zip(names, probs[i], strict=True)), "text": texts[i]}
+        for i, p in zip(rows, predicted, strict=True)
+        if p != labels[i]
+    ]  # fmt: skip
+    result: dict[str, Any] = {
+        "model": str(cfg.get("ckpt_path") or cfg.get("model_dir")),
+        "data": data_name,
+        "labels": list(names),
+        "n": len(texts),
+        "n_skipped": len(texts) - len(rows),
+        "n_truncated": sum(e.truncated for e in encoded),
+        "metrics": metrics,
+        "n_misclassified": len(misclassified),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m, ensure_ascii=False, allow_nan=False) + "\n" for m in misclassified)
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    plot = plot_confusion_matrix(metrics["confusion_matrix"], out_dir / "confusion_matrix.png", name, names)
+    width = max(10, *(len(n) + 2 for n in names))
+    lines = [
+        f"{result['model']} on {data_name}: {len(texts)} texts, {len(names)} classes",
+        f"macro: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  "
+        f"recall {metrics['recall']:.4f}  f1 {metrics['f1']:.4f}  auroc (one-vs-rest) {metrics['auroc']:.4f}",
+        f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}",
+        *(
+            f"{n:<{width}}" + "".join(f"{metrics[f'{m}_{n}']:>10.4f}" for m in ("precision", "recall", "f1"))
+            for n in (x.replace("/", "_") for x in names)
+        ),
+        "confusion matrix (rows: true, columns: predicted)",
+        f"{'':<{width}}" + "".join(f"{n[: width - 1]:>{width}}" for n in names),
+        *(
+            f"{n:<{width}}" + "".join(f"{c:>{width}}" for c in row)
+            for n, row in zip(names, metrics["confusion_matrix"], strict=True)
+        ),
+        f"{len(misclassified)} misclassified; wrote evaluation.json, misclassified.jsonl, {plot.name} to {out_dir}",
+    ]
+    print("\n".join(lines), flush=True)
     return result
 
 

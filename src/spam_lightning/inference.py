@@ -48,13 +48,18 @@ def check_backend(backend: str, device: str | torch.device = "auto", precision: 
 @dataclass
 class Prediction:
     text: str
-    label: str | None  # "ham" | "spam"; None when the text could not be classified
-    spam_probability: float | None
+    label: str | None  # a class name ("ham" | "spam"); None when the text could not be classified
+    spam_probability: float | None  # P(class 1) of a binary model; None for more classes
     truncated: bool  # longer than the training length, truncated as in training
     error: str | None = None  # "empty text" | "invalid UTF-8"
+    probabilities: dict[str, float] | None = None  # more than 2 classes: P(class) per class name
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Binary: text, label, spam_probability, truncated, error; more classes: probabilities instead of
+        spam_probability."""
+        out = asdict(self)
+        out.pop("probabilities" if self.probabilities is None else "spam_probability")
+        return out
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,6 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "32",
     ) -> None:
-        if model.net.num_classes != 2:
-            raise CheckpointError(
-                f"a spam classifier has 2 classes (ham, spam); this model has {model.net.num_classes}"
-            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.backend = "onnxruntime" if isinstance(model.net, OnnxNet) else "torch"
@@ -177,26 +178,58 @@ class Predictor:
     def spam_probabilities(
         self, texts: Sequence[str], batch_size: int = 64
     ) -> tuple[list[float | None], list[Encoded]]:
-        """P(spam) per text (None where the text has an error), and the encodings."""
+        """P(spam) per text (None where the text has an error), and the encodings: binary models only."""
+        if not self.binary:
+            raise CheckpointError(
+                f"P(spam) needs a binary model; this one has {self.net.num_classes} classes "
+                f"{list(self.preprocessing.labels)} (use class_probabilities)"
+            )
+        rows, encoded = self.class_probabilities(texts, batch_size)
+        return [None if p is None else p[1] for p in rows], encoded
+
+    def class_probabilities(
+        self, texts: Sequence[str], batch_size: int = 64
+    ) -> tuple[list[list[float] | None], list[Encoded]]:
+        """P(class) per class for each text (None where the text has an error), and the encodings."""
         encoded = self.encode(texts)
         valid = [i for i, e in enumerate(encoded) if e.error is None]
         try:
-            probs = self.probabilities([encoded[i].ids for i in valid], batch_size)[:, 1].tolist()
+            probs = self.probabilities([encoded[i].ids for i in valid], batch_size).tolist()
         except NonFiniteOutputError as err:
-            raise NonFiniteOutputError(valid[err.index]) from None  # the index among `texts`
-        scores: list[float | None] = [None] * len(texts)
+            raise NonFiniteOutputError(valid[err.index]) from None
+        out: list[list[float] | None] = [None] * len(texts)
         for i, p in zip(valid, probs, strict=True):
-            scores[i] = p
-        return scores, encoded
+            out[i] = p
+        return out, encoded
+
+    @property
+    def binary(self) -> bool:
+        return self.net.num_classes == 2
 
     def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float = 0.5) -> list[Prediction]:
-        """One Prediction per text, in order: spam iff P(spam) > threshold."""
+        """One Prediction per text, in order (`predictions`)."""
+        rows, encoded = self.class_probabilities(texts, batch_size)
+        return self.predictions(texts, rows, encoded, threshold)
+
+    def predictions(
+        self,
+        texts: Sequence[str],
+        rows: Sequence[list[float] | None],
+        encoded: Sequence[Encoded],
+        threshold: float = 0.5,
+    ) -> list[Prediction]:
+        """Predictions from `class_probabilities`' output: binary, class 1 (spam) iff P(spam) > threshold; more
+        classes, the most probable class (the threshold does not apply)."""
         labels = self.preprocessing.labels
-        scores, encoded = self.spam_probabilities(texts, batch_size)
         out = []
-        for text, p, enc in zip(texts, scores, encoded, strict=True):
-            label = None if p is None else labels[int(p > threshold)]
-            out.append(Prediction(text, label, p, enc.truncated, enc.error))
+        for text, p, enc in zip(texts, rows, encoded, strict=True):
+            if p is None:
+                out.append(Prediction(text, None, None, enc.truncated, enc.error))
+            elif self.binary:
+                out.append(Prediction(text, labels[int(p[1] > threshold)], p[1], enc.truncated))
+            else:
+                best = labels[max(range(len(p)), key=p.__getitem__)]
+                out.append(Prediction(text, best, None, enc.truncated, None, dict(zip(labels, p, strict=True))))
         return out
 
 

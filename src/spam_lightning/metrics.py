@@ -1,10 +1,13 @@
 """The classification metrics of training and evaluation (torchmetrics: exact under DDP, accumulated per step,
-computed once per epoch). Binary: class 1 (spam) is the positive class; multi-class: macro averages."""
+computed once per epoch). Binary: class 1 (spam) is the positive class; multi-class: macro averages (AUROC: one
+against the rest), and precision, recall and F1 per class (`*_per_class`, logged per class name)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -37,5 +40,28 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             "recall": MulticlassRecall(**kw),
             "f1": MulticlassF1Score(**kw),
             "auroc": MulticlassAUROC(**kw),
+            **{
+                f"{name}_per_class": metric(num_classes=num_classes, average=None)
+                for name, metric in (
+                    ("precision", MulticlassPrecision),
+                    ("recall", MulticlassRecall),
+                    ("f1", MulticlassF1Score),
+                )
+            },
         }
     return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]
+
+
+def per_class(values: Mapping[str, torch.Tensor], labels: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """Computed metrics with each per-class vector (`precision_per_class`, ...) split into one value per class,
+    named after the class (`precision_weather`; the class id without `labels`)."""
+    out = {}
+    for name, value in values.items():
+        if value.ndim == 0:
+            out[name] = value
+            continue
+        base = name.removesuffix("_per_class")
+        for i, v in enumerate(value):
+            label = labels[i] if labels is not None and len(labels) == len(value) else str(i)
+            out[f"{base}_{label.replace('/', '_')}"] = v
+    return out

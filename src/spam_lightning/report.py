@@ -64,17 +64,21 @@ def plot_training_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: str = "") -> Path:
-    """2x2 counts; rows are the true class, columns the predicted class (ham, spam)."""
-    fig = Figure(figsize=(3.6, 3.2))
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], path: Path, title: str = "", labels: Sequence[str] = ("ham", "spam")
+) -> Path:
+    """CxC counts; rows are the true class, columns the predicted class (`labels`, in class-id order)."""
+    size = max(3.2, 0.6 * len(labels) + 2)
+    fig = Figure(figsize=(size + 0.4, size))
     ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
     peak = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
-    ax.set_xticks([0, 1], ["ham", "spam"])
-    ax.set_yticks([0, 1], ["ham", "spam"])
+    ticks = list(range(len(labels)))
+    ax.set_xticks(ticks, list(labels), rotation=45 if len(labels) > 3 else 0)
+    ax.set_yticks(ticks, list(labels))
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     _fit_title(fig, ax, f"Confusion matrix {title}".strip())
@@ -132,7 +136,8 @@ def write_training_report(run_dir: str | Path) -> list[Path]:
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     matrix = metrics.get("test", {}).get("confusion_matrix")
     if matrix is not None:
-        paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)"))
+        labels = metrics.get("labels", ["ham", "spam"])
+        paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)", labels))
     scores_file = run_dir / TEST_SCORES
     if scores_file.is_file():
         with scores_file.open(newline="", encoding="utf-8") as f:

@@ -7,7 +7,7 @@
     GET /health    "ok" once every model process is ready
 
 Each model process (LitServe worker) loads the model with inference.load_predictor and scores the texts of up to
-max_batch_size requests in one Predictor.spam_probabilities call. A request is read and checked in the HTTP
+max_batch_size requests in one Predictor.class_probabilities call. A request is read and checked in the HTTP
 process (RequestGuard) before it is queued: in a batch, an error raised in a worker would fail every request of
 the batch, and a bad request must never reach one.
 """
@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spam_lightning.checkpoint import run_dir_of
 from spam_lightning.errors import ConfigError
 from spam_lightning.export import portable, run_metrics
-from spam_lightning.inference import Prediction, Predictor, load_predictor
+from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.model_card import METRICS
 from spam_lightning.options import check_int, check_number, check_options
 from spam_lightning.serve_requests import Job, Limits, RequestGuard, json_error, json_response, parse_payload
@@ -80,20 +80,16 @@ class SpamAPI(ls.LitAPI):
         return output
 
     def predict(self, x: Job | list[Job]) -> dict[str, Any] | list[dict[str, Any]]:
-        """The texts of every request in the batch in one spam_probabilities call (batch_size texts per pass)."""
+        """The texts of every request in the batch in one class_probabilities call (batch_size texts per pass)."""
         jobs = x if isinstance(x, list) else [x]
         assert self.predictor is not None
         texts = [t for job in jobs for t in job.texts]
-        scores, encoded = self.predictor.spam_probabilities(texts, self.settings["batch_size"])
-        labels = self.predictor.preprocessing.labels
+        rows, encoded = self.predictor.class_probabilities(texts, self.settings["batch_size"])
         out, start = [], 0
         for job in jobs:
             end = start + len(job.texts)
             threshold = self.settings["threshold"] if job.threshold is None else job.threshold
-            answers = [  # as Predictor.predict labels them, with this request's threshold
-                Prediction(text, None if p is None else labels[int(p > threshold)], p, enc.truncated, enc.error)
-                for text, p, enc in zip(job.texts, scores[start:end], encoded[start:end], strict=True)
-            ]
+            answers = self.predictor.predictions(job.texts, rows[start:end], encoded[start:end], threshold)
             out.append(answers[0].to_json() if job.single else {"predictions": [a.to_json() for a in answers]})
             start = end
         return out if isinstance(x, list) else out[0]

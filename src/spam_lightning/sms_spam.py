@@ -23,6 +23,7 @@ import pandas as pd
 from spam_lightning.downloads import fetch
 from spam_lightning.errors import DataError
 from spam_lightning.files import file_sha256, write_if_changed
+from spam_lightning.text_csv import SPLITS, split_by_fractions, undersample
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ TSV_NAME = "SMSSpamCollection"  # the one zip member we extract
 TSV_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 LABELS = ("ham", "spam")  # class 0, class 1
 LABEL_IDS = {name: i for i, name in enumerate(LABELS)}
-SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.7, 0.1)  # train, validation; test gets the rest
 MANIFEST_NAME = "splits.json"
 
@@ -129,23 +129,8 @@ def balance_and_split(df: pd.DataFrame, seed: int, source: str = "data") -> dict
     counts = df["label"].value_counts()
     if len(counts) < 2:
         raise DataError(f"{source}: only one class present ({dict(counts)}); need both ham and spam")
-    minority = int(counts.min())
-    n = 2 * minority
-    if int(n * SPLIT_FRACTIONS[0]) < 1 or int(n * SPLIT_FRACTIONS[1]) < 1 or n - int(n * 0.7) - int(n * 0.1) < 1:
-        raise DataError(f"{source}: {n} balanced rows are too few for a 70/10/20 split with no empty part")
-    # Like the book: sample the majority class, then concatenate ham before spam, then shuffle.
-    parts = [
-        group.sample(minority, random_state=seed) if len(group) > minority else group
-        for _, group in sorted(df.groupby("label"))
-    ]
-    balanced = pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
-    train_end = int(n * SPLIT_FRACTIONS[0])
-    val_end = train_end + int(n * SPLIT_FRACTIONS[1])
-    return {
-        "train": balanced[:train_end].reset_index(drop=True),
-        "validation": balanced[train_end:val_end].reset_index(drop=True),
-        "test": balanced[val_end:].reset_index(drop=True),
-    }
+    # Like the book: sample the majority class, concatenate ham before spam, shuffle, then cut (not stratified).
+    return split_by_fractions(undersample(df, seed), SPLIT_FRACTIONS, seed, stratify=False, source=source)
 
 
 def class_counts(df: pd.DataFrame) -> dict[str, int]:

@@ -82,9 +82,11 @@ def write_jsonl(predictions: Sequence[Prediction], stream: TextIO) -> None:
 
 def write_table(predictions: Sequence[Prediction], stream: TextIO, token_limit: int) -> None:
     width = shutil.get_terminal_size((120, 24)).columns
-    stream.write(f"{'label':<6} {'P(spam)':>8}  {'note':<17} text\n")
+    binary = not any(p.probabilities for p in predictions)
+    stream.write(f"{'label':<6} {'P(spam)' if binary else 'P(label)':>8}  {'note':<17} text\n")
     for p in predictions:
-        prob = f"{p.spam_probability:8.4f}" if p.spam_probability is not None else f"{'-':>8}"
+        score = p.probabilities[p.label] if p.probabilities and p.label else p.spam_probability
+        prob = f"{score:8.4f}" if score is not None else f"{'-':>8}"
         note = f"error: {p.error}" if p.error else (f"truncated to {token_limit}" if p.truncated else "")
         text = p.text.encode("utf-8", "replace").decode("utf-8").replace("\n", " ").replace("\t", " ")
         room = max(20, width - 35)

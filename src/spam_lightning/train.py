@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import spam_lightning.paths  # noqa: F401  (registers the ${project_dir:} resolver that conf/train.yaml uses)
 from spam_lightning.checkpoint import check_finite, read_checkpoint, read_record
 from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data import TextDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
 from spam_lightning.errors import ConfigError, DivergedError, DownloadError, user_error
 from spam_lightning.files import DiskFullError, atomic_write_bytes
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
     context_length = make_config(cfg.model.arch).context_length
-    datamodule: SmsSpamDataModule = instantiate(cfg.data, context_length=context_length)
+    datamodule: TextDataModule = instantiate(cfg.data, context_length=context_length)
     ckpt_path = _checkpoint_to_continue(cfg, run_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -97,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best = _best_checkpoint(trainer, run_dir)
         results, test_scored = evaluate(trainer, model, datamodule, best)
         summary = {
+            "labels": list(datamodule.labels),
             **results,
             "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
             "time_seconds": {"fit": round(fit_timer.seconds, 2), "test": round(time.perf_counter() - start, 2)},
@@ -149,7 +150,7 @@ def _record_actual_precision(cfg: DictConfig, trainer: L.Trainer) -> None:
         cfg.trainer.precision = actual
 
 
-def _check_trains_something(cfg: DictConfig, trainer: L.Trainer, datamodule: SmsSpamDataModule) -> None:
+def _check_trains_something(cfg: DictConfig, trainer: L.Trainer, datamodule: TextDataModule) -> None:
     """A configuration that would train nothing (and then report the untrained model's metrics) is an error."""
     for key in ("max_epochs", "max_steps", "limit_train_batches"):
         if cfg.trainer.get(key) == 0:
@@ -174,7 +175,8 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 
 # Config keys that hold local paths (URLs and preset names are left as they are).
-PATH_KEYS = ("data.source", "data.data_dir", "data.tokenizer_file", "model.pretrained", "model.cache_dir", "ckpt_path")
+PATH_KEYS = ("data.source", "data.data_dir", "data.path", "data.train_file", "data.validation_file", "data.test_file")
+PATH_KEYS += ("data.tokenizer_file", "model.pretrained", "model.cache_dir", "ckpt_path")
 PATH_KEYS += ("runs_dir",)  # in the logger configs' MLflow database and artifact folder
 
 
@@ -185,14 +187,14 @@ def _make_paths_absolute(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(Path(value).expanduser().absolute()))
 
 
-def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: SmsSpamDataModule) -> SpamClassifier:
+def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: TextDataModule) -> SpamClassifier:
     """The model (its config checked first, then the pretrained weights downloaded or found in the cache), and
     the data and vocabulary (`prepare_data`), before the run writes anything. Offline, the run fails at once
     with one message naming every download it could not make and the override that replaces each one."""
     failed: list[DownloadError] = []
     model = None
     try:
-        model = instantiate(model_cfg)
+        model = instantiate(model_cfg, num_classes=_num_classes(model_cfg, datamodule))
     except Exception as err:
         cause = user_error(err)
         if not isinstance(cause, DownloadError):
@@ -207,6 +209,20 @@ def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: SmsSpamDataMod
         raise DownloadError.combine(failed)
     assert model is not None
     return model
+
+
+def _num_classes(model_cfg: DictConfig, datamodule: TextDataModule) -> int:
+    """model.num_classes: the data's class count (null), or a value that must equal it. The class names are known
+    without downloads (SMS: fixed; CSV: read from the local files)."""
+    configured = model_cfg.get("num_classes")
+    found = datamodule.num_classes
+    if configured is not None and configured != found:
+        raise ConfigError(
+            f"model.num_classes={configured}, but the data has {found} classes {list(datamodule.labels)}; "
+            "leave model.num_classes=null"
+        )
+    OmegaConf.update(model_cfg, "num_classes", found)  # config.yaml records the count the head has
+    return found
 
 
 class FitTimer(Callback):
@@ -238,7 +254,7 @@ class FitTimer(Callback):
 
 
 def evaluate(
-    trainer: L.Trainer, model: SpamClassifier, datamodule: SmsSpamDataModule, ckpt_path: str | None
+    trainer: L.Trainer, model: SpamClassifier, datamodule: TextDataModule, ckpt_path: str | None
 ) -> tuple[dict[str, dict[str, float]], torch.Tensor | None]:
     """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode; and each
     test text's label and P(spam) (binary models), the input of the PR curve."""
@@ -301,7 +317,7 @@ def _checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def _check_compatible(ckpt_path: str, model: SpamClassifier, datamodule: SmsSpamDataModule) -> None:
+def _check_compatible(ckpt_path: str, model: SpamClassifier, datamodule: TextDataModule) -> None:
     """Refuse to continue from a checkpoint that cannot be continued, or with settings that differ from the ones it
     was trained with (RESUME_FIXED_*), listing every difference."""
     ckpt = read_checkpoint(ckpt_path)

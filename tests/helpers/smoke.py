@@ -44,14 +44,16 @@ def smoke_cfg(run_dir: Path, data_dir: Path, sms_zip: Path, tokenizer_file: str,
 
 
 def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) -> dict[str, Any]:
-    """A one-epoch smoke run into tmp/run (data in tmp/data); returns its metrics.json content."""
+    """A one-epoch smoke run into tmp/run (data in tmp/data; with "data=csv" in the overrides, the files they
+    name); returns its metrics.json content."""
+    csv = "data=csv" in overrides  # data=csv has no source or data_dir: the overrides name its files
+    sms = [] if csv else [f"data.source={sms_zip}", f"data.data_dir={tmp / 'data'}"]
     cfg = compose_cfg(
         "train",
         "experiment=smoke",
         f"run_dir={tmp / 'run'}",
-        f"data.source={sms_zip}",
+        *sms,
         f"data.tokenizer_file={tokenizer_file}",
-        f"data.data_dir={tmp / 'data'}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=20",
         "data.eval_batch_size=100",

@@ -1,0 +1,210 @@
+"""Labelled texts in CSV/TSV files: read and check them, map labels to class ids, balance, split.
+
+No Lightning and no tokens here (`spam_lightning.data` tokenizes and batches). The SMS recipe
+(`spam_lightning.sms_spam`) uses the same balancing and splitting; `spam_lightning.csv_data` reads any
+table with a text and a label column through these functions.
+
+Rows are numbered as a spreadsheet shows them: the header is row 1, the first text row 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spam_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+BALANCE = ("none", "undersample")
+
+
+def delimiter_for(path: Path, delimiter: str | None = None) -> str:
+    """The explicit `delimiter`, else the one of the file's suffix (.csv: comma; .tsv/.tab: tab)."""
+    if delimiter:
+        return delimiter
+    try:
+        return DELIMITERS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"{path}: cannot tell the delimiter from the suffix {path.suffix!r} (expected .csv or .tsv); "
+            "set data.delimiter"
+        ) from None
+
+
+def decode(data: bytes, path: Path) -> str:
+    """Strict UTF-8 (a BOM is dropped); the error names the file, row and byte."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(
+            f"{path}, row {line}: invalid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from err
+
+
+def read_labelled_table(
+    path: Path, text_column: str, label_column: str, delimiter: str | None = None, data: bytes | None = None
+) -> pd.DataFrame:
+    """The columns text and label (both str, as written) of a CSV/TSV file with a header row.
+
+    `data`: the file's bytes when the caller has read (and hashed) them. A row with an empty text or label
+    raises a DataError naming the file and row."""
+    path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{path} does not exist") from None
+    text = decode(data, path)
+    sep = delimiter_for(path, delimiter)
+    try:
+        # dtype=str, keep_default_na=False: a text "NA" or "null" stays text; empty cells become "".
+        table = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path}: empty file, expected a header row naming {text_column!r} and {label_column!r}"
+        ) from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: not a valid {'TSV' if sep == chr(9) else 'CSV'} table ({err})".strip()) from err
+    missing = [c for c in (text_column, label_column) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: no column {missing[0]!r} (columns: {list(table.columns)}); set data.text_column / "
+            "data.label_column"
+        )
+    frame = pd.DataFrame({"text": table[text_column], "label": table[label_column].str.strip()})
+    for column, what in (("text", "text"), ("label", "label")):
+        empty = np.flatnonzero(frame[column].str.strip() == "")
+        if len(empty):
+            raise DataError(f"{path}, row {int(empty[0]) + 2}: missing {what} ({len(empty)} such rows in all)")
+    if frame.empty:
+        raise DataError(f"{path}: no rows after the header")
+    return frame
+
+
+def class_names(train_labels: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The class names in class-id order: `classes` when given, else the training labels sorted (numerically
+    when every label is an integer, so 0, 1, 2, 10 keep their order)."""
+    if classes:
+        names = tuple(str(c) for c in classes)
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise DataError(f"data.classes must list at least 2 distinct names, got {list(names)}")
+        return names
+    found = set(train_labels)
+    if all(_is_int(label) for label in found):
+        return tuple(sorted(found, key=int))
+    return tuple(sorted(found))
+
+
+def encode_labels(labels: pd.Series, classes: Sequence[str], path: Path, split: str) -> list[int]:
+    """Class ids of the labels: a class name, or (for named classes) its id written as an integer. An unknown
+    label raises a DataError naming the file, row and the known classes."""
+    ids = {name: i for i, name in enumerate(classes)}
+    ints_are_names = all(_is_int(name) for name in classes)
+    out = []
+    for row, label in enumerate(labels.tolist(), start=2):
+        class_id = ids.get(label)
+        if class_id is None and not ints_are_names and _is_int(label) and 0 <= int(label) < len(classes):
+            class_id = int(label)
+        if class_id is None:
+            seen = "the training split never has it" if split != "train" else "not in data.classes"
+            raise DataError(f"{path}, row {row}: unknown label {label!r} ({seen}; classes: {list(classes)})")
+        out.append(class_id)
+    return out
+
+
+def undersample(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every class sampled down to the smallest class's count, then shuffled (the book's SMS balancing: the
+    classes concatenated in class-id order before the shuffle)."""
+    minority = int(df["label"].value_counts().min())
+    parts = [
+        group.sample(minority, random_state=seed) if len(group) > minority else group
+        for _, group in sorted(df.groupby("label"))
+    ]
+    return pd.concat(parts).sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def split_by_fractions(
+    df: pd.DataFrame,
+    fractions: Sequence[float],
+    seed: int | None,
+    stratify: bool,
+    source: str,
+    classes: Sequence[str] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """train/validation/test parts of `df` of `fractions` (train, validation; test gets the rest).
+
+    stratify=False cuts the rows as they are (the book's SMS split of its shuffled data); stratify=True cuts
+    each class in the same proportions, shuffled with `seed`, so every class is in every part, and refuses a
+    class with too few rows for that (`classes`: the names of the class ids, for that message)."""
+    train_f, val_f = fractions
+    if not (0 < train_f < 1 and 0 < val_f < 1 and train_f + val_f < 1):
+        raise DataError(f"data.fractions must be two positive numbers summing to < 1, got {list(fractions)}")
+    if not stratify:
+        n = len(df)
+        train_end, val_end = int(n * train_f), int(n * train_f) + int(n * val_f)
+        if train_end < 1 or val_end == train_end or val_end >= n:
+            raise DataError(f"{source}: {n} rows are too few for a {train_f:g}/{val_f:g}/rest split with no empty part")
+        cuts = {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, n)}
+        return {name: df[a:b].reset_index(drop=True) for name, (a, b) in cuts.items()}
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
+    for label, group in sorted(df.groupby("label")):
+        group = group.sample(frac=1, random_state=seed)
+        n = len(group)
+        train_end, val_end = int(n * train_f), int(n * train_f) + int(n * val_f)
+        if train_end < 1 or val_end == train_end or val_end >= n:
+            name = classes[label] if classes else label
+            raise DataError(
+                f"{source}: class {name!r} has {n} rows, too few for a {train_f:g}/{val_f:g}/rest split with the "
+                "class in every part; add examples, or drop the class"
+            )
+        parts["train"].append(group[:train_end])
+        parts["validation"].append(group[train_end:val_end])
+        parts["test"].append(group[val_end:])
+    return {
+        name: pd.concat(frames).sample(frac=1, random_state=seed).reset_index(drop=True)
+        for name, frames in parts.items()
+    }
+
+
+def check_classes_present(frames: Mapping[str, pd.DataFrame], classes: Sequence[str], source: str) -> None:
+    """Every class needs training examples (a class the head never sees trains nothing)."""
+    counts = frames["train"]["label"].value_counts()
+    absent = [name for i, name in enumerate(classes) if counts.get(i, 0) == 0]
+    if absent:
+        raise DataError(f"{source}: no training rows of class {absent[0]!r} (classes: {list(classes)})")
+
+
+def warn_duplicates(frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+    """Texts found in two splits (a test text seen in training inflates the test metrics): a warning with the
+    count per pair of splits; returns the counts."""
+    texts = {name: set(frame["text"]) for name, frame in frames.items()}
+    counts = {}
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            if a in texts and b in texts:
+                n = len(texts[a] & texts[b])
+                if n:
+                    counts[f"{a}/{b}"] = n
+    if counts:
+        listed = ", ".join(f"{pair}: {n}" for pair, n in counts.items())
+        log.warning("the same text is in more than one split (%s distinct texts); deduplicate the data", listed)
+    return counts
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _is_int(value: str) -> bool:
+    return value.lstrip("-").isdigit()
