@@ -32,6 +32,10 @@ import json
 import logging
 import os
 import platform
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -51,18 +55,26 @@ from torch.utils.data import DataLoader
 
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule, TokenizedSplit, pad_collate
-from spam_lightning.gpt import make_config
+from spam_lightning.gpt import PRESETS, GPTModel, make_config
 from spam_lightning.weights import build_gpt
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
-MODELS: dict[str, str | dict[str, int]] = {  # --model: GPT-2 124M and smaller stand-ins
+MODELS: dict[str, str | dict[str, int]] = {  # --model: GPT-2's four sizes and smaller stand-ins
     "gpt2": "gpt2",
+    "gpt2-medium": "gpt2-medium",
+    "gpt2-large": "gpt2-large",
+    "gpt2-xl": "gpt2-xl",
     "gpt2-6l": {"emb_dim": 768, "n_layers": 6, "n_heads": 12},
     "mini": {"emb_dim": 256, "n_layers": 4, "n_heads": 4},
     "tiny": {"emb_dim": 64, "n_layers": 2, "n_heads": 2},
 }
-RUNS = {"a": "(a) book loop, plain PyTorch", "b": "(b) ours, defaults", "c": "(c) ours, book semantics"}
+RUNS = {
+    "a": "(a) book loop, plain PyTorch",
+    "b": "(b) ours, defaults",
+    "c": "(c) ours, book semantics",
+    "e": "(e) ours, python train.py",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +157,7 @@ class EpochTimer(Callback):
 def book_model(arch: str | dict[str, int], seed: int, weights: str | None = None) -> nn.Module:
     """Chapter 6's classifier: GPT-2, a new 2-class head, only the last block + final norm + head train."""
     torch.manual_seed(seed)
-    model = build_gpt(make_config(arch), weights)
+    model = build_gpt(make_config(arch), weights, init_seed=None if weights else seed)  # as conf/model: ${seed}
     model.out_head = nn.Linear(model.cfg.emb_dim, 2)  # same RNG draws, so the same weights as SpamClassifier
     for p in model.parameters():
         p.requires_grad = False
@@ -167,8 +179,16 @@ def book_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) ->
 
 
 def run_book(
-    dm: SmsSpamDataModule, arch: str | dict[str, int], epochs: int, seed: int, device: torch.device, weights: str | None
+    dm: SmsSpamDataModule,
+    arch: str | dict[str, int],
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    weights: str | None,
+    steps: int | None = None,
 ) -> dict:
+    if steps is not None:
+        return estimate_book(dm, arch, epochs, seed, device, weights, steps)
     collate = pad_collate(dm.pad_length)  # the longest training text: 120 tokens
     torch.manual_seed(seed)
     train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
@@ -203,6 +223,109 @@ def run_book(
     times = (fit_seconds, total_seconds, cpu_seconds)
     result = summary(seen, epoch_seconds, val_seconds, *times, memory, val_accuracy, test_accuracy)
     return {**result, "epoch_cpu_s": epoch_cpu}
+
+
+def estimate_book(
+    dm: SmsSpamDataModule,
+    arch: str | dict[str, int],
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    weights: str | None,
+    steps: int,
+) -> dict:
+    """The book's loop timed for `steps` training steps and `steps` evaluation batches (after one of each as
+    warm-up), extrapolated to its epochs: for models whose full run would take hours here."""
+    collate = pad_collate(dm.pad_length)
+    torch.manual_seed(seed)
+    train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
+    val_batches = -(-len(dm.datasets["validation"]) // 8)
+    test_batches = -(-len(dm.datasets["test"]) // 8)
+    model = book_model(arch, seed, weights).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
+    batches = iter(train_loader)
+    train_times, eval_times = [], []
+    with PeakMemory(device) as memory:
+        for i in range(steps + 1):
+            batch = next(batches)
+            sync(device)
+            start = time.perf_counter()
+            model.train()
+            optimizer.zero_grad()
+            logits = model(batch["input_ids"].to(device))[:, -1, :]
+            F.cross_entropy(logits, batch["labels"].to(device)).backward()
+            optimizer.step()
+            sync(device)
+            middle = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                model(batch["input_ids"].to(device))[:, -1, :].argmax(dim=-1)
+            sync(device)
+            if i:  # the first of each is warm-up
+                train_times.append(middle - start)
+                eval_times.append(time.perf_counter() - middle)
+            print(f"  book step {i}: train {middle - start:.1f} s, eval batch {time.perf_counter() - middle:.1f} s",
+                  flush=True)  # fmt: skip
+    step_s, eval_s = statistics.median(train_times), statistics.median(eval_times)
+    epoch_s = len(train_loader) * step_s + val_batches * eval_s
+    fit_s = epochs * epoch_s
+    result = {
+        "estimated_from_steps": steps,
+        "train_step_s": step_s,
+        "eval_batch_s": eval_s,
+        "train_examples": epochs * len(train_loader) * 8,
+        "examples_per_s": 8 / step_s,
+        "epoch_s": [epoch_s] * epochs,
+        "validation_s": [val_batches * eval_s] * epochs,
+        "fit_s": fit_s,
+        "total_s": fit_s + test_batches * eval_s,
+        "cpu_s": float("nan"),
+        "peak_memory_mib": memory.mib,
+        "val_accuracy": float("nan"),
+        "test_accuracy": float("nan"),
+    }
+    del model, optimizer
+    gc.collect()
+    return result
+
+
+def run_train_py(overrides: list[str], run_dir: Path, threads: int | None) -> dict[str, Any]:
+    """`python train.py` end to end, as users run it, in its own process: wall time, the process's peak RSS, its
+    checkpoints' sizes and metrics.json. `threads`: torch's intra-op threads there (OMP_NUM_THREADS)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *overrides,
+        f"runs_dir={run_dir.parent}",
+        f"run_name={run_dir.name}",
+    ]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    total_s = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed (exit {done.returncode}): {done.stderr[-3000:]}")
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    sizes = {path.name: round(path.stat().st_size / 2**20, 1) for path in (run_dir / "checkpoints").glob("*.ckpt")}
+    epochs = len(saved.get("history", {}).get("epoch", [])) or None
+    return {
+        "train_examples": 0,
+        "examples_per_s": float("nan"),
+        "epoch_s": [saved["time_seconds"]["fit"] / (epochs or 1)],
+        "validation_s": [],
+        "fit_s": saved["time_seconds"]["fit"],
+        "total_s": total_s,
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime,
+        "peak_memory_mib": usage.ru_maxrss / 1024,  # the largest child's peak RSS (KiB on Linux)
+        "val_accuracy": saved["validation"]["accuracy"],
+        "test_accuracy": saved["test"]["accuracy"],
+        "checkpoint_MiB": sizes,
+        "trainable_parameters": saved["parameters"]["trainable"],
+        "time_seconds": saved["time_seconds"],
+        "log_tail": done.stderr[-2000:],
+    }
 
 
 def summary(
@@ -306,7 +429,7 @@ def weights_fingerprint(arch: str | dict[str, int], seed: int, weights: str | No
     """(a) and (b) start from the same weights: compare both models' parameter sums."""
     book = book_model(arch, seed, weights)
     L.seed_everything(seed, verbose=False)
-    ours = SpamClassifier(arch=arch, pretrained=weights, cache_frozen=False)
+    ours = SpamClassifier(arch=arch, pretrained=weights, init_seed=None if weights else seed, cache_frozen=False)
     return (
         float(sum(p.double().sum() for p in book.parameters())),
         float(sum(p.double().sum() for p in ours.net.gpt.parameters())),
@@ -334,7 +457,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", choices=list(MODELS), default="gpt2", help="architecture (random weights)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of (a) and (b) (the book: 5)")
     parser.add_argument("--overhead-epochs", type=int, default=None, help="epochs of (c) (default: --epochs)")
-    parser.add_argument("--runs", default="abc", help="which of a, b, c to run (default: abc)")
+    parser.add_argument("--runs", default="abc", help="which of a, b, c, e to run (default: abc)")
+    parser.add_argument(
+        "--book-steps",
+        type=int,
+        default=None,
+        help="(a): time this many training steps and evaluation batches and extrapolate (default: run in full)",
+    )
     parser.add_argument("--scaling", action="store_true", help="also time one epoch of (b) at 1x, 2x, 4x the data")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -398,7 +527,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     book_dm.prepare_data()
     book_dm.setup()
 
-    a_sum, b_sum = weights_fingerprint(arch, args.seed, weights)
+    # Building both models costs minutes and twice the memory for the largest sizes: only when (b) runs in-process.
+    same: bool | str = "not checked"
+    if "b" in args.runs:
+        book_sum, ours_sum = weights_fingerprint(arch, args.seed, weights)
+        same = abs(book_sum - ours_sum) < 1e-6
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
@@ -411,14 +544,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_before": os.getloadavg(),
     }
     print(f"load average before: {machine['load_average_before']}", flush=True)
-    n_params = sum(p.numel() for p in book_model(arch, args.seed, weights).parameters())
+    with torch.device("meta"):  # shapes only
+        gpt = GPTModel(make_config(arch))
+        gpt.out_head = nn.Linear(gpt.cfg.emb_dim, 2)  # the classifier's head, as in book_model
+        n_params = sum(p.numel() for p in gpt.parameters())
     header = (
         f"model {args.model} ({n_params:,} parameters, {Path(weights).name if weights else 'random init'}), "
         "batch 8, AdamW lr 5e-5 wd 0.1, "
         f"{args.epochs} epochs ((c): {args.overhead_epochs or args.epochs}), "
         f"{machine['device']} {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
         f"torch {machine['torch']}, lightning {machine['lightning']}; "
-        f"same initial weights in (a) and (b): {abs(a_sum - b_sum) < 1e-6}"
+        f"same initial weights in (a) and (b): {same}"
     )
     print(header, flush=True)
 
@@ -427,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in args.runs:
         print(f"running {labels[key]} ...", flush=True)
         if key == "a":
-            results[key] = run_book(book_dm, arch, args.epochs, args.seed, device, weights)
+            results[key] = run_book(book_dm, arch, args.epochs, args.seed, device, weights, args.book_steps)
         elif key == "b":
             cfg = project_config([*common, f"trainer.max_epochs={args.epochs}", *args.overrides], arch, work / "b")
             results[key] = run_project(cfg, device)
@@ -436,6 +572,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             overrides = ["experiment=book", "model.cache_frozen=false", f"trainer.max_epochs={epochs}"]
             cfg = project_config([*common, *overrides], arch, work / "c")
             results[key] = run_project(cfg, device, full_top_block=True)
+        elif key == "e":
+            if args.model not in PRESETS:
+                parser.error("--runs e takes a GPT-2 preset as --model (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+            overrides = [*common, f"model={args.model}", f"trainer.max_epochs={args.epochs}", *args.overrides]
+            results[key] = run_train_py(overrides, work / "e", args.threads)
         print("  " + json.dumps(results[key]), flush=True)
     for variant in args.variant:
         name, _, extra = variant.partition("=")
@@ -465,6 +606,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(b) vs (a): {ratios['b_vs_a_total']:.1f}x faster end to end (fit + test), "
             f"{ratios['b_vs_a_fit']:.1f}x for the fit alone, {ratios['b_vs_a_cpu']:.1f}x in CPU time; test accuracy "
             f"{results['b']['test_accuracy']:.4f} vs {results['a']['test_accuracy']:.4f}"
+        )
+    if "a" in results and "e" in results:
+        estimated = " (the book's estimated from timed steps)" if args.book_steps else ""
+        ratios["e_vs_a_total"] = results["a"]["total_s"] / results["e"]["total_s"]
+        e = results["e"]
+        print(
+            f"(e) python train.py vs (a): {ratios['e_vs_a_total']:.1f}x faster end to end{estimated}: "
+            f"{e['total_s']:.0f} s against {results['a']['total_s']:.0f} s; peak RSS {e['peak_memory_mib'] / 1024:.1f} "
+            f"GiB; checkpoints {e['checkpoint_MiB']} MiB; train.py's own times {e['time_seconds']}"
         )
     if "a" in results and "c" in results:
         per_epoch = {k: sum(results[k]["epoch_s"]) / len(results[k]["epoch_s"]) for k in "ac"}

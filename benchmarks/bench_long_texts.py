@@ -5,9 +5,9 @@
 1. the data module reads, splits and tokenizes it, and counts the texts truncated to the context length;
 2. time per training epoch with padding=batch, with and without data.bucket_by_length (a small random GPT, its last
    block trained, no feature cache; measured on --batches batches, extrapolated to the epoch's);
-3. the frozen-feature cache of the training split, in memory and memory-mapped (model.cache_dir): peak anonymous
-   memory (RssAnon: what the process holds) and file-backed resident pages (RssFile: page cache of the mapped files,
-   which the kernel writes back and drops under memory pressure).
+3. the frozen-feature cache of the training split, in memory and on disk, memory-mapped (model.cache_dir): peak
+   anonymous memory (RssAnon: what the process holds) and file-backed resident pages (RssFile: page cache of the
+   mapped files, which the kernel writes back and drops under memory pressure).
 """
 
 from __future__ import annotations
@@ -160,6 +160,8 @@ def cache_peak(dm: CsvDataModule, directory: str | None) -> tuple[dict[str, int]
     torch.manual_seed(0)
     model = SpamClassifier(arch=ARCH, pretrained=None, trainable_layers="last_block", pool="last_token").eval()
     cache = FrozenFeatureCache(keep_padding=False, directory=directory)
+    cache.check(model.frozen_parameters())  # as training does: with a directory, rows go to disk under the trunk's key
+    cache.open_store(torch.device("cpu"))
     rows = sorted(dm.token_ids("train"), key=len)
     start = time.perf_counter()
     with MemoryWatch() as watch:

@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 from helpers.trainers import quiet_trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import SmsSpamDataModule
@@ -88,24 +88,6 @@ def test_cache_gives_the_same_loss_curve(case: str, data_dir: str, tokenizer_fil
     assert cached_val.keys() == plain_val.keys() and cached_val
     for key in plain_val:
         assert cached_val[key] == pytest.approx(plain_val[key], rel=1e-4, abs=1e-5), key
-
-
-def test_memory_mapped_cache_and_resume(data_dir: str, tokenizer_file: str, tmp_path: Path) -> None:
-    """Rows in memory-mapped files; a run resumed from a checkpoint (empty cache) goes on identically."""
-    dm = datamodule(data_dir, tokenizer_file, pool="last_token")
-    full, _ = fit(model(cache_frozen=False, pool="last_token"), dm)
-
-    cache_dir = tmp_path / "cache"
-    clf = model(cache_frozen=True, pool="last_token", cache_dir=str(cache_dir))
-    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    first, _ = fit(clf, dm, max_epochs=1, callbacks=[save], enable_checkpointing=True)
-    assert len(clf.feature_cache) > 300 and list(cache_dir.iterdir()) == []  # mapped files are unlinked
-    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state.keys() == clf.state_dict().keys() == model(cache_frozen=False).state_dict().keys()
-
-    resumed = model(cache_frozen=True, pool="last_token", cache_dir=str(cache_dir))
-    second, _ = fit(resumed, dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    torch.testing.assert_close(torch.tensor(first + second), torch.tensor(full), **TOLERANCE)
 
 
 def test_cache_empties_when_frozen_weights_change(data_dir: str, tokenizer_file: str) -> None:

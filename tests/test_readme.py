@@ -250,6 +250,11 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py -m model.lr=1e-5,5e-5 model.trainable_layers=last_block,all run_name=grid1": Run(
         "grid", ONE_BATCH_RUN
     ),
+    "python train.py -m model.lr=5e-5,1e-4,2e-4,4e-4 model.cache_dir=cache/frozen_features run_name=lr_grid": Run(
+        "grid",
+        ONE_BATCH_RUN,
+        replace=(("model.lr=5e-5,1e-4,2e-4,4e-4", "model.lr=5e-5,1e-4"),),  # 2 jobs of the 4
+    ),
     (
         "python train.py -m experiment=smoke model.lr=1e-3,5e-4 model.trainable_layers=last_block,all "
         "run_name=grid_smoke"
@@ -683,6 +688,11 @@ def test_group_grid(machine: UserMachine) -> None:
         rows = summary_rows(sweep)
         assert sorted(r[0] for r in rows) == ["0", "1", "2", "3"] and all(r[-1] == "ok" for r in rows), rows
         assert (sweep / "summary.csv").is_file() and (sweep / "multirun.yaml").is_file()
+    lr_grid = machine.clone / "runs" / "lr_grid"
+    assert job_dirs(lr_grid) == ["0", "1"] and all(r[-1] == "ok" for r in summary_rows(lr_grid))
+    (trunk,) = (p for p in (machine.clone / "cache" / "frozen_features").iterdir() if p.is_dir())  # written by job 0
+    assert list(trunk.glob("*.safetensors")), list(trunk.iterdir())
+    assert "texts read from" in (lr_grid / "1" / "train.log").read_text()  # job 1 read it
 
 
 @pytest.mark.slow

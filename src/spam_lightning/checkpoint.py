@@ -7,9 +7,11 @@ Lightning writes the checkpoint; `SpamClassifier` adds our record to it under `R
     preprocessing    Preprocessing.to_dict(): tokenizer, lengths, padding, labels
     data             where the training data came from (source, folder, seed, split hashes)
     frozen_weights   None: state_dict holds every weight. Else the provenance of the pretrained weights
-                     (preset and pinned Hub revision, or file path; sha256): state_dict holds only what
-                     training changed, and the frozen tensors are read again from those weights, which must
-                     have the recorded sha256. The new head's tensors are always in state_dict.
+                     (preset and pinned Hub revision, or file path; sha256), or of a random init
+                     (pretrained None, init_seed, the initial weights' sha256): state_dict holds only what
+                     training changed, and the frozen tensors are read again from those weights (or made
+                     again from the seed), which must have the recorded sha256. The new head's tensors are
+                     always in state_dict.
     lora             None, or LoRAConfig.to_dict() (rank, alpha, dropout, targets) of a model.finetune=lora run:
                      state_dict's keys include the adapters (…lora_A, …lora_B); `load_trained` merges them.
 

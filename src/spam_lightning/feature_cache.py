@@ -11,9 +11,10 @@ text is a fixed function of its token ids. The cache keeps that output per text,
 
 Keying by the ids makes the cache exact by construction: it needs no example indices, serves the
 training, validation and test splits alike, and two identical texts share one entry. It empties itself
-when a frozen parameter changes, and is never saved in checkpoints (a resumed run refills it). Rows live
-in RAM, or in memory-mapped files under `directory` for data sets that do not fit. In RAM they stay on the
-device that computed them (a GPU's memory when training on one: no copies and no CPU work per step).
+when a frozen parameter changes, and is never saved in checkpoints. Rows live in RAM, on the device that
+computed them (a GPU's memory when training on one: no copies and no CPU work per step); or, with a
+`directory` (`model.cache_dir`), on disk, read memory-mapped: shared by every run and sweep job with the same
+frozen trunk, and bounded by the disk rather than RAM (`spam_lightning.trunk_store`).
 
 `FrozenFeatureCache` is a Lightning callback. `SpamClassifier.configure_callbacks` adds it when the cache is
 exact and wanted. Before each epoch it fills itself from the data module's `token_ids(split, epoch)` in
@@ -23,9 +24,8 @@ batch under `FROZEN_FEATURES`, where the step takes them instead of running the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from spam_lightning.preprocess import pad
+from spam_lightning.trunk_store import TrunkStore, trunk_key
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
@@ -47,52 +48,29 @@ info = rank_zero_only(log.info)
 Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) frozen hidden states
 FROZEN_FEATURES = "frozen_features"  # the batch key of the precomputed frozen part
 TOKEN_IDS = "token_ids"  # the batch key of the unpadded token ids (CPU lists), when the data module adds them
-
-
-class _RamStore:
-    def put(self, row: torch.Tensor) -> torch.Tensor:
-        return row.clone()
-
-
-class _MappedStore:
-    """Rows copied into memory-mapped files under `directory`; each file is unlinked as soon as it is
-    mapped, so nothing is left behind, even after a crash, and the OS pages rows in and out as needed."""
-
-    def __init__(self, directory: str | Path, chunk_bytes: int = 256 << 20) -> None:
-        self.directory = Path(directory).expanduser()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.chunk_bytes = chunk_bytes
-        self.chunk = torch.empty(0, dtype=torch.uint8)
-        self.used = 0
-
-    def put(self, row: torch.Tensor) -> torch.Tensor:
-        nbytes = row.numel() * row.element_size()
-        if self.used + nbytes > self.chunk.numel():
-            fd, path = tempfile.mkstemp(dir=self.directory, prefix="frozen-features-", suffix=".bin")
-            os.close(fd)
-            self.chunk = torch.from_file(path, shared=True, size=max(self.chunk_bytes, nbytes), dtype=torch.uint8)
-            os.unlink(path)
-            self.used = 0
-        view = self.chunk[self.used : self.used + nbytes].view(row.dtype).view(row.shape)
-        view.copy_(row)
-        self.used += -(-nbytes // 64) * 64  # keep every row 64-byte aligned
-        return view
+PENDING_BYTES = 256 << 20  # with a directory: new rows are written to disk in segments of about this size
 
 
 class FrozenFeatureCache(Callback):
-    """Frozen hidden states per text. `keep_padding`: key and store the whole padded row (pool=last)."""
+    """Frozen hidden states per text. `keep_padding`: key and store the whole padded row (pool=last).
+    `directory`: rows also go to disk there, shared with other runs (`spam_lightning.trunk_store`), at most
+    `max_bytes` in all."""
 
-    def __init__(self, keep_padding: bool, directory: str | Path | None = None) -> None:
+    def __init__(self, keep_padding: bool, directory: str | Path | None = None, max_bytes: int | None = None) -> None:
         self.keep_padding = keep_padding
         self.directory = directory
+        self.max_bytes = max_bytes
         self.rows: dict[bytes, torch.Tensor] = {}
-        self._store: _RamStore | _MappedStore = _RamStore() if directory is None else _MappedStore(directory)
+        self.pending: dict[bytes, torch.Tensor] = {}  # directory: rows not on disk yet (CPU memory)
+        self.pending_bytes = 0
+        self._store: TrunkStore | None = None  # directory: this trunk's folder, once the frozen tensors are known
+        self._frozen: list[torch.Tensor] = []
         self._marks: tuple[tuple[int, int], ...] | None = None  # (data_ptr, version) of the frozen tensors
         self._digest: tuple[int, ...] | None = None  # their content fingerprint
 
     # Copies and pickles (DDP spawn, deepcopy) start empty: the rows are recomputable.
     def __getstate__(self) -> dict[str, Any]:
-        return {"keep_padding": self.keep_padding, "directory": self.directory}
+        return {"keep_padding": self.keep_padding, "directory": self.directory, "max_bytes": self.max_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -105,8 +83,7 @@ class FrozenFeatureCache(Callback):
         return sum(row.numel() * row.element_size() for row in self.rows.values())
 
     def clear(self) -> None:
-        self.rows = {}
-        self._store = _RamStore() if self.directory is None else _MappedStore(self.directory)
+        self.rows, self.pending, self.pending_bytes, self._store = {}, {}, 0, None
 
     def check(self, frozen: Iterable[torch.Tensor]) -> None:
         """Empty the cache if the frozen tensors' content changed since it was filled."""
@@ -120,7 +97,32 @@ class FrozenFeatureCache(Callback):
                 info("frozen weights changed: the frozen-feature cache starts over")
             self.clear()
             self._digest = digest
+        self._frozen = tensors
         self._marks = marks
+
+    def open_store(self, device: torch.device) -> TrunkStore | None:
+        """With a directory: this trunk's folder on disk (its key hashes the frozen tensors, once per content), and
+        the rows already there. Call it where the rows are computed (device, autocast): both are in the key."""
+        if self.directory is None or not self._frozen:
+            return None
+        if self._store is None:
+            key, description = trunk_key(self._frozen, self.keep_padding, device)
+            self._store = TrunkStore(self.directory, key, description, self.max_bytes)
+            self.load_stored()
+        return self._store
+
+    def load_stored(self) -> None:
+        if self._store is not None:
+            found = self._store.load_new()
+            self.rows.update(found)
+            if found:
+                info("frozen-feature cache: %d texts read from %s", len(found), self._store.folder)
+
+    def flush(self) -> None:
+        """Write the pending rows to disk as one segment; the cache then reads them memory-mapped."""
+        if self.pending and self._store is not None:
+            self.rows.update(self._store.write(self.pending))
+            self.pending, self.pending_bytes = {}, 0
 
     def _key(self, ids: Sequence[int], width: int) -> bytes:
         """A text's key: its token ids; with keep_padding also the padded width (the row is the padded one)."""
@@ -155,7 +157,12 @@ class FrozenFeatureCache(Callback):
             if self.directory is not None:
                 hidden = hidden.cpu()
             for row, i in enumerate(missing):
-                self.rows[keys[i]] = self._store.put(hidden[row, : widths[i]].contiguous())
+                self.rows[keys[i]] = hidden[row, : widths[i]].clone()
+                if self.directory is not None:
+                    self.pending[keys[i]] = self.rows[keys[i]]
+                    self.pending_bytes += self.rows[keys[i]].numel() * self.rows[keys[i]].element_size()
+            if self.pending_bytes >= PENDING_BYTES:
+                self.flush()
         return keys, len(missing)
 
     def features(
@@ -196,9 +203,19 @@ class FrozenFeatureCache(Callback):
     def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
         self._attach(trainer, pl_module, batch)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flush()  # rows the steps computed (texts the epoch's fill did not see)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flush()
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flush()
+
     def _attach(self, trainer: L.Trainer, pl_module: Any, batch: dict[str, torch.Tensor]) -> None:
         self.check(pl_module.frozen_parameters())
         with trainer.precision_plugin.forward_context():
+            self.open_store(pl_module.device)  # once (epochs limited to some batches fill no split ahead)
             batch[FROZEN_FEATURES] = self.features(
                 batch["input_ids"], batch["lengths"], pl_module.frozen_features, batch.get(TOKEN_IDS)
             )
@@ -223,10 +240,19 @@ class FrozenFeatureCache(Callback):
         max_tokens = 512 if pl_module.device.type == "cpu" else 16384  # small batches run fastest on CPUs
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
         new = start = 0
+        with trainer.precision_plugin.forward_context():
+            store = self.open_store(pl_module.device)
+        # With a directory, one job at a time fills a trunk: a concurrent job with the same trunk waits here, then
+        # reads the rows the first one wrote instead of computing them again.
         with (
+            store.lock if store is not None else contextlib.nullcontext(),
             trainer.precision_plugin.forward_context(),
-            tqdm(total=len(rows), desc="frozen-feature cache", unit="text", disable=not show, leave=False) as bar,
+            tqdm(total=len(rows), desc=f"frozen-feature cache ({split})", unit="text", disable=not show) as bar,
         ):
+            self.load_stored()
+            if all(self._key(ids, preprocessing.pad_length or 0) in self.rows for ids in rows):
+                bar.update(len(rows))
+                return
             while start < len(rows):
                 stop = start + 1
                 while stop < len(rows) and (stop + 1 - start) * len(rows[stop]) <= max_tokens:
@@ -236,6 +262,7 @@ class FrozenFeatureCache(Callback):
                 new += self.fill(input_ids, lengths, pl_module.frozen_features, chunk)[1]
                 bar.update(stop - start)
                 start = stop
+            self.flush()
         if new:
             info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(self), self.nbytes / 2**20)
 

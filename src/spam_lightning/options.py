@@ -101,6 +101,9 @@ def check_model_options(args: Mapping[str, Any]) -> None:
 
     if pretrained is not None and not isinstance(pretrained, str):
         raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
+    init_seed = args.get("init_seed")
+    if init_seed is not None and not is_int(init_seed):
+        raise ConfigError(f"model.init_seed must be null or an integer, got {init_seed!r}")
     if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
         raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
     if not (is_int(num_classes) and num_classes >= 2):
@@ -128,6 +131,9 @@ def check_model_options(args: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+    cache_max_gb = args.get("cache_max_gb")
+    if cache_max_gb is not None and not (is_number(cache_max_gb) and cache_max_gb > 0):
+        raise ConfigError(f"model.cache_max_gb must be null or a number > 0, got {cache_max_gb!r}")
     for name in ("compile", "tf32"):
         value = args[name]
         if not isinstance(value, bool):

@@ -45,8 +45,8 @@ REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
 # settings, if changed, refuse the resume with the list of differences (applying them mid-run would make the
 # recorded config differ from what trained, e.g. AdamW keeps the learning rate stored in its state).
 # Everything else applies to the rest of the run: trainer.max_epochs/max_steps (train longer),
-# checkpoint_every_n_steps, model.cache_frozen/cache_dir/compile/tf32, data.eval_batch_size/num_workers/pin_memory,
-# logging and progress bars.
+# checkpoint_every_n_steps, model.cache_frozen/cache_dir/cache_max_gb/compile/tf32,
+# data.eval_batch_size/num_workers/pin_memory, logging and progress bars.
 RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool", "lr", "weight_decay", "scheduler")
 RESUME_FIXED_MODEL += ("warmup_steps", "finetune", "lora")
 RESUME_FIXED_DATA = ("seed", "splits_sha256", "batch_size", "drop_last", "bucket_by_length", "max_length", "padding")

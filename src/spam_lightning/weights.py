@@ -7,11 +7,13 @@ projection `c_attn` that the book splits into W_query, W_key and W_value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -245,16 +247,40 @@ def pretrained_file(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> Path:
     return path
 
 
-def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTModel:
-    """`GPTModel(cfg)`, randomly initialised (None) or with OpenAI's weights (see `pretrained_file`)."""
+def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None, init_seed: int | None = None) -> GPTModel:
+    """`GPTModel(cfg)`, randomly initialised (None: from `init_seed`, else the global RNG) or with OpenAI's
+    weights (see `pretrained_file`)."""
     if pretrained is None:
-        return GPTModel(cfg)
+        return GPTModel(cfg) if init_seed is None else random_gpt(cfg, init_seed)
     path = pretrained_file(cfg, pretrained)
     weights_sha256(path)  # starts hashing for the checkpoints' provenance while the weights load
     state = read_safetensors(path)
     model = GPTModel(cfg)
     load_hf_state_dict(model, state, source=f"weights file {str(path)!r}")
     return model
+
+
+def random_gpt(cfg: GPTConfig, init_seed: int) -> GPTModel:
+    """A GPT-2 randomly initialised from its own seed, leaving the global RNG as it was: the same seed (and torch)
+    makes the same weights again, so checkpoints of a random-init run need not hold its frozen ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return GPTModel(cfg)
+
+
+def tensors_sha256(state: Mapping[str, Tensor]) -> str:
+    """The sha256 of a state dict: each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def random_provenance(init_seed: int, initial_sha256: str) -> dict[str, Any]:
+    """The frozen-weights record of a random-init run: the seed that makes them again, and their sha256."""
+    return {"pretrained": None, "revision": None, "init_seed": init_seed, "sha256": initial_sha256}
 
 
 def provenance(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> dict[str, str | None]:
@@ -281,7 +307,16 @@ def weights_sha256(path: Path) -> Future[str]:
 
 
 def load_recorded(cfg: GPTConfig, recorded: Mapping[str, str | None], source: str) -> dict[str, Tensor]:
-    """Our-layout GPT-2 weights from a `provenance` record, refused unless the file's sha256 matches it."""
+    """Our-layout GPT-2 weights from a `provenance` or `random_provenance` record, refused unless their sha256
+    matches it."""
+    if recorded["pretrained"] is None:
+        state = random_gpt(cfg, int(recorded["init_seed"])).state_dict()  # type: ignore[arg-type]
+        if tensors_sha256(state) != recorded["sha256"]:
+            raise CheckpointError(
+                f"{source} was trained on random weights from seed {recorded['init_seed']}, but this torch "
+                f"({torch.__version__}) makes other weights from that seed; use the torch version that trained it"
+            )
+        return state
     name = str(recorded["pretrained"])
     if name in PRESETS and recorded.get("revision") != HF_REVISIONS[name]:
         raise CheckpointError(
