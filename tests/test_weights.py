@@ -10,7 +10,7 @@ import huggingface_hub.constants
 import huggingface_hub.errors
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from spam_lightning.gpt import PRESETS, GPTModel, make_config
 from spam_lightning.tokenizer import get_tokenizer
@@ -22,7 +22,6 @@ from spam_lightning.weights import (
     convert_hf_state_dict,
     hf_shapes,
     load_hf_state_dict,
-    uninitialised_gpt,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -212,56 +211,6 @@ def test_neither_preset_nor_file(tmp_path):
 def test_preset_needs_its_architecture():
     with pytest.raises(PretrainedWeightsError, match=r"emb_dim=64 \(expected 768\)"):
         build_gpt(make_config(TINY), "gpt2")
-
-
-@pytest.mark.parametrize(
-    "arch",
-    [
-        TINY,
-        "gpt2",
-        # sizes that are not multiples of 16 (normal_ draws 16 more for those)
-        {"vocab_size": 101, "context_length": 7, "emb_dim": 20, "n_layers": 1, "n_heads": 2},
-    ],
-)
-def test_pretrained_build_skips_init_but_draws_as_it(arch):
-    """build_gpt with weights builds the model without its random initialisation, but leaves the RNG where that
-    initialisation leaves it: what is drawn next (the classifier's head, dropout, data order) is unchanged."""
-    cfg = make_config(arch)
-    torch.manual_seed(7)
-    GPTModel(cfg)
-    expected = torch.get_rng_state()
-    torch.manual_seed(7)
-    model = uninitialised_gpt(cfg)
-    assert model is not None and torch.equal(torch.get_rng_state(), expected)
-    assert {p.device.type for p in model.parameters()} == {"meta"}
-
-
-def test_pretrained_build_equals_loading_into_a_random_model(tiny_file):
-    cfg = make_config(TINY)
-    torch.manual_seed(1)
-    reference = GPTModel(cfg)
-    load_hf_state_dict(reference, load_file(tiny_file))
-    after_reference = torch.get_rng_state()
-    torch.manual_seed(1)
-    model = build_gpt(cfg, tiny_file)
-    assert torch.equal(torch.get_rng_state(), after_reference)
-    ours, theirs = model.state_dict(), reference.state_dict()
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    for name, p in model.named_parameters():
-        assert p.is_contiguous() and p.dtype == torch.float32 and p.device.type == "cpu", name
-    assert model.out_head.weight.data_ptr() != model.tok_emb.weight.data_ptr()  # untied, as before
-
-
-def test_tiny_sizes_are_initialised_then_loaded(tmp_path):
-    """Sizes whose draws uninitialised_gpt does not count (tensors under 16 elements) take the old way."""
-    arch = {"vocab_size": 5, "context_length": 3, "emb_dim": 2, "n_layers": 1, "n_heads": 1}
-    cfg = make_config(arch)
-    assert uninitialised_gpt(cfg) is None
-    torch.manual_seed(0)
-    state = {k: torch.randn(shape) for k, shape in hf_shapes(cfg).items()}
-    save_file(state, str(tmp_path / "model.safetensors"))
-    model = build_gpt(cfg, tmp_path / "model.safetensors")
-    assert torch.equal(model.tok_emb.weight, state["wte.weight"])
 
 
 def test_no_pretrained_is_random_init():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from spam_lightning.errors import CheckpointError, DownloadError, UserError
 from spam_lightning.files import file_sha256
@@ -251,53 +251,9 @@ def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None) -> GPTM
         return GPTModel(cfg)
     path = pretrained_file(cfg, pretrained)
     weights_sha256(path)  # starts hashing for the checkpoints' provenance while the weights load
-    state = convert_hf_state_dict(read_safetensors(path), cfg, source=f"weights file {str(path)!r}")
-    model = uninitialised_gpt(cfg)
-    if model is None:  # sizes whose random draws `uninitialised_gpt` does not count: initialise, then overwrite
-        model = GPTModel(cfg)
-        model.load_state_dict(state)
-        return model
-    # Each tensor becomes a parameter as it is (contiguous, in the model's dtype: copies only where it is not),
-    # instead of being copied into a randomly initialised one; the output head gets its own copy (untied).
-    state["out_head.weight"] = state["out_head.weight"].clone()
-    dtypes = {name: p.dtype for name, p in model.named_parameters()}
-    model.load_state_dict({k: v.to(dtypes[k]).contiguous() for k, v in state.items()}, assign=True)
-    return model
-
-
-def uninitialised_gpt(cfg: GPTConfig) -> GPTModel | None:
-    """`GPTModel(cfg)` with its parameters on the meta device (no memory, no random initialisation), for a state
-    dict to be assigned; None for sizes this cannot do (then build `GPTModel(cfg)`).
-
-    The global torch RNG is advanced exactly as `GPTModel(cfg)` advances it on the CPU, so that what is drawn next
-    (the classifier's new head, dropout, the data order) is the same as after a random initialisation: a run
-    starting from pretrained weights gives the same results as when the model was first initialised at random.
-    That initialisation draws one 32-bit number per element: nn.Linear's kaiming_uniform_ weight and uniform_
-    bias, nn.Embedding's normal_, then GPT-2's normal_ on every Linear and Embedding weight (`gpt._init_weights`);
-    normal_ draws 16 more for a tensor whose size is not a multiple of 16, and another way for fewer than 16
-    elements (not done here). uint8 `random_()` draws one number per element too, and stores a byte.
-    tests/test_weights.py checks the RNG state against `GPTModel(cfg)`'s.
-    """
-    if torch.get_default_device().type != "cpu":  # GPTModel(cfg) would draw from that device's generator
-        return None
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    draws = 0
-    for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Embedding):
-            n = module.weight.numel()
-            if n < 16:
-                return None
-            normal = n + (16 if n % 16 else 0)
-            if isinstance(module, nn.Linear):
-                draws += n + normal + (module.bias.numel() if module.bias is not None else 0)
-            else:
-                draws += 2 * normal
-    scratch = torch.empty(min(draws, 1 << 20), dtype=torch.uint8, device="cpu")
-    while draws > 0:
-        n = min(draws, scratch.numel())
-        scratch[:n].random_()
-        draws -= n
+    state = read_safetensors(path)
+    model = GPTModel(cfg)
+    load_hf_state_dict(model, state, source=f"weights file {str(path)!r}")
     return model
 
 
