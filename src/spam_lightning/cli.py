@@ -7,6 +7,7 @@ A command imports only what it runs (prediction never imports Lightning).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -99,7 +100,12 @@ def train() -> None:
     _null_config_groups()
     _torchrun_setup()
     _hydra_app("train", _train)()
-    sys.exit(exit_code())
+    code = exit_code()
+    # The run is over (files written and closed, loggers finished): spare the interpreter's shutdown its garbage
+    # collections over every object of torch, Lightning and their imports (seconds on a small CPU). Objects are
+    # still freed as their references go; only unreachable cycles are left to the operating system.
+    gc.freeze()
+    sys.exit(code)
 
 
 def _one_line_errors(module: str) -> Callable[[DictConfig], None]:

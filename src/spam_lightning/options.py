@@ -14,7 +14,6 @@ from typing import Any
 
 from spam_lightning.errors import ConfigError
 from spam_lightning.gpt import POOLS
-from spam_lightning.inference import BACKENDS, PRECISIONS, check_backend
 from spam_lightning.lora import LoRAConfig
 
 FORMATS = ("auto", "table", "jsonl")
@@ -25,6 +24,9 @@ FINETUNE = ("layers", "lora")  # model.finetune
 
 def check_options(cfg: Mapping[str, Any]) -> None:
     """Check those of the prediction/evaluation options that `cfg` has (predict.yaml, evaluate.yaml)."""
+    # Here, not at the top: training imports this module too, and needs none of inference's (export, ONNX).
+    from spam_lightning.inference import BACKENDS, PRECISIONS, check_backend
+
     if "threshold" in cfg:
         check_number("threshold", cfg["threshold"], 0.0, 1.0)
     if "batch_size" in cfg:
