@@ -44,9 +44,24 @@ USED_FILE = "last_used"  # touched on every open: the order in which prune() dro
 INFO_FILE = "trunk.json"  # what the key was computed from, for people listing the cache
 
 
-def trunk_key(tensors: Sequence[torch.Tensor], keep_padding: bool, device: torch.device) -> tuple[str, dict]:
-    """The sha256 naming a trunk's folder, and the description it was computed from. Hashes the frozen tensors'
-    bytes on the CPU (a GPU's copy is moved in pieces): ~1 s per GB."""
+def tensors_digest(tensors: Sequence[torch.Tensor]) -> str:
+    """The sha256 of the tensors' shapes, dtypes and bytes, in order (~1 s per GB on our CPUs). A GPU's tensors are
+    copied to the CPU in pieces of 64M elements."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        flat = tensor.detach().reshape(-1)
+        for start in range(0, flat.numel(), 1 << 26):
+            piece = flat[start : start + (1 << 26)].to("cpu").contiguous()
+            digest.update(piece.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def trunk_key(
+    tensors: Sequence[torch.Tensor], keep_padding: bool, device: torch.device, content: str | None = None
+) -> tuple[str, dict]:
+    """The sha256 naming a trunk's folder, and the description it was computed from. `content`: the tensors'
+    `tensors_digest` when already computed."""
     autocast = torch.is_autocast_enabled(device.type)
     info = {
         "format": FORMAT,
@@ -55,13 +70,8 @@ def trunk_key(tensors: Sequence[torch.Tensor], keep_padding: bool, device: torch
         "autocast": str(torch.get_autocast_dtype(device.type)).removeprefix("torch.") if autocast else None,
         "tensors": [[*t.shape, str(t.dtype).removeprefix("torch.")] for t in tensors],
     }
-    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
-    for tensor in tensors:
-        flat = tensor.detach().reshape(-1)
-        for start in range(0, flat.numel(), 1 << 26):  # 64M elements at a time: a bounded CPU copy
-            piece = flat[start : start + (1 << 26)].to("cpu").contiguous()
-            digest.update(piece.view(torch.uint8).numpy().data)
-    return digest.hexdigest(), info
+    content = content or tensors_digest(tensors)
+    return hashlib.sha256((json.dumps(info, sort_keys=True) + content).encode()).hexdigest(), info
 
 
 class TrunkStore:
