@@ -221,3 +221,14 @@ def test_rows_computed_by_the_steps_are_written_too(data_dir: str, tokenizer_fil
     # 2 training batches and 1 validation batch of 8 texts, written when validation (inside the epoch) ends
     assert trunk["segments"] == 1 and len(clf.feature_cache) == 16 + 8
     assert clf.feature_cache.pending == {}
+
+
+def test_a_long_fill_logs_its_progress(
+    data_dir: str, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("spam_lightning.feature_cache.PROGRESS_LOG_SECONDS", 0)
+    dm = SmsSpamDataModule(data_dir=data_dir, tokenizer_file=tokenizer_file, pool="last_token", context_length=128)
+    with caplog.at_level(logging.INFO, logger="spam_lightning"):
+        quiet_trainer().validate(model(), dm, verbose=False)
+    lines = [r.message for r in caplog.records if r.message.startswith("frozen-feature cache (validation): ")]
+    assert lines and lines[-1].startswith("frozen-feature cache (validation): 149 of 149 texts, about 0 min left")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ info = rank_zero_only(log.info)
 Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) frozen hidden states
 FROZEN_FEATURES = "frozen_features"  # the batch key of the precomputed frozen part
 TOKEN_IDS = "token_ids"  # the batch key of the unpadded token ids (CPU lists), when the data module adds them
+PROGRESS_LOG_SECONDS = 60  # a fill longer than this logs its progress (the bar is not in logs)
 PENDING_BYTES = 256 << 20  # with a directory: new rows are written to disk in segments of about this size
 
 
@@ -254,6 +256,8 @@ class FrozenFeatureCache(Callback):
             if all(self._key(ids, preprocessing.pad_length or 0) in self.rows for ids in rows):
                 bar.update(len(rows))
                 return
+            began = last_log = time.monotonic()
+            done_tokens, total_tokens = 0, sum(map(len, rows))
             while start < len(rows):
                 stop = start + 1
                 while stop < len(rows) and (stop + 1 - start) * len(rows[stop]) <= max_tokens:
@@ -263,6 +267,12 @@ class FrozenFeatureCache(Callback):
                 new += self.fill(input_ids, lengths, pl_module.frozen_features, chunk)[1]
                 bar.update(stop - start)
                 start = stop
+                done_tokens += sum(map(len, chunk))
+                if time.monotonic() - last_log > PROGRESS_LOG_SECONDS:  # train.log and job outputs see long fills too
+                    last_log = time.monotonic()
+                    minutes = (total_tokens - done_tokens) / (done_tokens / (last_log - began)) / 60  # longest last
+                    info("frozen-feature cache (%s): %d of %d texts, about %.0f min left",
+                         split, start, len(rows), minutes)  # fmt: skip
             self.flush()
         if new:
             info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(self), self.nbytes / 2**20)

@@ -261,11 +261,11 @@ def build_gpt(cfg: GPTConfig, pretrained: str | os.PathLike[str] | None, init_se
 
 
 def random_gpt(cfg: GPTConfig, init_seed: int) -> GPTModel:
-    """A GPT-2 randomly initialised from its own seed, leaving the global RNG as it was: the same seed (and torch)
-    makes the same weights again, so checkpoints of a random-init run need not hold its frozen ones."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        return GPTModel(cfg)
+    """A GPT-2 randomly initialised from its own seed: the same seed (and torch) makes the same weights again, so
+    checkpoints of a random-init run need not hold its frozen ones. Seeds the global RNG (train.py has just seeded
+    it with the same value by default, so what is drawn after, e.g. the new head, is as without init_seed)."""
+    torch.manual_seed(init_seed)
+    return GPTModel(cfg)
 
 
 def tensors_sha256(state: Mapping[str, Tensor]) -> str:
@@ -310,7 +310,8 @@ def load_recorded(cfg: GPTConfig, recorded: Mapping[str, str | None], source: st
     """Our-layout GPT-2 weights from a `provenance` or `random_provenance` record, refused unless their sha256
     matches it."""
     if recorded["pretrained"] is None:
-        state = random_gpt(cfg, int(recorded["init_seed"])).state_dict()  # type: ignore[arg-type]
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stays as it was
+            state = random_gpt(cfg, int(recorded["init_seed"])).state_dict()  # type: ignore[arg-type]
         if tensors_sha256(state) != recorded["sha256"]:
             raise CheckpointError(
                 f"{source} was trained on random weights from seed {recorded['init_seed']}, but this torch "
