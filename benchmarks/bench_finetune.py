@@ -309,11 +309,10 @@ def run_train_py(overrides: list[str], run_dir: Path, threads: int | None) -> di
         raise RuntimeError(f"train.py failed (exit {done.returncode}): {done.stderr[-3000:]}")
     saved = json.loads((run_dir / "metrics.json").read_text())
     sizes = {path.name: round(path.stat().st_size / 2**20, 1) for path in (run_dir / "checkpoints").glob("*.ckpt")}
-    epochs = len(saved.get("history", {}).get("epoch", [])) or None
     return {
         "train_examples": 0,
         "examples_per_s": float("nan"),
-        "epoch_s": [saved["time_seconds"]["fit"] / (epochs or 1)],
+        "epoch_s": [],  # not measured from outside the process
         "validation_s": [],
         "fit_s": saved["time_seconds"]["fit"],
         "total_s": total_s,
@@ -444,9 +443,10 @@ def print_table(results: dict[str, dict[str, Any]], labels: dict[str, str], head
     )
     for key, r in results.items():
         epochs = ", ".join(f"{s:.1f}" for s in r["epoch_s"])
+        per_epoch = f"{sum(r['epoch_s']) / len(r['epoch_s']):.1f}" if r["epoch_s"] else "-"
         trainable = f"{r['trainable_parameters']:,}" if "trainable_parameters" in r else ""  # (a): not counted
         print(
-            f"{labels[key]:<36}{r['examples_per_s']:>11.1f}{sum(r['epoch_s']) / len(r['epoch_s']):>9.1f}"
+            f"{labels[key]:<36}{r['examples_per_s']:>11.1f}{per_epoch:>9}"
             f"{r['fit_s']:>9.1f}{r['total_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_memory_mib']:>10.0f}"
             f"{trainable:>12}{r['val_accuracy']:>9.4f}{r['test_accuracy']:>9.4f}  {epochs}"
         )

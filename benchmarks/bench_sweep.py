@@ -85,7 +85,7 @@ def main() -> None:
 
     independent = {}
     for lr in lrs:
-        one = [*train, *common, f"model.lr={lr}", f"runs_dir={work / 'a'}", f"run_name={lr}"]
+        one = [*train, *common, f"model.lr={lr}", f"runs_dir={work / 'a'}", f"run_name=lr{lr}"]
         seconds = run(one, work / f"a{lr}.log")
         independent[lr] = seconds
         print(f"(a) independent run model.lr={lr}: {seconds:.1f} s", flush=True)
@@ -100,7 +100,7 @@ def main() -> None:
     }
     worst = 0.0
     for lr in lrs:
-        ours, theirs = metrics(work / "a" / lr), metrics(job_dirs[float(lr)])
+        ours, theirs = metrics(work / "a" / f"lr{lr}"), metrics(job_dirs[float(lr)])
         assert ours.keys() == theirs.keys(), (ours.keys(), theirs.keys())
         worst = max(worst, *(abs(ours[k] - theirs[k]) for k in ours))
     total = sum(independent.values())

@@ -50,7 +50,8 @@ Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) froz
 FROZEN_FEATURES = "frozen_features"  # the batch key of the precomputed frozen part
 TOKEN_IDS = "token_ids"  # the batch key of the unpadded token ids (CPU lists), when the data module adds them
 PROGRESS_LOG_SECONDS = 60  # a fill longer than this logs its progress (the bar is not in logs)
-PENDING_BYTES = 256 << 20  # with a directory: new rows are written to disk in segments of about this size
+PENDING_BYTES = 64 << 20  # with a directory: new rows go to disk in segments of about this size (held twice while
+# written: the rows and their concatenation)
 
 
 class FrozenFeatureCache(Callback):
