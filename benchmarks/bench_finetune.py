@@ -178,6 +178,21 @@ def book_accuracy(model: nn.Module, loader: DataLoader, device: torch.device) ->
     return correct / total
 
 
+def book_setup(
+    dm: SmsSpamDataModule, arch: str | dict[str, int], seed: int, device: torch.device, weights: str | None
+) -> tuple[tuple[DataLoader, DataLoader, DataLoader], nn.Module, torch.optim.Optimizer]:
+    """The book's train/validation/test loaders (every text padded to the longest training text: 120 tokens),
+    model and AdamW."""
+    collate = pad_collate(dm.pad_length)
+    torch.manual_seed(seed)
+    train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
+    val_loader = DataLoader(dm.datasets["validation"], batch_size=8, collate_fn=collate)
+    test_loader = DataLoader(dm.datasets["test"], batch_size=8, collate_fn=collate)
+    model = book_model(arch, seed, weights).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
+    return (train_loader, val_loader, test_loader), model, optimizer
+
+
 def run_book(
     dm: SmsSpamDataModule,
     arch: str | dict[str, int],
@@ -189,13 +204,7 @@ def run_book(
 ) -> dict:
     if steps is not None:
         return estimate_book(dm, arch, epochs, seed, device, weights, steps)
-    collate = pad_collate(dm.pad_length)  # the longest training text: 120 tokens
-    torch.manual_seed(seed)
-    train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
-    val_loader = DataLoader(dm.datasets["validation"], batch_size=8, collate_fn=collate)
-    test_loader = DataLoader(dm.datasets["test"], batch_size=8, collate_fn=collate)
-    model = book_model(arch, seed, weights).to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
+    (train_loader, val_loader, test_loader), model, optimizer = book_setup(dm, arch, seed, device, weights)
     epoch_seconds, epoch_cpu, val_seconds, seen = [], [], [], 0
     with PeakMemory(device) as memory:
         sync(device)
@@ -236,13 +245,8 @@ def estimate_book(
 ) -> dict:
     """The book's loop timed for `steps` training steps and `steps` evaluation batches (after one of each as
     warm-up), extrapolated to its epochs: for models whose full run would take hours here."""
-    collate = pad_collate(dm.pad_length)
-    torch.manual_seed(seed)
-    train_loader = DataLoader(dm.datasets["train"], batch_size=8, shuffle=True, drop_last=True, collate_fn=collate)
-    val_batches = -(-len(dm.datasets["validation"]) // 8)
-    test_batches = -(-len(dm.datasets["test"]) // 8)
-    model = book_model(arch, seed, weights).to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5, weight_decay=0.1)
+    (train_loader, val_loader, test_loader), model, optimizer = book_setup(dm, arch, seed, device, weights)
+    val_batches, test_batches = len(val_loader), len(test_loader)
     batches = iter(train_loader)
     train_times, eval_times = [], []
     with PeakMemory(device) as memory:

@@ -40,6 +40,16 @@ def tokenizer_file() -> str:
     return str(TOKENIZER_FILE)
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> str:
+    """The SMS splits (seed 123), prepared once from the shared zip, for tests that only read them."""
+    from spam_lightning.data import SmsSpamDataModule
+
+    path = str(tmp_path_factory.mktemp("sms"))
+    SmsSpamDataModule(source=str(sms_zip), data_dir=path, tokenizer_file=tokenizer_file).prepare_data()
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> None:
     """The test models are tiny: one intra-op thread is as fast, and two threads per process spin against

@@ -68,13 +68,6 @@ def test_no_skip_is_the_plain_order() -> None:
 # --- a real mid-epoch resume through Lightning, with the data module's loaders -----------------------
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> str:
-    path = str(tmp_path_factory.mktemp("sms"))
-    SmsSpamDataModule(source=str(sms_zip), data_dir=path, tokenizer_file=tokenizer_file).prepare_data()
-    return path
-
-
 class RecordBatches(Callback):
     def __init__(self) -> None:
         self.batches: list[torch.Tensor] = []

@@ -26,13 +26,6 @@ TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> str:
-    path = str(tmp_path_factory.mktemp("sms"))
-    SmsSpamDataModule(source=str(sms_zip), data_dir=path, tokenizer_file=tokenizer_file).prepare_data()
-    return path
-
-
 def model(**kwargs: Any) -> SpamClassifier:
     L.seed_everything(123)
     args = {"arch": TINY, "pretrained": None, "init_seed": 5, "trainable_layers": 1, "pool": "last_token"}
