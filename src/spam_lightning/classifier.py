@@ -39,7 +39,7 @@ from spam_lightning.metrics import classification_metrics, per_class
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
-from spam_lightning.weights import build_gpt, provenance, random_provenance, tensors_sha256
+from spam_lightning.weights import build_gpt, provenance, random_provenance
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
@@ -98,7 +98,7 @@ class SpamClassifier(L.LightningModule):
 
         gpt, self._provenance = build_gpt(cfg, pretrained, init_seed), None
         if pretrained is None and init_seed is not None and (trainable_layers != "all" or finetune == "lora"):
-            self._provenance = random_provenance(init_seed, tensors_sha256(gpt.state_dict()))  # before training
+            self._provenance = random_provenance(init_seed, gpt.state_dict())  # before training
         self.net = SpamNet(gpt, num_classes, pool)
         self.num_classes = num_classes
 

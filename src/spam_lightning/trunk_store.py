@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
 from spam_lightning.files import file_sha256
+from spam_lightning.weights import tensors_sha256
 
 log = logging.getLogger("spam_lightning")
 
@@ -45,16 +46,8 @@ INFO_FILE = "trunk.json"  # what the key was computed from, for people listing t
 
 
 def tensors_digest(tensors: Sequence[torch.Tensor]) -> str:
-    """The sha256 of the tensors' shapes, dtypes and bytes, in order (~1 s per GB on our CPUs). A GPU's tensors are
-    copied to the CPU in pieces of 64M elements."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(f"{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        flat = tensor.detach().reshape(-1)
-        for start in range(0, flat.numel(), 1 << 26):
-            piece = flat[start : start + (1 << 26)].to("cpu").contiguous()
-            digest.update(piece.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    """The sha256 of a sequence of tensors (their order, dtypes, shapes and bytes)."""
+    return tensors_sha256((str(i), tensor) for i, tensor in enumerate(tensors))
 
 
 def trunk_key(
@@ -139,14 +132,8 @@ class TrunkStore:
         for trunk in trunks:
             if total <= self.max_bytes:
                 return
-            if trunk["path"] == self.folder:
+            if trunk["path"] == self.folder or not _remove_unless_in_use(trunk["path"]):
                 continue
-            try:
-                with FileLock(self.root / f"{trunk['path'].name}.lock", timeout=0):
-                    shutil.rmtree(trunk["path"], ignore_errors=True)
-            except Timeout:
-                continue
-            (self.root / f"{trunk['path'].name}.lock").unlink(missing_ok=True)
             total -= trunk["bytes"]
             log.info("frozen-feature cache: removed trunk %s (%.1f MiB, over the size limit)", trunk["path"].name,
                      trunk["bytes"] / 2**20)  # fmt: skip
@@ -155,6 +142,18 @@ class TrunkStore:
                 "frozen-feature cache %s holds %.1f MiB, over its limit of %.1f MiB (trunks in use are kept)",
                 self.root, total / 2**20, self.max_bytes / 2**20,
             )  # fmt: skip
+
+
+def _remove_unless_in_use(folder: Path) -> bool:
+    """Delete a trunk's folder and its lock file, unless a job holds the lock; whether it was deleted."""
+    lock = folder.with_name(f"{folder.name}.lock")
+    try:
+        with FileLock(lock, timeout=0):
+            shutil.rmtree(folder, ignore_errors=True)
+    except Timeout:
+        return False
+    lock.unlink(missing_ok=True)
+    return True
 
 
 def _unpack(segment: Mapping[str, torch.Tensor]) -> dict[bytes, torch.Tensor]:
@@ -194,14 +193,9 @@ def clean(root: str | Path, trunks: Iterable[dict] | None = None) -> int:
     """Delete the trunks (all under root by default), skipping any a running job holds; returns bytes freed."""
     freed = 0
     for trunk in list_trunks(root) if trunks is None else trunks:
-        lock = Path(root).expanduser() / f"{trunk['path'].name}.lock"
-        try:
-            with FileLock(lock, timeout=0):
-                shutil.rmtree(trunk["path"], ignore_errors=True)
-        except Timeout:
+        if not _remove_unless_in_use(trunk["path"]):
             print(f"kept {trunk['path']}: a running job uses it")
             continue
-        lock.unlink(missing_ok=True)
         freed += trunk["bytes"]
     return freed
 
