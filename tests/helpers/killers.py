@@ -108,8 +108,9 @@ class SignalInTest(Callback):
 
 
 class HoldAtStep(Callback):
-    """Right after optimizer step `step`, creates the file `ready` and then sleeps until the process is killed
-    (a run that is alive and holds its run directory, for the concurrency tests)."""
+    """Right after optimizer step `step`, waits for the checkpoint writes queued so far, creates the file `ready`
+    and then sleeps until the process is killed (a run that is alive and holds its run directory, whose files
+    no longer change, for the concurrency tests)."""
 
     def __init__(self, step: int, ready: str) -> None:
         self.step = step
@@ -117,6 +118,7 @@ class HoldAtStep(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step == self.step:
+            trainer.strategy.checkpoint_io.wait()  # last.ckpt is written in the background
             open(self.ready, "w").close()
             while True:
                 time.sleep(1)
