@@ -130,6 +130,22 @@ def test_one_position_top_block_matches_the_full_block(pool: str) -> None:
         torch.testing.assert_close(block.forward_at(x, pos), block(x)[torch.arange(4), pos], rtol=1e-5, atol=1e-6)
 
 
+def test_one_position_top_block_trains_as_the_full_block() -> None:
+    """The same gradient for every parameter of the top block (training uses forward_at)."""
+    block = model(pool="last_token").net.gpt.trf_blocks[-1]
+    x = torch.randn(4, 9, TINY["emb_dim"])
+    pos = torch.tensor([8, 0, 3, 5])
+    target = torch.randn(4, TINY["emb_dim"])
+    grads = []
+    for outputs in (lambda: block.forward_at(x, pos), lambda: block(x)[torch.arange(4), pos]):
+        block.zero_grad()
+        (outputs() * target).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in block.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() == dict(block.named_parameters()).keys()  # each has a gradient
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [

@@ -120,22 +120,39 @@ class TransformerBlock(nn.Module):
     def forward_at(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """self(x)[b, pos[b]] for every row b, computing only those positions (no dropout): (B, T, D) -> (B, D).
 
-        A classifier reads one position of the top block. Keys and values still come from all positions;
-        the query, output projection and MLP run at one position per row: about a sixth of the block's work.
+        A classifier reads one position of the top block, so it needs one query per row. Keys and values are
+        linear in the normed input h, so that query meets h itself: q.(W_k h_j + b_k) = (W_k^T q).h_j + q.b_k,
+        and sum_j a_j (W_v h_j + b_v) = W_v (sum_j a_j h_j) + b_v (the weights a_j sum to 1). No key or value is
+        computed: O(heads T D + D^2) a row instead of O(T D^2), and the MLP runs at one position. (Adapters on the
+        keys or values, as LoRA's, make them more than a Linear: then they are computed.)
         """
         b, t, d = x.shape
         att = self.att
-        heads = att.n_heads
+        heads, head_dim = att.n_heads, d // att.n_heads
         h = self.norm1(x)
         rows = torch.arange(b, device=x.device)
-        k, v = (w(h).view(b, t, heads, d // heads).transpose(1, 2) for w in (att.W_key, att.W_value))
-        q = att.W_query(h[rows, pos]).view(b, heads, 1, d // heads)
+        q = att.W_query(h[rows, pos]).view(b, heads, head_dim)
+        plain = type(att.W_key) is nn.Linear and type(att.W_value) is nn.Linear
+        if plain:
+            w_key = att.W_key.weight.view(heads, head_dim, d)
+            scores = torch.einsum("bhd,btd->bht", torch.einsum("bhe,hed->bhd", q, w_key), h)
+            if att.W_key.bias is not None:  # the same at every position, so the softmax cancels it; kept so that
+                scores = scores + (q * att.W_key.bias.view(heads, head_dim)).sum(-1, keepdim=True)  # it has a grad
+        else:  # adapters (LoRA) on the keys or values: computed for every position
+            k, v = (w(h).view(b, t, heads, head_dim) for w in (att.W_key, att.W_value))
+            scores = torch.einsum("bhe,bthe->bht", q, k)
         # One query per row: plain attention arithmetic. (SDPA with a mask picks cuDNN for bf16 on recent
         # GPUs, which builds a new plan for every sequence length: seconds per epoch with dynamic padding.)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // heads)  # (B, H, 1, T)
         hidden = torch.arange(t, device=x.device) > pos[:, None]  # the causal mask's row: later positions
-        weights = scores.masked_fill(hidden[:, None, None, :], float("-inf")).softmax(dim=-1)
-        out = x[rows, pos] + att.out_proj((weights @ v).reshape(b, d))
+        weights = (scores / math.sqrt(head_dim)).masked_fill(hidden[:, None, :], float("-inf")).softmax(dim=-1)
+        if plain:
+            mixed = torch.einsum("bht,btd->bhd", weights, h)
+            values = torch.einsum("bhd,hed->bhe", mixed, att.W_value.weight.view(heads, head_dim, d)).reshape(b, d)
+            if att.W_value.bias is not None:
+                values = values + att.W_value.bias
+        else:
+            values = torch.einsum("bht,bthe->bhe", weights, v).reshape(b, d)
+        out = x[rows, pos] + att.out_proj(values)
         return out + self.ff(self.norm2(out))
 
 
