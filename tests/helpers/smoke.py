@@ -4,6 +4,7 @@ tests start from (tiny model, one epoch of 20 steps, the real data)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,10 +88,20 @@ def train_command(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str
     return command, env
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # An ignored signal stays ignored across exec, and the pytest process may ignore SIGINT by then (Lightning's
+    # trainer sets SIG_IGN when it handles a KeyboardInterrupt): in a pytest-xdist worker that had run other tests
+    # first, the run of test_run_safety's Ctrl-C case never saw its Ctrl-C and finished with status 0.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_cli(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> subprocess.CompletedProcess:
     """`python train.py experiment=smoke ...` in a subprocess (so it can be SIGKILLed)."""
     command, env = train_command(tmp, *overrides, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
+    )  # fmt: skip
 
 
 def final_weights(tmp: Path) -> dict[str, torch.Tensor]:
