@@ -1,6 +1,7 @@
 """The trunk cache on disk deletes only what it can prove it wrote (issue 27): pruning, the clean command, a corrupt
 segment's check and stale temporary files leave anything else alone and name it; a cache folder that is the runs
-folder, the project folder, a parent of either or the home folder is refused. Small tensors, no training: fast."""
+folder, the project folder, a parent of either or the home folder is refused. And every component of a trunk's key
+changes the key (issue 28). Small tensors, no training: fast."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import pytest
 import torch
 from helpers.smoke import train_cli
 
+from spam_lightning import trunk_store
 from spam_lightning.classifier import SpamClassifier
 from spam_lightning.errors import ConfigError
-from spam_lightning.trunk_store import TrunkStore, check_cache_dir, list_trunks, trunk_key
+from spam_lightning.trunk_store import TrunkStore, check_cache_dir, list_trunks, tensors_digest, trunk_key
 
 TENSORS = [torch.arange(6.0).reshape(2, 3), torch.ones(4)]  # a stand-in for a model's frozen tensors
 
@@ -111,6 +113,7 @@ def test_the_clean_command_lists_and_deletes_only_trunks(tmp_path: Path) -> None
 
 WRITER = """
 import json, sys, time
+from spam_lightning import trunk_store
 import torch
 
 store = trunk_store.TrunkStore(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), None)
@@ -214,3 +217,52 @@ def test_train_refuses_the_runs_folder_as_cache_before_writing(tmp_path: Path, s
     assert last_line.startswith(f"error: model.cache_dir={runs} is the runs folder (runs_dir) {runs}: expected")
     assert_untouched(earlier)
     assert sorted(p.name for p in runs.iterdir()) == ["earlier"]  # the refused run left nothing
+
+
+# -- the key: every component changes it --------------------------------------------------------------------------
+
+
+def key(tensors: list[torch.Tensor] = TENSORS, keep_padding: bool = False, device: str = "cpu", content=None) -> str:
+    return trunk_key(tensors, keep_padding, torch.device(device), content)[0]
+
+
+def test_the_key_is_the_digest_of_the_tensors_content() -> None:
+    assert key(content=tensors_digest(TENSORS)) == key()  # the digest given (computed once) is the one it computes
+    assert key(content="0" * 64) != key(content="1" * 64)
+
+
+def test_the_format_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = key()
+    monkeypatch.setattr(trunk_store, "FORMAT", "2")
+    assert key() != before
+
+
+def test_keeping_the_padding_changes_the_key() -> None:
+    assert key(keep_padding=True) != key(keep_padding=False)
+
+
+def test_the_device_type_changes_the_key() -> None:
+    assert key(device="cuda") != key(device="cpu")  # a device object needs no GPU
+
+
+def test_autocast_and_its_dtype_change_the_key() -> None:
+    keys = [key()]
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            keys.append(key())
+    assert len(set(keys)) == 3
+
+
+def test_each_tensors_shape_and_dtype_change_the_key() -> None:
+    """The same bytes (and the same content digest passed) in another shape or dtype: another key."""
+    content = tensors_digest(TENSORS)
+    reshaped = [TENSORS[0].reshape(3, 2), TENSORS[1]]
+    retyped = [TENSORS[0], TENSORS[1].view(torch.int32)]
+    assert len({key(content=content), key(reshaped, content=content), key(retyped, content=content)}) == 3
+
+
+def test_the_tensors_bytes_and_order_change_the_key() -> None:
+    first, second = torch.zeros(3), torch.ones(3)
+    changed = first.clone()
+    changed[1] = 1e-7
+    assert len({key([first, second]), key([second, first]), key([changed, second])}) == 3
