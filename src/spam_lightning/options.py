@@ -15,6 +15,7 @@ from typing import Any
 from spam_lightning.errors import ConfigError
 from spam_lightning.gpt import POOLS
 from spam_lightning.lora import LoRAConfig
+from spam_lightning.trunk_store import check_cache_dir
 
 FORMATS = ("auto", "table", "jsonl")
 NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")  # model.trainable_layers, besides a block count
@@ -133,6 +134,8 @@ def check_model_options(args: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)  # train.py also checks it against runs_dir
     cache_max_gb = args.get("cache_max_gb")
     if cache_max_gb is not None and not (is_number(cache_max_gb) and cache_max_gb > 0):
         raise ConfigError(f"model.cache_max_gb must be null or a number > 0, got {cache_max_gb!r}")

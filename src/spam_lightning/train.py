@@ -36,6 +36,7 @@ from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
 from spam_lightning.sms_spam import SPLITS
 from spam_lightning.trackers import finish_trackers, log_config, log_run_files
+from spam_lightning.trunk_store import check_cache_dir
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -61,6 +62,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
     check_seeds(cfg)
+    if OmegaConf.select(cfg, "model.cache_dir"):
+        check_cache_dir(cfg.model.cache_dir, runs_dir=cfg.get("runs_dir"))
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
     context_length = make_config(cfg.model.arch).context_length
