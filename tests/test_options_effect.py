@@ -17,8 +17,10 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,7 @@ def test_seed_draws_the_new_head_and_is_the_default_data_seed_and_init_seed(inpu
     assert set(train_texts(seven)) != set(train_texts(default))  # data.seed: ${seed}
     assert (inputs.tmp / "sms" / "seed-7" / "splits.json").is_file()
     assert not torch.equal(seven.model.net.gpt.tok_emb.weight, default.model.net.gpt.tok_emb.weight)  # init_seed
+    assert set(train_texts(build(inputs, "seed=7", data="csv"))) != set(train_texts(build(inputs, data="csv")))
 
 
 def test_root_dir_holds_the_data_by_default(inputs: Inputs) -> None:
@@ -861,16 +864,28 @@ LIGHTNING: dict[str, tuple[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def lightning_built(inputs: Inputs) -> Built:
-    """One build with every LIGHTNING override (callbacks=early_stopping: the default callbacks and EarlyStopping).
-    trainer.deterministic=true switches torch's deterministic algorithms on for the process: observed, then undone."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
+@contextmanager
+def process_flags_kept() -> Iterator[None]:
+    """trainer.deterministic=true switches torch's deterministic algorithms on for the whole process (and sets
+    CUBLAS_WORKSPACE_CONFIG): put both back as they were."""
+    deterministic, cublas = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
-        built = build(inputs, "callbacks=early_stopping", *(override for override, _ in LIGHTNING.values()))
-        built.deterministic_on = torch.are_deterministic_algorithms_enabled()  # type: ignore[attr-defined]
+        yield
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+@pytest.fixture(scope="module")
+def lightning_built(inputs: Inputs) -> Built:
+    """One build with every LIGHTNING override (callbacks=early_stopping: the default callbacks and EarlyStopping)."""
+    with process_flags_kept():
+        torch.use_deterministic_algorithms(False)
+        built = build(inputs, "callbacks=early_stopping", *(override for override, _ in LIGHTNING.values()))
+        built.deterministic_on = torch.are_deterministic_algorithms_enabled()  # type: ignore[attr-defined]
     assert isinstance(built.trainer.logger, ResumableCSVLogger)
     return built
 
@@ -884,10 +899,14 @@ def test_lightning_keys_reach_the_trainer_callbacks_and_logger(
 
 def test_the_defaults_differ_from_the_values_tested(inputs: Inputs) -> None:
     """Each LIGHTNING check fails on a build with the defaults (else it could not tell an ignored key)."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    default = build(inputs, "callbacks=early_stopping", "callbacks.best_checkpoint.dirpath=${run_dir}/best",
-                    "callbacks.last_checkpoint.dirpath=${run_dir}/last")  # fmt: skip
-    default.deterministic_on = torch.are_deterministic_algorithms_enabled() != deterministic  # type: ignore[attr-defined]
+    checkpoints = (
+        "callbacks.best_checkpoint.dirpath=${run_dir}/best",
+        "callbacks.last_checkpoint.dirpath=${run_dir}/last",
+    )
+    with process_flags_kept():
+        torch.use_deterministic_algorithms(False)
+        default = build(inputs, "callbacks=early_stopping", *checkpoints)
+        default.deterministic_on = torch.are_deterministic_algorithms_enabled()  # type: ignore[attr-defined]
     dirpaths = {"callbacks/default.yaml:best_checkpoint.dirpath", "callbacks/default.yaml:last_checkpoint.dirpath"}
     holding = []
     for key, (_, check) in LIGHTNING.items():
