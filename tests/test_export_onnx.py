@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.records import with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, random_124m, train_smoke
 
 from spam_lightning.checkpoint import TrainedModel, load_trained
-from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.errors import CheckpointError, ConfigError, UserError
 from spam_lightning.evaluate import load_split
-from spam_lightning.export import read_export, write_export
+from spam_lightning.export import read_export, record_sha256, write_export
 from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.onnx_model import OnnxNet
 from spam_lightning.predict import run as predict_run
@@ -153,8 +154,8 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     missing = copy("missing")
     (missing / "model.onnx").unlink()
     refused(missing, r"model\.onnx: missing, or its sha256")
-    # model.onnx of another export (pool=last), its sha256 written into the record: the graph's own record_sha256
-    # says it belongs to another model
+    # model.onnx of another export (pool=last), its sha256 written into the record: the record's hash covers it; made
+    # again too, the graph's own record_sha256 says it belongs to another model
     other = copy("other")
     (other / "model.onnx").unlink()
     shutil.copy(exported(smoke, "last", tokenizer_file) / "model.onnx", other / "model.onnx")
@@ -163,6 +164,9 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
         "onnx"
     ]["files"]["model.onnx"]
     (other / "spam_lightning.json").unlink()
+    (other / "spam_lightning.json").write_text(json.dumps(edited))
+    refused(other, r"spam_lightning\.json was edited after export")
+    edited["record_sha256"] = record_sha256(edited)
     (other / "spam_lightning.json").write_text(json.dumps(edited))
     refused(other, r"exported for another model \(its spam_lightning\.record_sha256 is '[0-9a-f]{64}'")
     outside = copy("symlink")
@@ -182,6 +186,52 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     refused(tmp_path / "hf", r"has no model\.onnx \(exported without format=onnx\).*format=onnx`; or predict with")
     with pytest.raises(ConfigError, match="not ckpt_path"):
         load_predictor(ckpt_path=str(smoke["ckpt"]), backend="onnxruntime")
+
+
+def test_a_graph_of_another_model_of_the_same_recipe_is_refused(
+    smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str
+) -> None:
+    """Two exports of one recipe differ in their weights alone: the record binds them (weights_sha256 is in
+    record_sha256 and in the hash the graph carries), so the other's model.onnx is refused with its sha256 edited into
+    the record, and with the record's hash made again too."""
+    folder = exported(smoke, "last_token", tokenizer_file)
+    model = load_trained(smoke["ckpt"])
+    with torch.no_grad():
+        model.net.gpt.out_head.weight.neg_()  # another model: the same net and preprocessing, other weights
+    write_export(model, tmp_path / "other", get_tokenizer(tokenizer_file), format="onnx")
+    ours, theirs = (json.loads((f / "spam_lightning.json").read_text()) for f in (folder, tmp_path / "other"))
+    assert (ours["net"], ours["preprocessing"]) == (theirs["net"], theirs["preprocessing"])
+    assert ours["record_sha256"] != theirs["record_sha256"]
+    swapped = tmp_path / "swapped"
+    shutil.copytree(folder, swapped, copy_function=os.link)
+    (swapped / "model.onnx").unlink()
+    shutil.copy(tmp_path / "other" / "model.onnx", swapped / "model.onnx")
+    ours["onnx"]["files"]["model.onnx"] = theirs["onnx"]["files"]["model.onnx"]
+    (swapped / "spam_lightning.json").unlink()
+    for expected in (r"spam_lightning\.json was edited after export", r"model\.onnx: exported for another model"):
+        (swapped / "spam_lightning.json").write_text(json.dumps(ours))
+        with pytest.raises(CheckpointError, match=expected):
+            Predictor.from_dir(swapped, backend="onnxruntime")
+        ours["record_sha256"] = record_sha256(ours)  # as a forger would
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_every_field_of_an_onnx_record_is_bound_but_the_provenance(
+    smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str, backend: str
+) -> None:
+    """test_export_trust's field-by-field check on the record of format=onnx, for both backends: each field edited
+    alone is refused (the "onnx" entry too), except the provenance (training)."""
+    accepted, refused = [], []
+    folder = exported(smoke, "last_token", tokenizer_file)
+    for field, edited in with_each_field_edited(folder, "spam_lightning.json", tmp_path):
+        try:
+            read_export(edited, backend)
+        except UserError:
+            refused.append(field)
+            continue
+        accepted.append(field)
+    assert accepted and [field for field in accepted if not field.startswith("training.")] == []
+    assert {"onnx.files.model.onnx", "onnx.opset", "weights_sha256", "net.arch.n_heads"} <= set(refused)
 
 
 def test_overwrite_removes_the_graph_with_the_format(

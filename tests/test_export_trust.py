@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.records import with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import train_smoke
 
@@ -104,12 +105,14 @@ def test_an_untampered_folder_loads_and_predicts_identically(
     from_ckpt = Predictor.from_checkpoint(trained["ckpt"], device="cpu").spam_probabilities(TEXTS)[0]
     # transformers' layout folds the head's bias into the final LayerNorm: equal up to float rounding
     assert baseline == pytest.approx(from_ckpt, abs=1e-6, rel=0)
-    # The hash is of canonical JSON: another layout of the same record file is not an edit; neither is provenance,
-    # nor a tokenizer_file that stays inside the folder.
+    # The hash is of canonical JSON: another layout of the same record file is not an edit; neither is provenance.
+    # A tokenizer_file that stays inside the folder passes the value checks (record_sha256 made again to reach them).
     same = tampered(trained["model"], tmp_path / "same")
     (same / trained["record"]).write_text(json.dumps(config, indent=None, sort_keys=True))
     edited = tampered(trained["model"], tmp_path / "provenance", put("training.note", "moved"))
-    inside = tampered(trained["model"], tmp_path / "inside", put("tokenizer_file", "./sub/../gpt2.tiktoken"))
+    inside = tampered(
+        trained["model"], tmp_path / "inside", put("tokenizer_file", "./sub/../gpt2.tiktoken"), resign=True
+    )
     for folder in (same, edited, inside):
         predictor = Predictor.from_dir(folder, device="cpu")
         assert predictor.spam_probabilities(TEXTS)[0] == baseline, folder
@@ -136,6 +139,33 @@ def test_an_edited_record_is_refused(trained: dict[str, Any], tmp_path: Path, ed
     assert f"record_sha256: {trained['record']} was edited after export" in message
 
 
+def test_every_field_is_bound_but_the_provenance(
+    trained: dict[str, Any], baseline: list[float | None], tmp_path: Path
+) -> None:
+    """Each field of the record file edited alone (every value in it, so a field added later is covered too) is
+    refused: record_sha256 covers the whole record (the network, each preprocessing value, the weights' and the
+    transformers files' sha256, the tokenizer file, the format), and config.json's transformers fields must say what
+    the record says. Except `training`: provenance (the checkpoint's name, hyper-parameters, data), which changes no
+    prediction; an edited one loads and predicts identically."""
+    training = ("training.", f"{RECORD_KEY}.training.")
+    accepted, refused = [], []
+    for field, folder in with_each_field_edited(trained["model"], trained["record"], tmp_path):
+        try:
+            predictor = Predictor.from_dir(folder, device="cpu")
+        except UserError as err:
+            assert "\n" not in str(err) and trained["record"] in str(err), (field, str(err))
+            refused.append(field)
+            continue
+        assert predictor.spam_probabilities(TEXTS)[0] == baseline, field
+        accepted.append(field)
+    assert [field for field in accepted if not field.startswith(training)] == []
+    assert accepted and not [field for field in refused if field.startswith(training)]
+    prefix = f"{RECORD_KEY}." if trained["record"] == "config.json" else ""
+    for field in ("net.arch.n_heads", "net.pool", "preprocessing.max_length", "weights_sha256", "tokenizer_file"):
+        assert prefix + field in refused
+    assert not prefix or {"n_head", "id2label.0", f"{RECORD_KEY}.transformers_files_sha256.vocab.json"} <= {*refused}
+
+
 @pytest.mark.parametrize("key", ["record_sha256", "weights_sha256"])
 def test_a_missing_hash_is_refused(trained: dict[str, Any], tmp_path: Path, key: str) -> None:
     message = refusal(tampered(trained["model"], tmp_path / "m", lambda config: config.pop(key)), CheckpointError)
@@ -147,7 +177,7 @@ def test_tokenizer_file_must_lie_inside_the_folder(trained: dict[str, Any], tmp_
     outside = tmp_path / "gpt2.tiktoken"  # GPT-2's real vocabulary, yet outside the folder: refused all the same
     shutil.copy(trained["model"] / "gpt2.tiktoken", outside)
     name = {"traversal": "../../../../../../../../etc/passwd", "absolute": str(outside), "symlink": "gpt2.tiktoken"}
-    model = tampered(trained["model"], tmp_path / "m", put("tokenizer_file", name[case]))
+    model = tampered(trained["model"], tmp_path / "m", put("tokenizer_file", name[case]), resign=True)
     if case == "symlink":
         (model / "gpt2.tiktoken").unlink()
         (model / "gpt2.tiktoken").symlink_to(outside)
@@ -229,17 +259,18 @@ def test_a_checkpoint_record_gets_the_same_checks(trained: dict[str, Any], tmp_p
 
 # One tampering per layout through the CLI (each call starts Python, ~10 s); all kinds on both layouts in-process above.
 CLI_CASES = {
-    "config.json": (put("preprocessing.pad_length", 5), "was edited after export"),
+    "config.json": (put("preprocessing.pad_length", 5), False, "was edited after export"),
     "spam_lightning.json": (
         put("tokenizer_file", "../../../../../../../../etc/passwd"),
+        True,
         "tokenizer_file '../../../../../../../../etc/",
     ),
 }
 
 
 def test_predict_cli_refuses_a_tampered_folder_in_one_line(trained: dict[str, Any], tmp_path: Path) -> None:
-    edit, expected = CLI_CASES[trained["record"]]
-    model = tampered(trained["model"], tmp_path / "m", edit)
+    edit, resign, expected = CLI_CASES[trained["record"]]
+    model = tampered(trained["model"], tmp_path / "m", edit, resign)
     done = run_script("predict.py", f"model_dir={model}", "text=hello", "device=cpu", timeout=120)
     assert done.returncode != 0 and done.stdout == ""
     lines = done.stderr.strip().splitlines()

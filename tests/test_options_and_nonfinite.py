@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from spam_lightning.checkpoint import load_trained
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_checkpoint
+from spam_lightning.export import export_checkpoint, record_sha256
 from spam_lightning.files import file_sha256
 from spam_lightning.inference import NonFiniteOutputError, Prediction, Predictor
 from spam_lightning.options import check_options
@@ -131,6 +131,7 @@ def test_export_with_inf_weights_is_refused(smoke: dict, tokenizer_file: str) ->
     save_file(state, weights_file, metadata=metadata)
     config = json.loads(config_file.read_text())
     config["weights_sha256"] = file_sha256(weights_file)  # a consistent export of bad weights
+    config["record_sha256"] = record_sha256(config)  # which the record's hash covers
     config_file.write_text(json.dumps(config, indent=2) + "\n")
     with pytest.raises(CheckpointError) as err:
         Predictor.from_dir(folder, device="cpu")

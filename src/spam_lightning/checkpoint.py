@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
+from spam_lightning.files import require_file
 from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, merge_lora
 from spam_lightning.net import SpamNet
@@ -49,9 +50,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     unpickler allows by default: nothing else is allow-listed. Any other pickled object (a class, a
     function such as os.system) is refused before it is built.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    path = require_file(path, "checkpoint", CheckpointError, f"use model_dir={path} for an exported model")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): not a checkpoint")
     try:

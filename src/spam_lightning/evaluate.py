@@ -37,6 +37,7 @@ from spam_lightning.checkpoint import run_dir_of
 from spam_lightning.csv_data import CsvDataModule
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
+from spam_lightning.files import read_json_object, refuse_replacing, require_file
 from spam_lightning.inference import Predictor, load_predictor
 from spam_lightning.options import check_options
 from spam_lightning.paths import project_dir
@@ -47,6 +48,7 @@ from spam_lightning.textio import decode_utf8, read_table, split_lines
 
 log = logging.getLogger(__name__)
 
+EVALUATION_FILES = ("evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png")  # in out_dir
 LABEL_VALUES = {**{str(i): i for i in range(len(LABELS))}, **{name: i for i, name in enumerate(LABELS)}}
 
 
@@ -94,9 +96,7 @@ def load_split(predictor: Predictor, split: str, data_dir: str | None = None) ->
 def read_labelled(path: str | Path, column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
     """Texts and labels (0/1 or ham/spam) from a CSV/TSV with a header naming `column` and `label_column`,
     or from a headerless UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"data_file {str(path)!r} does not exist")
+    file = require_file(path, "data_file", DataError, "give a labelled CSV/TSV file")
     text = decode_utf8(file.read_bytes(), str(file))
     sep = "," if file.suffix.lower() == ".csv" else "\t"
     header = text.split("\n", 1)[0].removesuffix("\r").split(sep)
@@ -204,16 +204,22 @@ def score_texts(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_options(cfg)
+    name = Path(cfg.data_file).stem if cfg.get("data_file") else cfg.split
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
+    # before the model loads: evaluate's files replace no input, and no file but an earlier evaluation's
+    earlier = read_json_object(out_dir / "evaluation.json") or {}
+    ours = EVALUATION_FILES if {"model", "data", "n", "metrics", "n_misclassified"} <= earlier.keys() else ()
+    inputs = {key: cfg.get(key) for key in ("ckpt_path", "model_dir", "data_file", "tokenizer_file")}
+    refuse_replacing(out_dir, EVALUATION_FILES, ours, inputs, "out_dir", "evaluate.py")
     predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
     if not predictor.binary:
-        return _run_multiclass(predictor, cfg)
+        return _run_multiclass(predictor, cfg, out_dir)
     if cfg.get("data_file"):
-        name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
+        data_name = str(cfg.data_file)
         texts, labels = read_labelled(cfg.data_file, cfg.column, cfg.label_column)
     else:
-        name = data_name = cfg.split
+        data_name = cfg.split
         texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
     rows, scores, truncated = score_texts(predictor, texts, labels, cfg.batch_size)
     y = [labels[i] for i in rows]
     score_t, label_t = torch.tensor(scores, dtype=torch.float64), torch.tensor(y)
@@ -265,18 +271,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _run_multiclass(predictor: Predictor, cfg: DictConfig) -> dict[str, Any]:
+def _run_multiclass(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """evaluate for more than 2 classes: no threshold (the most probable class is predicted), no PR curve."""
     names = predictor.preprocessing.labels
     if cfg.get("data_file"):
         name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
-        file = Path(cfg.data_file).expanduser()
+        file = require_file(cfg.data_file, "data_file", DataError, "give a labelled CSV/TSV file")
         table = read_labelled_table(file, cfg.column, cfg.label_column)
         texts, labels = table["text"].tolist(), encode_labels(table["label"], names, file, "evaluated")
     else:
         name = data_name = cfg.split
         texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
-    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
     probs, encoded = predictor.class_probabilities(texts, cfg.batch_size)
     rows = [i for i, p in enumerate(probs) if p is not None]
     if len(rows) < len(texts):

@@ -17,8 +17,13 @@ spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|fir
 
 The record: format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), training (where it came from:
 checkpoint file name, hyper-parameters, data, frozen weights; no local paths), tokenizer_file, the weights' sha256
-(and the transformers files' sha256), and record_sha256: the sha256 of net + preprocessing (what predictions depend
-on), so an edited record is refused rather than silently predicting otherwise.
+(and the transformers files' or model.onnx's sha256), and record_sha256: the sha256 of all of it but training, so an
+edited record is refused rather than silently predicting otherwise. model.onnx carries the record_sha256 of the record
+before its "onnx" entry, which covers the weights' sha256: a graph from another export (of the same recipe too) is
+refused even where its sha256 is edited into the record.
+
+out_dir: new, empty, or holding an export of ours, whose files alone overwrite=true replaces; a folder of the user's
+is refused (export_folder.py).
 
 `write_export` and `read_export` are the format's only writer and reader; `inference.Predictor.from_dir`
 (`python predict.py model_dir=FOLDER`) loads a folder of either layout through `read_export`, which treats it as
@@ -42,7 +47,21 @@ from safetensors.torch import load_file, save_file
 
 from spam_lightning.checkpoint import RECORD_KEY, TrainedModel, check_finite, load_net_state, load_trained, run_dir_of
 from spam_lightning.errors import CheckpointError, ConfigError
-from spam_lightning.files import file_sha256
+from spam_lightning.export_folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FILES_KEY,
+    FORMAT_PREFIX,
+    ONNX_KEY,
+    OWN_WEIGHTS_NAME,
+    RECORD_NAME,
+    TOKENIZER_NAME,
+    WEIGHTS_NAME,
+    layout_files,
+    previous_export,
+    staged,
+)
+from spam_lightning.files import OutputPathError, file_sha256, refuse_replacing
 from spam_lightning.hf_export import HFExportError, config_differences, hf_config, hf_state_dict, net_state, unsupported
 from spam_lightning.hf_tokenizer import FILES as HF_TOKENIZER_FILES
 from spam_lightning.hf_tokenizer import write_hf_tokenizer
@@ -54,16 +73,10 @@ from spam_lightning.tokenizer import GPT2_TIKTOKEN_SHA256, get_tokenizer
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "spam_lightning.classifier/3"  # /1 (no preprocessing record), /2 (config.json + model.safetensors
-# of our own layout, which transformers mistook for GPT-2): refused
+EXPORT_FORMAT = FORMAT_PREFIX + "4"  # refused: /1 (no preprocessing record), /2 (config.json + model.safetensors of
+# our own layout, which transformers mistook for GPT-2), /3 (record_sha256 of net + preprocessing only, not the weights)
 FORMATS = ("auto", "hf", "spam_lightning", "onnx")  # onnx: our own layout + model.onnx
-CONFIG_NAME, WEIGHTS_NAME, CARD_NAME = "config.json", "model.safetensors", "README.md"  # transformers' layout
-RECORD_NAME, OWN_WEIGHTS_NAME = "spam_lightning.json", "spam_lightning.safetensors"  # our own layout
-TOKENIZER_NAME = "gpt2.tiktoken"
-WRITTEN = (CONFIG_NAME, RECORD_NAME, WEIGHTS_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES)
-WRITTEN += (ONNX_NAME, ONNX_DATA_NAME)
-FILES_KEY = "transformers_files_sha256"
-ONNX_KEY = "onnx"  # format=onnx: the graph's files and their sha256 (onnx_model.write_onnx)
+UNBOUND = ("training", "record_sha256")  # what record_sha256 leaves out: provenance, and itself
 
 
 def write_export(
@@ -75,8 +88,8 @@ def write_export(
     metrics: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write the folder in transformers' layout (format=hf, or auto when transformers can compute the model) or
-    our own (spam_lightning; onnx: with model.onnx too); the record file last. `metrics` (the run's metrics.json)
-    go into the model card.
+    our own (spam_lightning; onnx: with model.onnx too). `metrics` (the run's metrics.json) go into the model card.
+    out_dir: new, empty, or (overwrite) holding an export of ours, whose files alone are replaced (export_folder.py).
     Returns the paths written."""
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")
@@ -89,19 +102,32 @@ def write_export(
     if format == "onnx":
         require_export_packages()  # before anything is written
     out_dir = Path(out_dir)
-    previous = [out_dir / name for name in (CONFIG_NAME, RECORD_NAME) if (out_dir / name).exists()]
+    previous = previous_export(out_dir)
     if previous and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds an exported model; pass overwrite=true to replace it")
+        raise OutputPathError(
+            f"{out_dir} already holds an exported model; pass overwrite=true to replace it (its files only: "
+            f"{', '.join(sorted(previous))})"
+        )
+    refuse_replacing(out_dir, layout_files(hf, format == "onnx"), previous, {}, "out_dir", "the export there")
     state = hf_state_dict(model.net, model.preprocessing, tokenizer) if hf else _own_state(model.net)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (*WRITTEN, CARD_NAME) if previous else WRITTEN:  # record files first: never a half-old folder
-        (out_dir / name).unlink(missing_ok=True)
+    with staged(out_dir, previous) as staging:
+        written = _write_files(model, staging, out_dir.absolute().name, tokenizer, state, hf, format, metrics)
+    return [out_dir / p.name for p in written]
 
+
+def _write_files(
+    model: TrainedModel,
+    out_dir: Path,
+    model_name: str,
+    tokenizer: tiktoken.Encoding,
+    state: dict[str, Any],
+    hf: bool,
+    format: str,
+    metrics: Mapping[str, Any] | None,
+) -> list[Path]:
+    """The export's files in out_dir (the staging folder), the record file last in the list."""
     weights_file = out_dir / (WEIGHTS_NAME if hf else OWN_WEIGHTS_NAME)
     save_file(state, weights_file, metadata={"format": "pt" if hf else EXPORT_FORMAT})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights_file, 0o666 & ~umask)  # safetensors writes 0600; give the usual permissions
     paths = [weights_file, out_dir / TOKENIZER_NAME]
     _write_tokenizer(tokenizer, paths[-1])
     record = {
@@ -112,7 +138,7 @@ def write_export(
         "tokenizer_file": TOKENIZER_NAME,
         "weights_sha256": file_sha256(weights_file),
     }
-    if format == "onnx":  # bound to this record: the graph carries its record_sha256
+    if format == "onnx":  # the graph carries the hash of this record so far: of its weights too
         record[ONNX_KEY] = write_onnx(model.net, out_dir, record_sha256(record), model.preprocessing, tokenizer)
         paths += [out_dir / name for name in record[ONNX_KEY]["files"]]
     if hf:
@@ -120,7 +146,7 @@ def write_export(
         record[FILES_KEY] = {p.name: file_sha256(p) for p in hf_files}
         record["record_sha256"] = record_sha256(record)
         card = out_dir / CARD_NAME
-        card.write_text(model_card(out_dir.absolute().name, record, metrics), encoding="utf-8")
+        card.write_text(model_card(model_name, record, metrics), encoding="utf-8")
         config = {**hf_config(record["net"], model.preprocessing), RECORD_KEY: record}
         paths += [*hf_files, card, out_dir / CONFIG_NAME]
     else:
@@ -134,10 +160,12 @@ def _own_state(net: SpamNet) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
 
 
-def record_sha256(config: Mapping[str, Any]) -> str:
-    """The sha256 of the canonical JSON of what in the record determines predictions: net and preprocessing."""
-    record = {"net": config.get("net"), "preprocessing": config.get("preprocessing")}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def record_sha256(record: Mapping[str, Any]) -> str:
+    """The sha256 of the canonical JSON of the record without `UNBOUND`: the format, net, preprocessing, the tokenizer
+    file, the weights' sha256 (two exports of one recipe differ in it), and those of the transformers files and of
+    model.onnx. training is left out: it says where the model came from and changes no prediction."""
+    bound = {key: value for key, value in record.items() if key not in UNBOUND}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def portable(training: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +227,10 @@ def read_export(model_dir: str | Path, backend: str = "torch") -> tuple[TrainedM
     The folder is untrusted: the record must be unedited since export (record_sha256), its values valid and
     consistent, its tokenizer_file (and model.onnx) inside the folder with the recorded sha256; anything else is a
     CheckpointError naming the file and key."""
-    model_dir = Path(model_dir)
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        problem = "is a file, not a folder: use ckpt_path= for a checkpoint" if model_dir.exists() else "does not exist"
+        raise CheckpointError(f"model_dir {str(model_dir)!r} {problem}")
     config, hf_fields, config_file, weights_file = _read_record(model_dir)
     if config.get("format") != EXPORT_FORMAT:
         raise CheckpointError(
@@ -213,8 +244,8 @@ def read_export(model_dir: str | Path, backend: str = "torch") -> tuple[TrainedM
             )
     if record_sha256(config) != config["record_sha256"]:
         raise CheckpointError(
-            f"{config_file}: net/preprocessing do not match record_sha256: {config_file.name} was edited after export "
-            "(refused: it would change the predictions); export the checkpoint again"
+            f"{config_file}: the record does not match its record_sha256: {config_file.name} was edited after export "
+            "(refused: it could change the predictions); export the checkpoint again"
         )
     if backend == "torch" and file_sha256(weights_file) != config["weights_sha256"]:
         raise CheckpointError(f"{weights_file}: sha256 differs from {config_file.name}'s weights_sha256 (corrupt?)")
@@ -296,7 +327,8 @@ def _onnx_net(model_dir: Path, config: Mapping[str, Any], config_file: Path, net
             raise CheckpointError(
                 f"{model_dir / name}: missing, or its sha256 differs from {config_file.name}'s {ONNX_KEY}.files"
             )
-    return OnnxNet(model_dir / ONNX_NAME, config["record_sha256"], net.num_classes, net.pool)
+    bound = record_sha256({key: value for key, value in config.items() if key != ONNX_KEY})  # what write_export gave it
+    return OnnxNet(model_dir / ONNX_NAME, bound, net.num_classes, net.pool)
 
 
 def _bundled_file(model_dir: Path, name: Any, config_file: Path, key: str = "tokenizer_file") -> Path | None:

@@ -1,15 +1,18 @@
-"""Atomic file writes: a temporary file in the same folder, fsynced, then renamed into place."""
+"""Atomic file writes (a temporary file in the same folder, fsynced, then renamed into place), and the checks that
+an input path is a file that can be read and that an output would replace no input."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from spam_lightning.errors import UserError
 
@@ -19,6 +22,95 @@ os.umask(_UMASK)
 
 class DiskFullError(UserError, OSError):
     """No space left where a file was being written (the file at the path, if any, is unchanged)."""
+
+
+class OutputPathError(UserError, FileExistsError):
+    """An output that would replace a file the project did not write: a user's file, or an input of the command."""
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe), not a regular file: refused rather than waiting for a writer"),
+    (stat.S_ISCHR, "a character device, not a regular file"),
+    (stat.S_ISBLK, "a block device, not a regular file"),
+    (stat.S_ISSOCK, "a socket, not a regular file"),
+)
+
+
+def require_file(path: str | Path, what: str, error: type[UserError], folder_hint: str = "give a file") -> Path:
+    """`path` (~ expanded) if it is a regular file (or a symlink to one), else `error` saying what is there instead:
+    nothing, a broken symlink, a folder (then `folder_hint`), a FIFO, a device. Only stat() looks at it: a FIFO is
+    never opened, which would wait for a writer. `what` starts the message: "input_file", "checkpoint"."""
+    path = Path(path).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            problem = f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        else:
+            problem = "does not exist"
+    except OSError as err:  # a symlink loop, no permission to look into a folder on the way
+        problem = f"cannot be read ({err.strerror or err})"
+    else:
+        if stat.S_ISREG(mode):
+            return path
+        kinds = [kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)]
+        problem = f"is a folder: {folder_hint}" if stat.S_ISDIR(mode) else f"is {kinds[0] if kinds else 'not a file'}"
+    raise error(f"{what} {str(path)!r} {problem}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file: the same path once symlinks are resolved, or, both existing, the same file
+    through a hard link."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not a file that can be written
+        return False
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None if it is no regular file (a FIFO is never opened), or holds no JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def refuse_replacing(
+    folder: Path, names: Collection[str], ours: Collection[str], inputs: Mapping[str, object], key: str, writer: str
+) -> None:
+    """Before files `names` are written into `folder` (the config key `key` names it): none may be an input (see
+    refuse_replacing_inputs), and none that exists may be other than `ours` (those of an earlier output of `writer`)."""
+    for name in names:
+        refuse_replacing_inputs(folder / name, inputs, key)
+    theirs = sorted(name for name in set(names) - set(ours) if os.path.lexists(folder / name))
+    if theirs:
+        them = "them" if len(theirs) > 1 else "it"
+        raise OutputPathError(
+            f"{key} {str(folder)!r} holds {', '.join(theirs)}, which {writer} did not write: refusing to replace "
+            f"{them}; move {them}, or choose another {key}"
+        )
+
+
+def refuse_replacing_inputs(output: Path, inputs: Mapping[str, object], key: str) -> None:
+    """Refuse an output (the config key `key` names it) that is one of the command's input files (by config key),
+    also through a symlink or hard link, or that lies inside an input folder (an exported model): before anything
+    is loaded or written."""
+    for name, value in inputs.items():
+        if value is None or str(value) in ("", "-"):  # "-": stdin
+            continue
+        source = Path(str(value)).expanduser()
+        inside = source.is_dir() and output.expanduser().resolve().is_relative_to(source.resolve())
+        if inside or same_file(output, source):
+            where = "inside the folder" if inside else "the same file as"
+            raise OutputPathError(
+                f"{key} {str(output)!r} is {where} {name} {str(value)!r}: writing it would replace the input; "
+                f"choose another {key}"
+            )
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:

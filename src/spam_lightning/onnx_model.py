@@ -12,8 +12,9 @@ position and first position 0; those two ignore `lengths`, which stays an input 
 signature. Why lengths and not an attention mask: rows are right-padded, so a row's length is all that a mask could
 say, and a mask with holes (which our model never saw) cannot be passed.
 
-The graph carries the record_sha256 of the export it belongs to (metadata_props): a model.onnx copied in from
-another export is refused even where the record's sha256 of the file was edited to match.
+The graph carries the record_sha256 of the export it belongs to, as it was before the "onnx" entry was added
+(metadata_props): it covers the weights' sha256, so a model.onnx copied in from another export, of the same recipe
+too, is refused even where the record's sha256 of the file was edited (and the record's own hash made again).
 
 Only the functions that need them import onnx and onnxscript (the export) and onnxruntime (OnnxNet): torch
 prediction imports none of them.
@@ -77,8 +78,10 @@ def require_export_packages() -> None:
 def write_onnx(
     net: SpamNet, out_dir: Path, record_sha256: str, preprocessing: Preprocessing, tokenizer: tiktoken.Encoding
 ) -> dict[str, Any]:
-    """Export `net` (float32, CPU) to out_dir/model.onnx and check it with onnxruntime against `net`; returns the
-    record's "onnx" entry: the files written and their sha256, opset, inputs, output and the difference checked."""
+    """Export `net` (float32, CPU) to out_dir/model.onnx (out_dir: a new folder, export.write_export's staging one)
+    and check it with onnxruntime against `net`; returns the record's "onnx" entry: the files written and their
+    sha256, opset, inputs, output and the difference checked. The graph carries `record_sha256`, the hash of the
+    record without that entry, which covers the weights' sha256."""
     require_export_packages()
     parameter = next(net.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
@@ -90,7 +93,6 @@ def write_onnx(
     batch = torch.export.Dim("batch")
     dynamic = {"input_ids": {0: batch, 1: torch.export.Dim("length", max=context)}, "lengths": {0: batch}}
     path = out_dir / ONNX_NAME
-    (out_dir / ONNX_DATA_NAME).unlink(missing_ok=True)  # only what this export writes is recorded
     with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's deprecation and axis-naming notes
         program = torch.onnx.export(

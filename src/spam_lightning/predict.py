@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from spam_lightning.files import refuse_replacing_inputs
 from spam_lightning.inference import Prediction, load_predictor
 from spam_lightning.options import check_options
 from spam_lightning.textio import InputError, read_texts, write_predictions
@@ -32,6 +33,9 @@ def gather_texts(cfg: DictConfig) -> list[str]:
 def run(cfg: DictConfig) -> list[Prediction]:
     """Classify the configured texts and write them (stdout or cfg.output); returns the predictions."""
     check_options(cfg)
+    if cfg.get("output"):  # before the model loads
+        inputs = {key: cfg.get(key) for key in ("input_file", "ckpt_path", "model_dir", "tokenizer_file")}
+        refuse_replacing_inputs(Path(cfg.output), inputs, "output")
     predictor = load_predictor(
         cfg.get("ckpt_path"),
         cfg.get("model_dir"),

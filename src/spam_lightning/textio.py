@@ -8,12 +8,12 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
 
 from spam_lightning.errors import UserError
+from spam_lightning.files import require_file
 from spam_lightning.inference import Prediction
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
@@ -60,9 +60,7 @@ def read_texts(path: str, column: str | None = None) -> list[str]:
     if path == "-":
         name, data, suffix = "<stdin>", sys.stdin.buffer.read(), ".csv" if column else ""
     else:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise InputError(f"input_file {path!r} does not exist")
+        file = require_file(path, "input_file", InputError, "give a file of texts (one per line, or a CSV/TSV)")
         name, data, suffix = str(file), file.read_bytes(), file.suffix.lower()
     text = decode_utf8(data, name)
     if suffix not in TABLE_SUFFIXES:

@@ -28,7 +28,7 @@ from spam_lightning.classifier import SpamClassifier
 from spam_lightning.data import TextDataModule
 from spam_lightning.ddp import use_resolved_config_launcher
 from spam_lightning.errors import ConfigError, DivergedError, DownloadError, user_error
-from spam_lightning.files import DiskFullError, atomic_write_bytes
+from spam_lightning.files import DiskFullError, atomic_write_bytes, require_file
 from spam_lightning.gpt import PRESETS, make_config
 from spam_lightning.logs import config_tree, log_through_root, silence_false_warnings
 from spam_lightning.options import check_seeds
@@ -307,10 +307,8 @@ def _is_ddp_worker() -> bool:
 
 def _checkpoint_to_continue(cfg: DictConfig, run_dir: Path) -> str | None:
     if cfg.get("ckpt_path"):
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path {str(path)!r} does not exist")
-        return str(path)
+        folder_hint = "training continues from a checkpoint file (RUN_DIR/checkpoints/last.ckpt), not an exported model"
+        return str(require_file(cfg.ckpt_path, "ckpt_path", ConfigError, folder_hint))
     if cfg.get("resume"):
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
