@@ -1,6 +1,8 @@
 """The classification metrics of training and evaluation (torchmetrics: exact under DDP, accumulated per step,
-computed once per epoch). Binary: class 1 (spam) is the positive class; multi-class: macro averages (AUROC: one
-against the rest), and precision, recall and F1 per class (`*_per_class`, logged per class name)."""
+computed once per epoch). Binary: those of the positive class (`Preprocessing.positive_class`: spam for the SMS data),
+whichever class id it has: score P(positive), target label == positive; multi-class: macro averages (AUROC: one
+against the rest), and precision, recall and F1 per class (`*_per_class`, logged per class name). Confusion
+matrices are in class-id order (rows: true class), for two classes as for more."""
 
 from __future__ import annotations
 
@@ -65,3 +67,27 @@ def per_class(values: Mapping[str, torch.Tensor], labels: Sequence[str] | None) 
             label = labels[i] if labels is not None and len(labels) == len(value) else str(i)
             out[f"{base}_{label.replace('/', '_')}"] = v
     return out
+
+
+def predicted_ids(probs: torch.Tensor, positive: int | None, threshold: float = 0.5) -> torch.Tensor:
+    """(N,) predicted class ids of (N, C) probabilities: two classes, `binary_predicted_ids` of P(positive); more
+    classes (positive None), the most probable one."""
+    if positive is None:
+        return probs.argmax(dim=1)
+    return binary_predicted_ids(probs[:, positive], positive, threshold)
+
+
+def binary_predicted_ids(scores: torch.Tensor, positive: int, threshold: float = 0.5) -> torch.Tensor:
+    """(N,) class ids from (N,) P(positive): the positive class iff its probability > threshold, else the other."""
+    return torch.where(scores > threshold, positive, 1 - positive)
+
+
+def binary_counts(matrix: Sequence[Sequence[float]], positive: int) -> dict[str, float]:
+    """tp, fp, tn, fn of the positive class from a 2x2 confusion matrix in class-id order (rows: true class)."""
+    negative = 1 - positive
+    return {
+        "tp": matrix[positive][positive],
+        "fp": matrix[negative][positive],
+        "tn": matrix[negative][negative],
+        "fn": matrix[positive][negative],
+    }
