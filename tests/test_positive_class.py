@@ -30,6 +30,7 @@ from helpers.smoke import compose_cfg, train_smoke
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
+import spam_lightning.baseline as baseline
 import spam_lightning.evaluate as evaluate
 import spam_lightning.predict as predict
 import spam_lightning.serve as serve
@@ -281,6 +282,30 @@ def test_a_threshold_for_more_than_two_classes_is_refused(
     assert answer["predictions"][0]["label"] == "spam"  # type: ignore[call-overload]
     assert [p.label for p in predict.run(compose_cfg(*predict_args))] == ["spam", "ham", "other", "other"]
     assert evaluate.run(compose_cfg(*evaluate_args))["metrics"]["accuracy"] == 1.0
+
+
+def test_baseline_metrics_are_the_positive_class_s(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -> None:
+    """baseline.py's binary metrics: scikit-learn's with pos_label = the positive class's id (here 0), and
+    data.positive_class changes them."""
+    torch.manual_seed(0)
+    probs = torch.rand(200, 1, dtype=torch.float64)
+    probs = torch.cat([probs, 1 - probs], dim=1)
+    truth = (torch.rand(200) < 0.3).long()  # class 0 (spam) the rarer: its precision is not class 1's
+    ours = baseline.split_metrics(probs, truth, ("spam", "valid"), positive=0)
+    called = [0 if p > 0.5 else 1 for p in probs[:, 0].tolist()]
+    assert ours["precision"] == pytest.approx(precision_score(truth, called, pos_label=0), abs=1e-6)
+    assert ours["recall"] == pytest.approx(recall_score(truth, called, pos_label=0), abs=1e-6)
+    assert ours["auroc"] == pytest.approx(roc_auc_score((truth == 0).long(), probs[:, 0]), abs=1e-6)
+    assert ours["precision"] != pytest.approx(precision_score(truth, called, pos_label=1), abs=1e-3)
+
+    data = tmp_path / "texts.csv"
+    pd.DataFrame(_binary_rows(sms_tsv, "valid"), columns=["text", "label"]).to_csv(data, index=False)
+    args = ("baseline", "data=csv", f"data.path={data}", f"data.tokenizer_file={tokenizer_file}")
+    spam = baseline.run(compose_cfg(*args, "data.positive_class=spam"))
+    valid = baseline.run(compose_cfg(*args))  # the default: class id 1
+    assert (spam["positive_class"], valid["positive_class"]) == ("spam", "valid")
+    assert spam["test"]["accuracy"] == valid["test"]["accuracy"]
+    assert (spam["test"]["precision"], spam["test"]["recall"]) != (valid["test"]["precision"], valid["test"]["recall"])
 
 
 # --- trained on CSV data: spam first (data.positive_class=spam) and spam second (the default) ----------------

@@ -32,7 +32,7 @@ from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
-from spam_lightning.metrics import binary_counts, classification_metrics, per_class, predicted_ids
+from spam_lightning.metrics import binary_counts, classification_metrics, per_class, predicted_ids, update_metrics
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
@@ -150,8 +150,7 @@ class SpamClassifier(L.LightningModule):
         self.test_metrics = self.train_metrics.clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)  # of the predicted ids (metrics.predicted_ids)
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C) in class-id order, rows = true class
-        # Every evaluated text's P(positive class) and label (binary; gathered from all processes): the PR curve's
-        # input.
+        # Each test text's P(positive class) and label (binary; gathered from all processes): the PR curve's input.
         # NaNs are kept, where torchmetrics drops them by default (scores no longer aligned with labels, a mean loss
         # over the finite batches only); `evaluate` in spam_lightning.train then refuses the result.
         self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
@@ -241,8 +240,7 @@ class SpamClassifier(L.LightningModule):
 
     @property
     def positive_index(self) -> int | None:
-        """The positive class's id for two classes (the data's, once setup() has its preprocessing; else 1), None
-        for more."""
+        """The positive class's id of two classes (the data's once setup() has run; else 1), None for more."""
         if self.num_classes != 2:
             return None
         return self.preprocessing.positive_index if self.preprocessing is not None else 1
@@ -258,10 +256,7 @@ class SpamClassifier(L.LightningModule):
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
         probs, positive = logits.detach().softmax(dim=-1), self.positive_index
-        if positive is None:
-            metrics.update(probs, labels)
-        else:  # the positive class's metrics: score P(positive), target label == positive
-            metrics.update(probs[:, positive], (labels == positive).long())
+        update_metrics(metrics, probs, labels, positive)
         mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
         mean_loss.update(loss.detach(), weight=labels.shape[0])
         if stage == "test":

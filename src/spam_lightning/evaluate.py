@@ -20,26 +20,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from spam_lightning.checkpoint import run_dir_of
 from spam_lightning.csv_data import CsvDataModule
 from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
 from spam_lightning.inference import Predictor, load_predictor
-from spam_lightning.metrics import binary_counts, binary_predicted_ids, predicted_ids
+from spam_lightning.metrics import binary_metrics, multiclass_metrics, predicted_ids
 from spam_lightning.options import check_options
 from spam_lightning.paths import project_dir
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
@@ -138,48 +125,6 @@ def read_labelled(
 # --------------------------------------------------------------------------------------------------
 # Metrics and threshold choice
 # --------------------------------------------------------------------------------------------------
-
-
-def binary_metrics(
-    scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5, positive: int = 1
-) -> dict[str, Any]:
-    """The training metrics of the positive class (class id `positive`; `scores` are P(positive), `labels` class
-    ids; positive iff score > threshold), its tp/fp/tn/fn and the confusion matrix in class-id order."""
-    targets = (labels == positive).long()
-    metrics: dict[str, Any] = {
-        name: round(float(fn_(scores, targets, threshold=threshold)), 6)
-        for name, fn_ in (
-            ("accuracy", binary_accuracy),
-            ("precision", binary_precision),
-            ("recall", binary_recall),
-            ("f1", binary_f1_score),
-        )
-    }
-    metrics["auroc"] = round(float(binary_auroc(scores, targets)), 6) if 0 < targets.sum() < len(targets) else None
-    predicted = binary_predicted_ids(scores, positive, threshold)
-    matrix = multiclass_confusion_matrix(predicted, labels, num_classes=2).tolist()
-    return {**metrics, **binary_counts(matrix, positive), "confusion_matrix": matrix}
-
-
-def multiclass_metrics(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
-    """The training metrics of more than 2 classes (the most probable class is predicted): macro accuracy,
-    precision, recall, F1 and one-vs-rest AUROC, the per-class precision/recall/F1, the confusion matrix."""
-    kw: dict[str, Any] = {"num_classes": len(names)}
-    metrics: dict[str, Any] = {
-        name: round(float(fn_(probs, labels, average="macro", **kw)), 6)
-        for name, fn_ in (
-            ("accuracy", multiclass_accuracy),
-            ("precision", multiclass_precision),
-            ("recall", multiclass_recall),
-            ("f1", multiclass_f1_score),
-            ("auroc", multiclass_auroc),
-        )
-    }
-    for name, fn_ in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
-        for label, value in zip(names, fn_(probs, labels, average=None, **kw).tolist(), strict=True):
-            metrics[f"{name}_{label.replace('/', '_')}"] = round(float(value), 6)
-    metrics["confusion_matrix"] = multiclass_confusion_matrix(probs, labels, **kw).tolist()
-    return metrics
 
 
 def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float) -> float | None:
