@@ -96,7 +96,7 @@ def project_scorer(model: SpamClassifier, tokenizer_file: str | None, batch_size
     predictor = Predictor(TrainedModel(net, preprocessing, {}), get_tokenizer(tokenizer_file), model.device, precision)
 
     def score(texts: Sequence[str]) -> list[float]:
-        return [p for p in predictor.spam_probabilities(texts, batch_size)[0] if p is not None]
+        return [p for p in predictor.positive_probabilities(texts, batch_size)[0] if p is not None]
 
     return score
 
@@ -153,8 +153,8 @@ def compare_backends(args: argparse.Namespace, texts: list[str], tokenizer_file:
     for size in sizes:
         runs = {}
         for backend, predictor in predictors.items():
-            predictor.spam_probabilities(texts[:8], size)  # warm-up
-            runs[backend] = lambda p=predictor, size=size: p.spam_probabilities(texts, size)[0]
+            predictor.positive_probabilities(texts[:8], size)  # warm-up
+            runs[backend] = lambda p=predictor, size=size: p.positive_probabilities(texts, size)[0]
         seconds, probs = alternating(runs, args.repeats)
         for backend in predictors:
             results[f"{backend}, batch {size}"] = {

@@ -82,7 +82,7 @@ def test_export_of_a_small_checkpoint_is_self_contained(small: dict, tmp_path: P
     export_checkpoint(best, tmp_path / "export", format="spam_lightning")  # our layout: bit-exact (hf folds the bias)
     from_ckpt, from_dir = Predictor.from_checkpoint(best, device="cpu"), Predictor.from_dir(tmp_path / "export")
     texts = ["Free entry! Text WIN to 80086", "See you at 6", "URGENT call now"]
-    assert from_dir.spam_probabilities(texts)[0] == from_ckpt.spam_probabilities(texts)[0]
+    assert from_dir.positive_probabilities(texts)[0] == from_ckpt.positive_probabilities(texts)[0]
     config = json.loads((tmp_path / "export" / "spam_lightning.json").read_text())
     assert config["training"]["frozen_weights"]["sha256"] == file_sha256(small["weights"])
 
@@ -92,8 +92,8 @@ def test_export_of_a_small_checkpoint_is_self_contained(small: dict, tmp_path: P
         with pytest.raises(CheckpointError, match="sha256"):
             Predictor.from_checkpoint(best)
         assert (
-            from_dir.spam_probabilities(texts)[0]
-            == Predictor.from_dir(tmp_path / "export").spam_probabilities(texts)[0]
+            from_dir.positive_probabilities(texts)[0]
+            == Predictor.from_dir(tmp_path / "export").positive_probabilities(texts)[0]
         )
     finally:
         tiny_weights(small["weights"], seed=1)

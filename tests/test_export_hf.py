@@ -69,7 +69,7 @@ def spam_probability(rows: list[list[dict[str, Any]]]) -> list[float]:
 
 def test_transformers_gives_predict_py_probabilities_on_the_test_split(smoke: dict[str, Any]) -> None:
     texts, predictor = smoke["texts"], smoke["predictor"]
-    ours, encoded = predictor.spam_probabilities(texts)
+    ours, encoded = predictor.positive_probabilities(texts)
     assert len(texts) == 300 and any(e.truncated for e in encoded)  # some test texts are longer than 128 tokens
 
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(smoke["hf"], output_loading_info=True)
@@ -91,7 +91,7 @@ def test_transformers_gives_predict_py_probabilities_on_the_test_split(smoke: di
     assert spam_probability(classifier(texts)) == pytest.approx(ours, abs=TOLERANCE, rel=0)
     assert spam_probability(classifier(texts, batch_size=16)) == pytest.approx(ours, abs=TOLERANCE, rel=0)
     # predict.py on the same folder: the same network as transformers', through our own reader
-    from_dir = Predictor.from_dir(smoke["hf"], device="cpu").spam_probabilities(texts)[0]
+    from_dir = Predictor.from_dir(smoke["hf"], device="cpu").positive_probabilities(texts)[0]
     assert from_dir == pytest.approx(ours, abs=1e-6, rel=0)
 
 
@@ -99,7 +99,7 @@ def test_long_texts_and_special_token_text_are_read_as_in_training(smoke: dict[s
     """A text longer than the context is truncated to model_max_length (not an IndexError); "<|endoftext|>" typed in
     a text is plain text (not the pad token, which transformers would skip when pooling)."""
     texts = [LONG, "Call now <|endoftext|>", "<|endoftext|>", "Win <|endoftext|> cash"]
-    ours, encoded = smoke["predictor"].spam_probabilities(texts)
+    ours, encoded = smoke["predictor"].positive_probabilities(texts)
     assert encoded[0].truncated and len(encoded[0].ids) == 128 and all(50256 not in e.ids for e in encoded)
     classifier = transformers.pipeline("text-classification", model=str(smoke["hf"]), truncation=True, top_k=None)
     assert spam_probability(classifier(texts)) == pytest.approx(ours, abs=TOLERANCE, rel=0)
@@ -193,8 +193,8 @@ def test_pools_transformers_cannot_compute_are_refused_and_exported_in_our_layou
     with pytest.raises((OSError, ValueError)):
         transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "auto")
     texts = smoke["texts"][:20]
-    expected_probs = Predictor(model, tokenizer, device="cpu").spam_probabilities(texts)[0]
-    assert Predictor.from_dir(tmp_path / "auto", device="cpu").spam_probabilities(texts)[0] == expected_probs
+    expected_probs = Predictor(model, tokenizer, device="cpu").positive_probabilities(texts)[0]
+    assert Predictor.from_dir(tmp_path / "auto", device="cpu").positive_probabilities(texts)[0] == expected_probs
 
 
 def test_a_fixed_padded_length_is_the_truncation_length(
@@ -206,7 +206,7 @@ def test_a_fixed_padded_length_is_the_truncation_length(
     tokenizer = get_tokenizer(tokenizer_file)
     write_export(model, tmp_path, tokenizer, format="hf")
     texts = [LONG, *smoke["texts"][:30]]
-    ours, encoded = Predictor(model, tokenizer, device="cpu").spam_probabilities(texts)
+    ours, encoded = Predictor(model, tokenizer, device="cpu").positive_probabilities(texts)
     assert encoded[0].truncated and len(encoded[0].ids) == 60
     classifier = transformers.pipeline("text-classification", model=str(tmp_path), truncation=True, top_k=None)
     assert classifier.tokenizer.model_max_length == 60
@@ -223,8 +223,8 @@ def test_predict_py_reads_both_layouts_and_overwrite_switches_cleanly(smoke: dic
         done = run_script("predict.py", f"model_dir={folder}", 'text="Free entry! Text WIN to 80086"', "device=cpu",
                           "format=jsonl", timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
-        p = json.loads(done.stdout)["spam_probability"]
-        assert p == pytest.approx(smoke["predictor"].spam_probabilities(["Free entry! Text WIN to 80086"])[0][0])
+        p = json.loads(done.stdout)["positive_probability"]
+        assert p == pytest.approx(smoke["predictor"].positive_probabilities(["Free entry! Text WIN to 80086"])[0][0])
     with pytest.raises(ConfigError, match=r"one of \['auto', 'hf', 'spam_lightning', 'onnx'\], got 'tf'"):
         export_checkpoint(smoke["ckpt"], tmp_path / "x", format="tf")
 
@@ -261,7 +261,7 @@ def test_124m_architecture_exports_exactly(tmp_path: Path, sms_tsv: Path, tokeni
     model = TrainedModel(random_124m(), pre, training)
     tokenizer = get_tokenizer(tokenizer_file)
     texts = [line.split("\t", 1)[1] for line in sms_tsv.read_text(encoding="utf-8").splitlines()[:20]]
-    ours = Predictor(model, tokenizer, device="cpu").spam_probabilities(texts)[0]
+    ours = Predictor(model, tokenizer, device="cpu").positive_probabilities(texts)[0]
     assert max(ours) - min(ours) > 0.01  # the texts matter
     write_export(model, tmp_path, tokenizer, format="hf")
 
@@ -270,6 +270,6 @@ def test_124m_architecture_exports_exactly(tmp_path: Path, sms_tsv: Path, tokeni
     theirs = spam_probability(classifier(texts, batch_size=8))
     print(f"124M, transformers {transformers.__version__}: max |P(spam) - predict.py's| {max_diff(theirs, ours):.3g}")
     assert theirs == pytest.approx(ours, abs=TOLERANCE, rel=0)
-    assert Predictor.from_dir(tmp_path, device="cpu").spam_probabilities(texts)[0] == pytest.approx(ours, abs=1e-6)
+    assert Predictor.from_dir(tmp_path, device="cpu").positive_probabilities(texts)[0] == pytest.approx(ours, abs=1e-6)
     meta = yaml.safe_load((tmp_path / "README.md").read_text(encoding="utf-8").split("---\n")[1])
     assert meta["base_model"] == "openai-community/gpt2" and meta["license"] == "mit" and "model-index" not in meta

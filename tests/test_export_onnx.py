@@ -96,15 +96,15 @@ def test_onnxruntime_equals_torch_on_the_whole_test_split(
     expected = batch_logits(torch_predictor.net, pre, rows, 64)
     got = batch_logits(onnx_predictor.net, pre, rows, 64)
     logit_diff = float((got - expected).abs().max())
-    ours = torch_predictor.spam_probabilities(texts)[0]
-    theirs = onnx_predictor.spam_probabilities(texts)[0]
+    ours = torch_predictor.positive_probabilities(texts)[0]
+    theirs = onnx_predictor.positive_probabilities(texts)[0]
     p_diff = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))  # type: ignore[operator]
     print(f"pool={pool}: max |dlogits| {logit_diff:.2g}, max |dP(spam)| {p_diff:.2g} on {len(texts)} test texts")
     assert logit_diff <= TOLERANCE and p_diff <= TOLERANCE
     assert expected.abs().max() > 0.5  # logits of a trained model, not all near zero
     # the export's own weights are the checkpoint's
     from_ckpt = Predictor(with_pool(load_trained(smoke["ckpt"]), pool, POOLS[pool]), torch_predictor.tokenizer, "cpu")
-    assert from_ckpt.spam_probabilities(texts[:20])[0] == torch_predictor.spam_probabilities(texts[:20])[0]
+    assert from_ckpt.positive_probabilities(texts[:20])[0] == torch_predictor.positive_probabilities(texts[:20])[0]
 
 
 def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], tokenizer_file: str) -> None:
@@ -266,7 +266,7 @@ def test_predict_py_with_onnxruntime(smoke: dict[str, Any], tmp_path: Path, toke
         outputs[backend] = [json.loads(line) for line in done.stdout.splitlines()]
     assert [p["label"] for p in outputs["torch"]] == [p["label"] for p in outputs["onnxruntime"]]
     for a, b in zip(outputs["torch"], outputs["onnxruntime"], strict=True):
-        assert abs(a["spam_probability"] - b["spam_probability"]) <= TOLERANCE
+        assert abs(a["positive_probability"] - b["positive_probability"]) <= TOLERANCE
     one_error_line(predict("backend=onnxruntime", "text=hi", env=hidden), INSTALL_MESSAGE)
     hf = tmp_path / "hf"
     write_export(load_trained(smoke["ckpt"]), hf, get_tokenizer(tokenizer_file), format="hf")
@@ -330,7 +330,7 @@ def test_124m_architecture(tmp_path: Path, sms_tsv: Path, tokenizer_file: str) -
     theirs = Predictor.from_dir(tmp_path, backend="onnxruntime")
     rows = [e.ids for e in ours.encode(texts)]
     logit_diff = float((batch_logits(theirs.net, pre, rows, 8) - batch_logits(ours.net, pre, rows, 8)).abs().max())
-    p_ours, p_theirs = ours.spam_probabilities(texts)[0], theirs.spam_probabilities(texts, batch_size=7)[0]
+    p_ours, p_theirs = ours.positive_probabilities(texts)[0], theirs.positive_probabilities(texts, batch_size=7)[0]
     p_diff = max(abs(a - b) for a, b in zip(p_ours, p_theirs, strict=True))  # type: ignore[operator]
     print(f"124M: exported in {exported_s:.0f} s; max |dlogits| {logit_diff:.2g}, max |dP(spam)| {p_diff:.2g}")
     assert max(p_ours) - min(p_ours) > 0.01  # type: ignore[operator]  # the texts matter

@@ -46,7 +46,7 @@ def trained(request: pytest.FixtureRequest, exported: dict[str, Any]) -> dict[st
 
 @pytest.fixture(scope="module")
 def baseline(trained: dict[str, Any]) -> list[float | None]:
-    return Predictor.from_dir(trained["model"], device="cpu").spam_probabilities(TEXTS)[0]
+    return Predictor.from_dir(trained["model"], device="cpu").positive_probabilities(TEXTS)[0]
 
 
 def record_file(model: Path) -> Path:
@@ -102,7 +102,7 @@ def test_an_untampered_folder_loads_and_predicts_identically(
 ) -> None:
     config = json.loads((trained["model"] / trained["record"]).read_text())
     assert record_of(config)["record_sha256"] == record_sha256(record_of(config))
-    from_ckpt = Predictor.from_checkpoint(trained["ckpt"], device="cpu").spam_probabilities(TEXTS)[0]
+    from_ckpt = Predictor.from_checkpoint(trained["ckpt"], device="cpu").positive_probabilities(TEXTS)[0]
     # transformers' layout folds the head's bias into the final LayerNorm: equal up to float rounding
     assert baseline == pytest.approx(from_ckpt, abs=1e-6, rel=0)
     # The hash is of canonical JSON: another layout of the same record file is not an edit; neither is provenance.
@@ -115,7 +115,7 @@ def test_an_untampered_folder_loads_and_predicts_identically(
     )
     for folder in (same, edited, inside):
         predictor = Predictor.from_dir(folder, device="cpu")
-        assert predictor.spam_probabilities(TEXTS)[0] == baseline, folder
+        assert predictor.positive_probabilities(TEXTS)[0] == baseline, folder
         assert predictor.preprocessing.labels == ("ham", "spam")
 
 

@@ -360,10 +360,10 @@ def test_lora_exports_need_no_lora_code(lora_run: dict[str, Any], tmp_path: Path
     merged, so neither needs LoRA code (format=onnx: below)."""
     predictor = Predictor.from_checkpoint(lora_run["ckpt"], device="cpu")
     texts, _ = load_split(predictor, "test")
-    ours = predictor.spam_probabilities(texts)[0]
+    ours = predictor.positive_probabilities(texts)[0]
 
     export_checkpoint(lora_run["ckpt"], tmp_path / "own", format="spam_lightning")
-    assert Predictor.from_dir(tmp_path / "own").spam_probabilities(texts)[0] == ours
+    assert Predictor.from_dir(tmp_path / "own").positive_probabilities(texts)[0] == ours
     record = json.loads((tmp_path / "own" / "spam_lightning.json").read_text())
     assert record["training"]["lora"]["rank"] == 4
 
@@ -384,8 +384,8 @@ def test_lora_onnx_export_needs_no_lora_code(lora_run: dict[str, Any], tmp_path:
     predictor = Predictor.from_checkpoint(lora_run["ckpt"], device="cpu")
     texts, _ = load_split(predictor, "test")
     export_checkpoint(lora_run["ckpt"], tmp_path / "onnx", format="onnx")
-    onnx = Predictor.from_dir(tmp_path / "onnx", backend="onnxruntime").spam_probabilities(texts)[0]
-    assert max(abs(a - b) for a, b in zip(onnx, predictor.spam_probabilities(texts)[0], strict=True)) <= 1e-5
+    onnx = Predictor.from_dir(tmp_path / "onnx", backend="onnxruntime").positive_probabilities(texts)[0]
+    assert max(abs(a - b) for a, b in zip(onnx, predictor.positive_probabilities(texts)[0], strict=True)) <= 1e-5
 
 
 # --- the README's commands ----------------------------------------------------------------------------------------

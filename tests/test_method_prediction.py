@@ -74,7 +74,7 @@ def stub(tokenizer: tiktoken.Encoding) -> Predictor:
 
 
 def test_stub_puts_texts_exactly_on_the_threshold(stub: Predictor) -> None:
-    scores, _ = stub.spam_probabilities(TEXTS)
+    scores, _ = stub.positive_probabilities(TEXTS)
     assert scores == [stub_probability(1), 0.5, stub_probability(3), stub_probability(4), None]
     assert stub_probability(1) < 0.5 < stub_probability(3) < stub_probability(4)
 
@@ -94,7 +94,7 @@ def test_predictor_label_is_spam_iff_probability_above_threshold(stub: Predictor
     predictions = stub.predict(TEXTS, threshold=threshold)
     assert [p.label for p in predictions] == BOUNDARY[threshold]
     for p in predictions[:-1]:
-        assert p.label == ("spam" if p.spam_probability > threshold else "ham"), p  # type: ignore[operator]
+        assert p.label == ("spam" if p.positive_probability > threshold else "ham"), p  # type: ignore[operator]
     assert (predictions[-1].label, predictions[-1].error) == (None, "empty text")
 
 
@@ -179,7 +179,7 @@ def test_predictions_on_the_test_split_reproduce_metrics_json_and_evaluate(
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == len(labels) == len(returned) == 300
     for row in rows:
-        assert row["label"] == ("spam" if row["spam_probability"] > 0.5 else "ham"), row
+        assert row["label"] == ("spam" if row["positive_probability"] > 0.5 else "ham"), row
     predicted = [row["label"] for row in rows]
     assert 0 < predicted.count("spam") < 300, "the model should call some texts spam and some ham"
     matrix = confusion(predicted, labels)

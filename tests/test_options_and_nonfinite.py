@@ -167,7 +167,8 @@ def test_writers_refuse_non_finite_values(
     smoke: dict, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
-        write_jsonl([Prediction("hi", "ham", float("nan"), False)], io.StringIO())
+        nan = float("nan")
+        write_jsonl([Prediction("hi", "ham", {"ham": nan, "spam": nan}, "spam", nan, False)], io.StringIO())
 
     import spam_lightning.evaluate as evaluate
 

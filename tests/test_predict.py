@@ -124,8 +124,8 @@ def test_export_gives_the_checkpoint_probabilities(smoke: dict, predictor: Predi
 
     exported = Predictor.from_dir(out, device="cpu")
     texts, _ = load_split(predictor, "test")
-    a, _ = predictor.spam_probabilities(texts)
-    b, _ = exported.spam_probabilities(texts)
+    a, _ = predictor.positive_probabilities(texts)
+    b, _ = exported.positive_probabilities(texts)
     diff = max(abs(x - y) for x, y in zip(a, b, strict=True))  # type: ignore[operator]
     print(f"max |P(spam) export - checkpoint| over {len(texts)} test texts: {diff:.3g}")
     assert diff <= 1e-6
@@ -187,11 +187,11 @@ def test_bad_texts_have_clear_rules(predictor: Predictor) -> None:
     preds = predictor.predict(texts)
     assert [p.error for p in preds] == ["empty text", "empty text", None, "invalid UTF-8", None]
     assert [p.label is None for p in preds] == [True, True, False, True, False]
-    assert [p.spam_probability is None for p in preds] == [True, True, False, True, False]
+    assert [p.positive_probability is None for p in preds] == [True, True, False, True, False]
     assert [p.truncated for p in preds] == [False, False, False, False, True]
     # Truncated as in training: the same as predicting the first 128 tokens.
     head = predictor.tokenizer.decode(predictor.tokenizer.encode_ordinary(long)[:128])
-    assert predictor.predict([head])[0].spam_probability == pytest.approx(preds[4].spam_probability, abs=1e-6)
+    assert predictor.predict([head])[0].positive_probability == pytest.approx(preds[4].positive_probability, abs=1e-6)
     assert predictor.predict([]) == []
 
 
@@ -218,8 +218,11 @@ def test_predict_cli_jsonl_from_stdin_and_table(smoke: dict) -> None:
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["text"] for r in rows] == stdin.splitlines()
-    assert rows[1] == {"text": "", "label": None, "spam_probability": None, "truncated": False, "error": "empty text"}
-    assert all(r["label"] in ("ham", "spam") and 0 <= r["spam_probability"] <= 1 for r in (rows[0], rows[2]))
+    assert rows[1] == {
+        "text": "", "label": None, "probabilities": None, "positive_class": "spam", "positive_probability": None,
+        "truncated": False, "error": "empty text",
+    }  # fmt: skip
+    assert all(r["label"] in ("ham", "spam") and 0 <= r["positive_probability"] <= 1 for r in (rows[0], rows[2]))
     done = run_script("predict.py", f"ckpt_path={smoke['ckpt']}", 'text="Win, win: a prize!"', "format=table")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("label") and "Win, win: a prize!" in done.stdout
@@ -227,10 +230,10 @@ def test_predict_cli_jsonl_from_stdin_and_table(smoke: dict) -> None:
 
 def test_bf16_precision_agrees_with_float32(smoke: dict, predictor: Predictor, sms_tsv: Path) -> None:
     texts = [line.split("\t", 1)[1] for line in sms_tsv.read_text(encoding="utf-8").splitlines()[:64]]
-    fp32, _ = predictor.spam_probabilities(texts, batch_size=16)
+    fp32, _ = predictor.positive_probabilities(texts, batch_size=16)
     bf16 = Predictor.from_checkpoint(smoke["ckpt"], device="cpu", precision="bf16")
     assert next(bf16.net.parameters()).dtype == torch.bfloat16  # converted once, not autocast per batch
-    low, _ = bf16.spam_probabilities(texts, batch_size=16)
+    low, _ = bf16.positive_probabilities(texts, batch_size=16)
     assert max(abs(a - b) for a, b in zip(fp32, low, strict=True)) < 0.05
     confident = [i for i, p in enumerate(fp32) if abs(p - 0.5) > 0.05]
     assert [fp32[i] > 0.5 for i in confident] == [low[i] > 0.5 for i in confident]
@@ -255,14 +258,14 @@ def test_choose_threshold() -> None:
 
 
 def test_read_labelled_files(sms_tsv: Path, tmp_path: Path) -> None:
-    texts, labels = read_labelled(sms_tsv)  # the UCI file itself: label<TAB>text, no header
+    texts, labels = read_labelled(sms_tsv, ("ham", "spam"))  # the UCI file itself: label<TAB>text, no header
     assert len(texts) == 5574 and sum(labels) == 747
     csv = tmp_path / "mine.csv"
     csv.write_text("label,text\nspam,WIN NOW\nham,see you\n1,prize\n")
-    assert read_labelled(csv) == (["WIN NOW", "see you", "prize"], [1, 0, 1])
+    assert read_labelled(csv, ("ham", "spam")) == (["WIN NOW", "see you", "prize"], [1, 0, 1])
     csv.write_text("label,text\nspam,WIN NOW\nmaybe,hmm\n")
-    with pytest.raises(ValueError, match="line 3: label 'maybe'"):
-        read_labelled(csv)
+    with pytest.raises(ValueError, match="line 3: label 'maybe' is not one of ham, spam, 0, 1"):
+        read_labelled(csv, ("ham", "spam"))
 
 
 def test_evaluate_a_labelled_file(smoke: dict, tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "from spam_lightning.inference import Predictor\n\n"
         'model = Predictor.from_dir("runs/smoke/export")  # or Predictor.from_checkpoint(ckpt_path)\n'
         'for p in model.predict(["See you at 6", "WINNER!! Claim your prize now"]):\n'
-        "    print(p.label, p.spam_probability, p.truncated, p.error)"
+        "    print(p.label, p.positive_probability, p.truncated, p.error)"
     ): Run("trained_model"),
     (  # the transformers ```python snippet
         "from transformers import pipeline\n\n"
@@ -643,7 +643,7 @@ def test_group_trained_model(machine: UserMachine) -> None:
     assert len(texts("input_file=data/sms_spam/seed-123/test.csv")) == 300
     predictions = jsonl(done.path("predictions.jsonl").read_text())  # the last command writing it: threshold 0.8
     assert [p["text"] for p in predictions] == messages
-    assert all((p["label"] == "spam") == (p["spam_probability"] > 0.8) for p in predictions)
+    assert all((p["label"] == "spam") == (p["positive_probability"] > 0.8) for p in predictions)
 
     for out_dir, n in (("test", 300), ("validation", 149), ("labelled", 2), ("SMSSpamCollection", 5574)):
         evaluation = json.loads((smoke / "evaluation" / out_dir / "evaluation.json").read_text())
@@ -662,7 +662,7 @@ def test_group_trained_model(machine: UserMachine) -> None:
     from_onnx = jsonl(done.stdout("model_dir=runs/smoke/onnx backend=onnxruntime"))
     from_torch = jsonl(done.stdout("model_dir=runs/smoke/export 'text="))
     assert [p["text"] for p in from_onnx] == ["Free entry! Text WIN to 80086"]
-    assert from_onnx[0]["spam_probability"] == pytest.approx(from_torch[0]["spam_probability"], abs=1e-5)
+    assert from_onnx[0]["positive_probability"] == pytest.approx(from_torch[0]["positive_probability"], abs=1e-5)
     out = done.stdout("from transformers import pipeline")
     scores = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{")]
     assert len(scores) == 2 and all(set(s) == {"ham", "spam"} and abs(sum(s.values()) - 1) < 1e-3 for s in scores), out

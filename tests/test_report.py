@@ -78,7 +78,7 @@ def test_long_titles_fit_the_figure(smoke: dict, sms_tsv: Path, tmp_path: Path, 
     path = str(tmp_path / "a" / "much" / "longer" / "folder" / "path" / f"{stem}.tsv")
     report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", f"{path} (t=0.5)")
     scores, labels = torch.linspace(0, 1, 20, dtype=torch.float64), torch.tensor([0, 1] * 10)
-    report.plot_pr_curve(scores, labels, tmp_path / "pr.png", {"threshold 0.5": (0.5, 0.5)}, path)
+    report.plot_pr_curve(scores, labels, tmp_path / "pr.png", {"threshold 0.5": (0.5, 0.5)}, path, positive_class="a")
     for name in ("cm.png", "pr.png"):
         assert path in "".join(title_of(figures[name]).split())
 

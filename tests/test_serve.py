@@ -86,7 +86,7 @@ def test_same_answers_as_predict_py(port: int, model: dict[str, Any], texts: lis
     for (_, got), want in zip(singles, expected, strict=True):
         assert got["text"] == want["text"] and got["label"] == want["label"]
         assert got["truncated"] == want["truncated"] and got["error"] is None
-        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+        assert abs(got["positive_probability"] - want["positive_probability"]) <= 1e-6
 
 
 @pytest.mark.slow  # ~1 min: a 124M export, its server, predict.py on it
@@ -105,7 +105,7 @@ def test_serves_the_124m_architecture(texts: list[str], tokenizer_file: str, tmp
     assert status == 200 and answer["predictions"] == expected
     for (status, got), want in zip(singles, expected, strict=True):
         assert status == 200 and got["label"] == want["label"]
-        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+        assert abs(got["positive_probability"] - want["positive_probability"]) <= 1e-6
 
 
 def test_threshold_and_per_text_errors(port: int) -> None:
@@ -118,7 +118,8 @@ def test_threshold_and_per_text_errors(port: int) -> None:
     assert status == 200
     assert [p["error"] for p in mixed["predictions"]] == [None, "empty text", "empty text", "invalid UTF-8"]
     assert mixed["predictions"][1] == {
-        "text": "", "label": None, "spam_probability": None, "truncated": False, "error": "empty text"
+        "text": "", "label": None, "probabilities": None, "positive_class": "spam", "positive_probability": None,
+        "truncated": False, "error": "empty text",
     }  # fmt: skip
 
 
@@ -149,7 +150,7 @@ def test_two_model_processes(port: int, model: dict[str, Any], texts: list[str])
             answers = list(pool.map(lambda t: post(port2, {"text": t}), texts))
     for (status, got), want in zip(answers, expected["predictions"], strict=True):
         assert status == 200 and got["label"] == want["label"]
-        assert abs(got["spam_probability"] - want["spam_probability"]) <= 1e-6
+        assert abs(got["positive_probability"] - want["positive_probability"]) <= 1e-6
 
 
 # -- bad requests: a 4xx with {"error": ...}, and the server still healthy -----------------------------
@@ -181,7 +182,7 @@ def test_bad_request(port: int, case: str) -> None:
     status, answer = request(port, "POST", "/predict", body, {"Content-Type": "application/json"})
     assert status == expected_status and isinstance(answer, dict) and message in answer["error"], answer
     if status == 422:  # a single text predict.py cannot classify: predict.py's record for it
-        assert answer["label"] is None and answer["spam_probability"] is None and answer["truncated"] is False
+        assert answer["label"] is None and answer["positive_probability"] is None and answer["truncated"] is False
     assert healthy(port)
 
 
@@ -323,7 +324,7 @@ def test_page_in_headless_chromium(port: int, tmp_path: Path) -> None:
     from playwright import sync_api
 
     _, expected = post(port, {"texts": [SPAM, HAM]})
-    p_spam, p_ham = (p["spam_probability"] for p in expected["predictions"])
+    p_spam, p_ham = (p["positive_probability"] for p in expected["predictions"])
     assert p_spam > 0.5 > p_ham, expected  # the smoke model gets these two right
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])

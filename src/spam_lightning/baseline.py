@@ -1,6 +1,7 @@
 """The book's non-LLM baseline (ch06 IMDb bonus): TF-IDF features and logistic regression (scikit-learn), trained on
 the splits a data config gives train.py, evaluated with the training metrics (`spam_lightning.metrics`), so its
-table reads like train.py's. Binary data: P(class 1) > 0.5; more classes: the most probable class."""
+table reads like train.py's. Two classes: the data's positive class iff its probability > 0.5, and the metrics are
+that class's; more classes: the most probable class."""
 
 from __future__ import annotations
 
@@ -15,18 +16,19 @@ from omegaconf import DictConfig
 
 from spam_lightning.data import TextDataModule
 from spam_lightning.errors import ConfigError
-from spam_lightning.metrics import classification_metrics, per_class
+from spam_lightning.metrics import classification_metrics, per_class, update_metrics
 from spam_lightning.sms_spam import SPLITS
 
 log = logging.getLogger(__name__)
 REPORTED = ("accuracy", "precision", "recall", "f1", "auroc")
 
 
-def split_metrics(probs: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict[str, Any]:
-    """The metrics training logs for a split (binary: spam the positive class; else macro and per class)."""
+def split_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...], positive: int | None
+) -> dict[str, Any]:
+    """The metrics training logs for a split (two classes: those of class id `positive`; else macro and per class)."""
     metrics = classification_metrics(len(names), prefix="")
-    scores = probs[:, 1] if len(names) == 2 else probs
-    metrics.update(scores, labels)
+    update_metrics(metrics, probs, labels, positive)
     return {name: round(float(value), 6) for name, value in per_class(metrics.compute(), names).items()}
 
 
@@ -39,17 +41,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule: TextDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     splits = {name: datamodule.read_split(name) for name in SPLITS}
-    names = datamodule.labels
+    names, positive_class = datamodule.labels, datamodule.positive_class
+    positive = None if positive_class is None else names.index(positive_class)
     vectorizer = TfidfVectorizer(max_features=int(cfg.max_features), ngram_range=(1, 2), sublinear_tf=True)
     features = vectorizer.fit_transform(splits["train"]["text"])
     classifier = LogisticRegression(C=float(cfg.C), max_iter=int(cfg.max_iter), random_state=int(cfg.seed))
     classifier.fit(features, splits["train"]["label"])
     results: dict[str, Any] = {"model": "tfidf+logistic_regression", "labels": list(names)}
+    results["positive_class"] = positive_class
     for name, frame in splits.items():
         probs = torch.zeros(len(frame), len(names), dtype=torch.float64)
         # classes_ holds the class ids seen in training (all of them: the data modules refuse an absent class)
         probs[:, classifier.classes_] = torch.from_numpy(classifier.predict_proba(vectorizer.transform(frame["text"])))
-        results[name] = split_metrics(probs, torch.tensor(frame["label"].tolist()), names)
+        results[name] = split_metrics(probs, torch.tensor(frame["label"].tolist()), names, positive)
     print(table(results), flush=True)
     if cfg.get("out_dir"):
         out = Path(cfg.out_dir).expanduser()

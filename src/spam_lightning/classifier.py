@@ -25,17 +25,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryConfusionMatrix,
-    MulticlassConfusionMatrix,
-)
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, check_finite, read_record
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
-from spam_lightning.metrics import classification_metrics, per_class
+from spam_lightning.metrics import binary_counts, classification_metrics, per_class, predicted_ids, update_metrics
 from spam_lightning.net import SpamNet
 from spam_lightning.options import check_model_options
 from spam_lightning.preprocess import Preprocessing
@@ -63,8 +60,8 @@ class SpamClassifier(L.LightningModule):
         pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
         init_seed: int | None = None,  # pretrained=None: seed of the init (small checkpoints), else the global RNG
         dropout: float | None = None,  # overrides the arch's dropout when set
-        num_classes: int | None = 2,  # class 1 (spam) is the positive class when binary; None: 2 (train.py passes
-        # the data's class count)
+        num_classes: int | None = 2,  # None: 2 (train.py passes the data's class count); the positive class of two
+        # is the data's (preprocessing.positive_class), else class id 1
         trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
         pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
         lr: float = 5e-5,  # AdamW learning rate
@@ -151,13 +148,13 @@ class SpamClassifier(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
-        self.test_confusion = BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
-        self.test_confusion_matrix: torch.Tensor | None = None  # (C, C), rows = true class
-        # Every evaluated text's P(spam) and label (binary; gathered from all processes): the PR curve's input.
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)  # of the predicted ids (metrics.predicted_ids)
+        self.test_confusion_matrix: torch.Tensor | None = None  # (C, C) in class-id order, rows = true class
+        # Each test text's P(positive class) and label (binary; gathered from all processes): the PR curve's input.
         # NaNs are kept, where torchmetrics drops them by default (scores no longer aligned with labels, a mean loss
         # over the finite batches only); `evaluate` in spam_lightning.train then refuses the result.
         self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
-        self.test_scored: torch.Tensor | None = None  # (N, 2): label, P(spam)
+        self.test_scored: torch.Tensor | None = None  # (N, 2): label (class id), P(positive class)
         # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
         # nan_strategy=nan: a NaN stays NaN ("disable" would also drop the weights).
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy=math.nan) for _ in range(3))
@@ -241,10 +238,12 @@ class SpamClassifier(L.LightningModule):
 
     # --- Lightning steps ------------------------------------------------------------------------
 
-    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """What the metrics take: P(spam) (B,) when binary, else class probabilities (B, C)."""
-        probs = logits.softmax(dim=-1)
-        return probs[:, 1] if self.num_classes == 2 else probs
+    @property
+    def positive_index(self) -> int | None:
+        """The positive class's id of two classes (the data's once setup() has run; else 1), None for more."""
+        if self.num_classes != 2:
+            return None
+        return self.preprocessing.positive_index if self.preprocessing is not None else 1
 
     def configure_callbacks(self) -> list[Callback]:
         cache = self.feature_cache
@@ -256,14 +255,14 @@ class SpamClassifier(L.LightningModule):
         logits = self(batch["input_ids"], batch["lengths"], batch.get(FROZEN_FEATURES))
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
-        scores = self._scores(logits.detach())
-        metrics.update(scores, labels)
+        probs, positive = logits.detach().softmax(dim=-1), self.positive_index
+        update_metrics(metrics, probs, labels, positive)
         mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
         mean_loss.update(loss.detach(), weight=labels.shape[0])
         if stage == "test":
-            self.test_confusion.update(scores, labels)
-            if self.num_classes == 2:
-                self.test_scores.update(scores)
+            self.test_confusion.update(predicted_ids(probs, positive), labels)
+            if positive is not None:
+                self.test_scores.update(probs[:, positive])
                 self.test_labels.update(labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -333,13 +332,12 @@ class SpamClassifier(L.LightningModule):
         matrix = self.test_confusion.compute()  # synced across processes
         self.test_confusion.reset()
         self.test_confusion_matrix = matrix.cpu()
-        if self.num_classes == 2:
+        positive = self.positive_index
+        if positive is not None:
             self.test_scored = torch.stack([self.test_labels.compute(), self.test_scores.compute()], dim=1).cpu()
             self.test_scores.reset()
             self.test_labels.reset()
-        if self.num_classes == 2:
-            (tn, fp), (fn, tp) = matrix.tolist()
-            for name, value in (("tp", tp), ("fp", fp), ("tn", tn), ("fn", fn)):
+            for name, value in binary_counts(matrix.tolist(), positive).items():
                 self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks
 
     def setup(self, stage: str) -> None:

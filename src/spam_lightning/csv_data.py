@@ -18,6 +18,7 @@ import pandas as pd
 
 from spam_lightning.data import TextDataModule, info
 from spam_lightning.errors import ConfigError, DataError
+from spam_lightning.preprocess import check_positive_class
 from spam_lightning.text_csv import (
     BALANCE,
     DELIMITERS,
@@ -49,6 +50,7 @@ class CsvDataModule(TextDataModule):
         fractions: Sequence[float] = (0.7, 0.1),
         stratify: bool = True,
         balance: str = "none",
+        positive_class: str | None = None,
         **batching: Any,
     ) -> None:
         """
@@ -65,6 +67,8 @@ class CsvDataModule(TextDataModule):
                 the seed; false: shuffle, then cut.
             balance: none | undersample (every class down to the smallest, as the book does for SMS): of the
                 one file before it is split, or of the training split of three files.
+            positive_class: two classes only: the class whose probability the threshold applies to and whose
+                precision/recall/F1/AUROC the binary metrics are; None: the second class in class-id order (id 1).
             batching: `TextDataModule`'s arguments (tokenizer, padding, batch sizes, seed, ...).
         """
         super().__init__(**batching)
@@ -78,6 +82,9 @@ class CsvDataModule(TextDataModule):
         self.fractions = [float(f) for f in fractions]
         self.stratify = stratify
         self.balance = balance
+        # An integer label typed on the command line (data.positive_class=1) arrives as an int; class names are text.
+        is_int = isinstance(positive_class, int) and not isinstance(positive_class, bool)
+        self._positive_class = str(positive_class) if is_int else positive_class
         self._labels: tuple[str, ...] | None = None
         self.duplicates: dict[str, int] = {}
 
@@ -117,10 +124,20 @@ class CsvDataModule(TextDataModule):
         assert self._labels is not None
         return self._labels
 
+    @property
+    def positive_class(self) -> str | None:
+        """data.positive_class, checked against the classes (ConfigError naming them); None: class id 1 of two."""
+        if self._positive_class is None:
+            return super().positive_class
+        check_positive_class(self._positive_class, self.labels, "data.positive_class", ConfigError)
+        return self._positive_class
+
     def prepare_data(self) -> None:
-        """The vocabulary (download or cache) and a first read of the data, so bad data fails before training."""
+        """The vocabulary (download or cache) and a first read of the data, so bad data (or a data.positive_class that
+        is not one of its two classes) fails before training."""
         self.tokenizer()
         self._read_splits()
+        _ = self.positive_class
 
     def _load_frames(self) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         raw: dict[str, bytes] = {}

@@ -30,6 +30,7 @@ from spam_lightning.samplers import LengthBucketBatchSampler, ResumableBatchSamp
 from spam_lightning.sms_spam import (
     BACKUP_URL,
     LABELS,
+    POSITIVE_CLASS,
     SPLITS,
     UCI_URL,
     obtain_tsv,
@@ -164,6 +165,11 @@ class TextDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def positive_class(self) -> str | None:
+        """The class a two-class model's threshold and binary metrics are for (None: more classes)."""
+        return self.labels[1] if self.num_classes == 2 else None
+
     def tokenizer(self) -> tiktoken.Encoding:
         return get_tokenizer(self.tokenizer_file, self.tokenizer_url)
 
@@ -185,7 +191,7 @@ class TextDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, object]:
         """The data settings a checkpoint records: a run is continued on the same splits and batches only. The
         hashes are those of the bytes this run read and trains on (`_read_splits`), not of the files now."""
-        keys = ("batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
+        keys = ("batch_size", "drop_last", "bucket_by_length", "max_length", "padding", "positive_class")
         batching = {key: getattr(self, key) for key in keys}
         return {"seed": self.seed, "splits_sha256": self._read_splits(), "pad_length": self.pad_length, **batching}
 
@@ -227,11 +233,16 @@ class TextDataModule(L.LightningDataModule):
         tokenizer = self.tokenizer()
         self._read_splits()
         if self.preprocessing is None:  # the training split fixes the padded length
-            unpadded = Preprocessing(self.labels, self.max_length, None, "batch", self.pool)
+            positive = self.positive_class
+            unpadded = Preprocessing(self.labels, self.max_length, None, "batch", self.pool, positive_class=positive)
             longest = max(len(ids) for ids in unpadded.encode(tokenizer, self.read_split("train")["text"].tolist())[0])
             pad_length = {"longest_train": longest, "batch": None}.get(self.padding, self.padding)
-            self.preprocessing = Preprocessing(self.labels, self.max_length, pad_length, self.padding, self.pool)
+            self.preprocessing = Preprocessing(
+                self.labels, self.max_length, pad_length, self.padding, self.pool, positive_class=positive
+            )
             info("longest training text: %d tokens; padding=%s -> padded length %s", longest, self.padding, pad_length)
+            if positive is not None:
+                info("positive class: %s (the binary metrics are its; a threshold applies to its P)", positive)
         wanted = {"fit": SPLITS[:2], "validate": ("validation",), "test": ("test",)}
         for name in ["train", *wanted.get(stage, SPLITS)] if stage else SPLITS:
             if name not in self.datasets:
@@ -344,6 +355,10 @@ class SmsSpamDataModule(TextDataModule):
     @property
     def labels(self) -> tuple[str, ...]:
         return LABELS
+
+    @property
+    def positive_class(self) -> str:
+        return POSITIVE_CLASS
 
     @property
     def splits_dir(self) -> Path:

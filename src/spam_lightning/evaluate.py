@@ -1,11 +1,13 @@
 """Evaluate a trained classifier on a split of its training data or on any labelled CSV/TSV.
 
-Metrics at the decision threshold (0.5 by default, as in training): accuracy, precision, recall, F1,
-AUROC, the confusion matrix and the misclassified texts. With `target_precision`, a threshold is chosen
-on the validation split (the lowest one whose spam precision there reaches the target, i.e. the best
-recall) and its precision/recall on the evaluated data are reported. Writes evaluation.json,
-misclassified.jsonl, confusion_matrix.png and pr_curve.png into out_dir (default_out_dir: never into an
-exported model folder).
+Two classes: metrics at the decision threshold (0.5 by default, as in training) on P(positive class) (the model's
+`positive_class`: spam for the SMS data): accuracy, the positive class's precision, recall, F1 and AUROC, the
+confusion matrix and the misclassified texts. With `target_precision`, a threshold is chosen on the validation split
+(the lowest one whose precision of the positive class there reaches the target, i.e. the best recall) and its
+precision/recall on the evaluated data are reported. More classes: the most probable class is predicted (no
+threshold), macro and per-class metrics. Confusion matrices are in class-id order, rows the true class. Writes
+evaluation.json, misclassified.jsonl, confusion_matrix.png (and pr_curve.png for two classes) into out_dir
+(default_out_dir: never into an exported model folder).
 """
 
 from __future__ import annotations
@@ -18,20 +20,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import (
-    binary_accuracy,
-    binary_auroc,
-    binary_confusion_matrix,
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from spam_lightning.checkpoint import run_dir_of
 from spam_lightning.csv_data import CsvDataModule
@@ -39,17 +27,17 @@ from spam_lightning.data import SmsSpamDataModule
 from spam_lightning.errors import DataError
 from spam_lightning.files import read_json_object, refuse_replacing, require_file
 from spam_lightning.inference import Predictor, load_predictor
+from spam_lightning.metrics import binary_metrics, multiclass_metrics, predicted_ids
 from spam_lightning.options import check_options
 from spam_lightning.paths import project_dir
 from spam_lightning.report import plot_confusion_matrix, plot_pr_curve, plot_training_curves, precision_recall_at
-from spam_lightning.sms_spam import LABELS, SPLITS, parse_split_csv, read_split_file, splits_dir
+from spam_lightning.sms_spam import SPLITS, parse_split_csv, read_split_file, splits_dir
 from spam_lightning.text_csv import encode_labels, read_labelled_table
 from spam_lightning.textio import decode_utf8, read_table, split_lines
 
 log = logging.getLogger(__name__)
 
 EVALUATION_FILES = ("evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png")  # in out_dir
-LABEL_VALUES = {**{str(i): i for i in range(len(LABELS))}, **{name: i for i, name in enumerate(LABELS)}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,9 +81,20 @@ def load_split(predictor: Predictor, split: str, data_dir: str | None = None) ->
     return df["text"].tolist(), df["label"].tolist()
 
 
-def read_labelled(path: str | Path, column: str = "text", label_column: str = "label") -> tuple[list[str], list[int]]:
-    """Texts and labels (0/1 or ham/spam) from a CSV/TSV with a header naming `column` and `label_column`,
-    or from a headerless UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection)."""
+def label_ids(names: Sequence[str]) -> dict[str, int]:
+    """A labelled file's labels (lower-cased) -> class ids: the model's class names, and their ids written as integers
+    (unless the names are themselves integers)."""
+    ids = {} if all(name.lstrip("-").isdigit() for name in names) else {str(i): i for i in range(len(names))}
+    return {**{name.lower(): i for i, name in enumerate(names)}, **ids}
+
+
+def read_labelled(
+    path: str | Path, names: Sequence[str], column: str = "text", label_column: str = "label"
+) -> tuple[list[str], list[int]]:
+    """Texts and class ids from a CSV/TSV with a header naming `column` and `label_column`, or from a headerless
+    UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection). Labels are the model's class `names` (any case)
+    or their ids (ham/spam or 0/1 for the SMS model)."""
+    values = label_ids(names)
     file = require_file(path, "data_file", DataError, "give a labelled CSV/TSV file")
     text = decode_utf8(file.read_bytes(), str(file))
     sep = "," if file.suffix.lower() == ".csv" else "\t"
@@ -104,7 +103,7 @@ def read_labelled(path: str | Path, column: str = "text", label_column: str = "l
         table = read_table(text, str(file), sep)
         rows = zip(table[label_column].tolist(), table[column].tolist(), strict=True)
         first_line = 2
-    elif header[0].strip().lower() in LABEL_VALUES and "\t" in text.split("\n", 1)[0]:
+    elif header[0].strip().lower() in values and "\t" in text.split("\n", 1)[0]:
         rows = (line.partition("\t")[::2] for line in split_lines(text))
         first_line = 1
     else:
@@ -114,9 +113,10 @@ def read_labelled(path: str | Path, column: str = "text", label_column: str = "l
         )
     texts, labels = [], []
     for number, (label, message) in enumerate(rows, start=first_line):
-        value = LABEL_VALUES.get(str(label).strip().lower())
+        value = values.get(str(label).strip().lower())
         if value is None:
-            raise DataError(f"{file}, line {number}: label {label!r} is not one of ham, spam, 0, 1")
+            allowed = ", ".join(dict.fromkeys([*names, *(key for key in values if key.isdigit())]))
+            raise DataError(f"{file}, line {number}: label {label!r} is not one of {allowed}")
         texts.append(message)
         labels.append(value)
     if not texts:
@@ -129,48 +129,11 @@ def read_labelled(path: str | Path, column: str = "text", label_column: str = "l
 # --------------------------------------------------------------------------------------------------
 
 
-def binary_metrics(scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, Any]:
-    """The training metrics (torchmetrics, spam iff score > threshold) and the confusion matrix."""
-    matrix = binary_confusion_matrix(scores, labels, threshold=threshold)
-    (tn, fp), (fn, tp) = matrix.tolist()
-    metrics: dict[str, Any] = {
-        name: round(float(fn_(scores, labels, threshold=threshold)), 6)
-        for name, fn_ in (
-            ("accuracy", binary_accuracy),
-            ("precision", binary_precision),
-            ("recall", binary_recall),
-            ("f1", binary_f1_score),
-        )
-    }
-    metrics["auroc"] = round(float(binary_auroc(scores, labels)), 6) if 0 < labels.sum() < len(labels) else None
-    return {**metrics, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "confusion_matrix": matrix.tolist()}
-
-
-def multiclass_metrics(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
-    """The training metrics of more than 2 classes (the most probable class is predicted): macro accuracy,
-    precision, recall, F1 and one-vs-rest AUROC, the per-class precision/recall/F1, the confusion matrix."""
-    kw: dict[str, Any] = {"num_classes": len(names)}
-    metrics: dict[str, Any] = {
-        name: round(float(fn_(probs, labels, average="macro", **kw)), 6)
-        for name, fn_ in (
-            ("accuracy", multiclass_accuracy),
-            ("precision", multiclass_precision),
-            ("recall", multiclass_recall),
-            ("f1", multiclass_f1_score),
-            ("auroc", multiclass_auroc),
-        )
-    }
-    for name, fn_ in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
-        for label, value in zip(names, fn_(probs, labels, average=None, **kw).tolist(), strict=True):
-            metrics[f"{name}_{label.replace('/', '_')}"] = round(float(value), 6)
-    metrics["confusion_matrix"] = multiclass_confusion_matrix(probs, labels, **kw).tolist()
-    return metrics
-
-
 def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_precision: float) -> float | None:
-    """The lowest threshold t (spam iff score > t) whose precision reaches the target: the best recall there.
+    """The lowest threshold t (positive iff score > t; `labels` 1 for the positive class, else 0) whose precision
+    reaches the target: the best recall there.
 
-    t lies halfway between the last score called spam and the next lower score. None if no threshold
+    t lies halfway between the last score called positive and the next lower score. None if no threshold
     reaches the target.
     """
     ranked = sorted(zip(scores, labels, strict=True), key=lambda pair: -pair[0])
@@ -190,16 +153,38 @@ def choose_threshold(scores: Sequence[float], labels: Sequence[int], target_prec
 # --------------------------------------------------------------------------------------------------
 
 
-def score_texts(
-    predictor: Predictor, texts: list[str], labels: list[int], batch_size: int
-) -> tuple[list[int], list[float], int]:
-    """Row indices that could be classified, their P(spam), and the number of truncated texts."""
-    probs, encoded = predictor.spam_probabilities(texts, batch_size)
+def score_texts(predictor: Predictor, texts: list[str], batch_size: int) -> tuple[list[int], list[list[float]], int]:
+    """Row indices that could be classified, their class probabilities, and the number of truncated texts."""
+    probs, encoded = predictor.class_probabilities(texts, batch_size)
     rows = [i for i, p in enumerate(probs) if p is not None]
     skipped = len(texts) - len(rows)
     if skipped:
         log.warning("%d texts not classified (empty or invalid) are left out of the metrics", skipped)
     return rows, [probs[i] for i in rows], sum(e.truncated for e in encoded)  # type: ignore[misc]
+
+
+def misclassified_records(
+    texts: list[str],
+    labels: list[int],
+    rows: list[int],
+    probs: torch.Tensor,
+    names: Sequence[str],
+    positive: int | None,
+    threshold: float = 0.5,
+) -> list[dict[str, Any]]:
+    """misclassified.jsonl's records of the classified `rows` (`probs` in their order), predicted as `predict` does
+    (metrics.predicted_ids): row, label, predicted, probabilities per class, positive_probability (two classes),
+    text."""
+    out = []
+    predicted = predicted_ids(probs, positive, threshold).tolist()
+    for i, p, guess in zip(rows, probs.tolist(), predicted, strict=True):
+        if guess != labels[i]:
+            record = {"row": i, "label": names[labels[i]], "predicted": names[guess]}
+            record["probabilities"] = dict(zip(names, p, strict=True))
+            if positive is not None:
+                record["positive_probability"] = p[positive]
+            out.append({**record, "text": texts[i]})
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -212,35 +197,40 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     inputs = {key: cfg.get(key) for key in ("ckpt_path", "model_dir", "data_file", "tokenizer_file")}
     refuse_replacing(out_dir, EVALUATION_FILES, ours, inputs, "out_dir", "evaluate.py")
     predictor = load_predictor(cfg.get("ckpt_path"), cfg.get("model_dir"), cfg.get("tokenizer_file"), cfg.device)
+    # Both refused for more than two classes, saying why, before anything is read or written.
+    threshold = predictor.decision_threshold(cfg.get("threshold"))
+    target = cfg.get("target_precision")
+    if target == "auto":
+        target = 0.99 if predictor.binary else None
+    elif target is not None:
+        target = predictor.decision_threshold(float(target), "target_precision")
     if not predictor.binary:
         return _run_multiclass(predictor, cfg, out_dir)
+    assert threshold is not None
+    names, positive = predictor.preprocessing.labels, predictor.preprocessing.positive_index
+    assert positive is not None
+    positive_class = names[positive]
     if cfg.get("data_file"):
         data_name = str(cfg.data_file)
-        texts, labels = read_labelled(cfg.data_file, cfg.column, cfg.label_column)
+        texts, labels = read_labelled(cfg.data_file, names, cfg.column, cfg.label_column)
     else:
         data_name = cfg.split
         texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
-    rows, scores, truncated = score_texts(predictor, texts, labels, cfg.batch_size)
+    rows, probs, truncated = score_texts(predictor, texts, cfg.batch_size)
     y = [labels[i] for i in rows]
-    score_t, label_t = torch.tensor(scores, dtype=torch.float64), torch.tensor(y)
-    threshold = float(cfg.threshold)
-    metrics = binary_metrics(score_t, label_t, threshold)
-
-    selection = None
-    if cfg.get("target_precision") is not None:
-        selection = _select_threshold(predictor, cfg, name, scores, y)
-
-    misclassified = [
-        {"row": i, "label": LABELS[labels[i]], "predicted": LABELS[int(s > threshold)], "spam_probability": s,
-         "text": texts[i]}
-        for i, s in zip(rows, scores, strict=True)
-        if int(s > threshold) != labels[i]
-    ]  # fmt: skip
+    prob_t = torch.tensor(probs, dtype=torch.float64).reshape(-1, len(names))
+    score_t, label_t = prob_t[:, positive], torch.tensor(y, dtype=torch.long)
+    scores, targets = score_t.tolist(), [int(label == positive) for label in y]
+    metrics = binary_metrics(score_t, label_t, threshold, positive)
+    selection = _select_threshold(predictor, cfg, name, target, scores, y) if target is not None else None
+    misclassified = misclassified_records(texts, labels, rows, prob_t, names, positive, threshold)
     model = str(cfg.get("ckpt_path") or cfg.get("model_dir"))
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "model": model,
         "data": data_name,
+        "labels": list(names),
+        "positive_class": positive_class,  # the threshold, precision, recall, F1 and AUROC are this class's
         "n": len(texts),
         "n_skipped": len(texts) - len(rows),
         "n_truncated": truncated,
@@ -252,16 +242,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(m, ensure_ascii=False, allow_nan=False) + "\n" for m in misclassified)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    points = {f"threshold {threshold:g}": precision_recall_at(scores, y, threshold)}
+    points = {f"threshold {threshold:g}": precision_recall_at(scores, targets, threshold)}
     if selection and selection["threshold"] is not None:
         points[f"chosen on validation (target {selection['target_precision']:g})"] = (
             selection["evaluated"]["precision"], selection["evaluated"]["recall"],
         )  # fmt: skip
     plots = [
         plot_confusion_matrix(
-            metrics["confusion_matrix"], out_dir / "confusion_matrix.png", f"{name} (t={threshold:g})"
+            metrics["confusion_matrix"], out_dir / "confusion_matrix.png", f"{name} (t={threshold:g})", names
         ),
-        plot_pr_curve(score_t, label_t, out_dir / "pr_curve.png", points, title=name),
+        plot_pr_curve(
+            score_t, torch.tensor(targets), out_dir / "pr_curve.png", points, title=name, positive_class=positive_class
+        ),
     ]
     if cfg.get("ckpt_path"):  # the run's training curves, into the run directory
         run_dir = _model_home(cfg)
@@ -282,27 +274,19 @@ def _run_multiclass(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dic
     else:
         name = data_name = cfg.split
         texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
-    probs, encoded = predictor.class_probabilities(texts, cfg.batch_size)
-    rows = [i for i, p in enumerate(probs) if p is not None]
-    if len(rows) < len(texts):
-        log.warning("%d texts not classified (empty or invalid) are left out of the metrics", len(texts) - len(rows))
-    prob_t = torch.tensor([probs[i] for i in rows], dtype=torch.float64)
-    label_t = torch.tensor([labels[i] for i in rows])
+    rows, probs, truncated = score_texts(predictor, texts, cfg.batch_size)
+    prob_t = torch.tensor(probs, dtype=torch.float64).reshape(-1, len(names))
+    label_t = torch.tensor([labels[i] for i in rows], dtype=torch.long)
     metrics = multiclass_metrics(prob_t, label_t, names)
-    predicted = prob_t.argmax(dim=1).tolist()
-    misclassified = [
-        {"row": i, "label": names[labels[i]], "predicted": names[p],
-         "probabilities": dict(zip(names, probs[i], strict=True)), "text": texts[i]}
-        for i, p in zip(rows, predicted, strict=True)
-        if p != labels[i]
-    ]  # fmt: skip
+    misclassified = misclassified_records(texts, labels, rows, prob_t, names, None)
     result: dict[str, Any] = {
         "model": str(cfg.get("ckpt_path") or cfg.get("model_dir")),
         "data": data_name,
         "labels": list(names),
+        "positive_class": None,  # more than two classes: no threshold, macro metrics
         "n": len(texts),
         "n_skipped": len(texts) - len(rows),
-        "n_truncated": sum(e.truncated for e in encoded),
+        "n_truncated": truncated,
         "metrics": metrics,
         "n_misclassified": len(misclassified),
     }
@@ -321,39 +305,51 @@ def _run_multiclass(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dic
             f"{n:<{width}}" + "".join(f"{metrics[f'{m}_{n}']:>10.4f}" for m in ("precision", "recall", "f1"))
             for n in (x.replace("/", "_") for x in names)
         ),
-        "confusion matrix (rows: true, columns: predicted)",
-        f"{'':<{width}}" + "".join(f"{n[: width - 1]:>{width}}" for n in names),
-        *(
-            f"{n:<{width}}" + "".join(f"{c:>{width}}" for c in row)
-            for n, row in zip(names, metrics["confusion_matrix"], strict=True)
-        ),
+        *matrix_lines(names, metrics["confusion_matrix"]),
         f"{len(misclassified)} misclassified; wrote evaluation.json, misclassified.jsonl, {plot.name} to {out_dir}",
     ]
     print("\n".join(lines), flush=True)
     return result
 
 
+def matrix_lines(names: Sequence[str], matrix: Sequence[Sequence[int]]) -> list[str]:
+    """A confusion matrix as printed: a header, then one row per true class, in class-id order."""
+    width = max(10, *(len(n) + 2 for n in names))
+    return [
+        "confusion matrix (rows: true, columns: predicted; class-id order)",
+        f"{'':<{width}}" + "".join(f"{n[: width - 1]:>{width}}" for n in names),
+        *(f"{n:<{width}}" + "".join(f"{c:>{width}}" for c in row) for n, row in zip(names, matrix, strict=True)),
+    ]
+
+
 def _select_threshold(
-    predictor: Predictor, cfg: DictConfig, name: str, scores: list[float], labels: list[int]
+    predictor: Predictor, cfg: DictConfig, name: str, target: float, scores: list[float], labels: list[int]
 ) -> dict[str, Any] | None:
-    target = float(cfg.target_precision)
+    """The threshold on P(positive class) chosen on the validation split for `target` precision of the positive
+    class, and its precision, recall and confusion matrix on the evaluated data (`scores`, class ids `labels`)."""
+    names, positive = predictor.preprocessing.labels, predictor.preprocessing.positive_index
+    assert positive is not None
     try:
         val_texts, val_labels = load_split(predictor, "validation", cfg.get("data_dir"))
     except (DataError, OSError) as err:
         log.warning("no threshold choice: the validation split is not available (%s)", err)
         return None
-    _, val_scores, _ = score_texts(predictor, val_texts, val_labels, cfg.batch_size)
-    threshold = choose_threshold(val_scores, val_labels, target)
+    val_rows, val_probs, _ = score_texts(predictor, val_texts, cfg.batch_size)
+    val_scores = [p[positive] for p in val_probs]
+    val_targets = [int(val_labels[i] == positive) for i in val_rows]
+    threshold = choose_threshold(val_scores, val_targets, target)
     selection: dict[str, Any] = {"target_precision": target, "threshold": threshold}
     if threshold is None:
-        log.warning("no threshold reaches spam precision %g on the validation split", target)
+        log.warning("no threshold reaches %s precision %g on the validation split", names[positive], target)
         return selection
-    val_p, val_r = precision_recall_at(val_scores, val_labels, threshold)
-    p, r = precision_recall_at(scores, labels, threshold)
-    matrix = binary_confusion_matrix(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), threshold)
+    val_p, val_r = precision_recall_at(val_scores, val_targets, threshold)
+    p, r = precision_recall_at(scores, [int(label == positive) for label in labels], threshold)
+    matrix = binary_metrics(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels), threshold, positive)[
+        "confusion_matrix"
+    ]
     selection["validation"] = {"precision": round(val_p, 6), "recall": round(val_r, 6)}
     selection["evaluated"] = {
-        "data": name, "precision": round(p, 6), "recall": round(r, 6), "confusion_matrix": matrix.tolist(),
+        "data": name, "precision": round(p, 6), "recall": round(r, 6), "confusion_matrix": matrix,
     }  # fmt: skip
     return selection
 
@@ -381,35 +377,33 @@ def _model_home(cfg: DictConfig) -> Path:
 def _print_summary(
     result: dict[str, Any], name: str, misclassified: list[dict[str, Any]], out_dir: Path, plots: list[Path]
 ) -> None:
-    m = result["metrics"]
+    m, positive = result["metrics"], result["positive_class"]
     auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
-    (tn, fp), (fn, tp) = m["confusion_matrix"]
     lines = [
         f"{result['model']} on {result['data']}: {result['n']} texts"
         + (f" ({result['n_skipped']} not classified)" if result["n_skipped"] else "")
         + (f", {result['n_truncated']} truncated as in training" if result["n_truncated"] else ""),
-        f"threshold {result['threshold']:g}: accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
-        f"recall {m['recall']:.4f}  f1 {m['f1']:.4f}  auroc {auroc}",
-        "confusion matrix (rows: true, columns: predicted)",
-        f"{'':>10}{'ham':>7}{'spam':>7}",
-        f"{'ham':>10}{tn:>7}{fp:>7}",
-        f"{'spam':>10}{fn:>7}{tp:>7}",
+        f"positive class {positive}, threshold {result['threshold']:g} on P({positive}): accuracy {m['accuracy']:.4f}  "
+        f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  f1 {m['f1']:.4f}  auroc {auroc}",
+        *matrix_lines(result["labels"], m["confusion_matrix"]),
     ]
     sel = result["threshold_selection"]
     if sel is not None and sel["threshold"] is not None:
         lines += [
-            f"threshold for spam precision >= {sel['target_precision']:g} on validation: {sel['threshold']!r} "
+            f"threshold for {positive} precision >= {sel['target_precision']:g} on validation: {sel['threshold']!r} "
             f"(validation precision {sel['validation']['precision']:.4f}, recall {sel['validation']['recall']:.4f})",
             f"  on {name}: precision {sel['evaluated']['precision']:.4f}, recall {sel['evaluated']['recall']:.4f}",
         ]
     elif sel is not None:
-        lines.append(f"no threshold reaches spam precision {sel['target_precision']:g} on validation")
+        lines.append(f"no threshold reaches {positive} precision {sel['target_precision']:g} on validation")
     count = result["n_misclassified"]
     lines.append(f"{count} misclassified" + (" (all in misclassified.jsonl):" if count else ""))
     for mis in misclassified:
         text = " ".join(mis["text"].split())
         text = text if len(text) <= 90 else text[:89] + "…"
-        lines.append(f"  {mis['label']:>4} -> {mis['predicted']:<4} P(spam)={mis['spam_probability']:.3f}  {text}")
+        lines.append(
+            f"  {mis['label']:>4} -> {mis['predicted']:<4} P({positive})={mis['positive_probability']:.3f}  {text}"
+        )
     ours = ", ".join(p.name for p in plots if p.parent == out_dir)
     lines.append(f"wrote evaluation.json, misclassified.jsonl, {ours} to {out_dir}")
     curves = [p for p in plots if p.parent != out_dir]

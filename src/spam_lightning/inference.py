@@ -8,7 +8,9 @@ Rules for inputs:
 - an empty or whitespace-only text gets no prediction: label null and error "empty text";
 - a text that is not valid UTF-8 (a lone surrogate in a str) gets error "invalid UTF-8";
 - a text longer than the training length is truncated as in training and flagged `truncated`;
-- a text is spam iff P(spam) > threshold (0.5 by default, as the training metrics count).
+- two classes: a text is the positive class (`Preprocessing.positive_class`: spam for the SMS data) iff
+  P(positive class) > threshold (0.5 by default, as the training metrics count), else the other class;
+- more classes: a text is its most probable class; a threshold does not apply and is refused (ConfigError).
 """
 
 from __future__ import annotations
@@ -47,19 +49,18 @@ def check_backend(backend: str, device: str | torch.device = "auto", precision: 
 
 @dataclass
 class Prediction:
+    """One answer, the same fields for every model (predict.py's JSON lines, serve.py's answers)."""
+
     text: str
-    label: str | None  # a class name ("ham" | "spam"); None when the text could not be classified
-    spam_probability: float | None  # P(class 1) of a binary model; None for more classes
+    label: str | None  # a class name; None when the text could not be classified
+    probabilities: dict[str, float] | None  # P(class) per class name, in class-id order; None with an error
+    positive_class: str | None  # two classes: the class the threshold applies to; None for more classes
+    positive_probability: float | None  # P(positive_class); None for more classes or with an error
     truncated: bool  # longer than the training length, truncated as in training
     error: str | None = None  # "empty text" | "invalid UTF-8"
-    probabilities: dict[str, float] | None = None  # more than 2 classes: P(class) per class name
 
     def to_json(self) -> dict[str, Any]:
-        """Binary: text, label, spam_probability, truncated, error; more classes: probabilities instead of
-        spam_probability."""
-        out = asdict(self)
-        out.pop("probabilities" if self.probabilities is None else "spam_probability")
-        return out
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,21 @@ class NonFiniteOutputError(ValueError):
     """The network gave NaN/Inf logits for a text (with finite weights: an overflow): no probability to report."""
 
     def __init__(self, index: int) -> None:
-        super().__init__(f"the model's output for text {index} is not finite (NaN/Inf logits): no spam probability")
+        super().__init__(f"the model's output for text {index} is not finite (NaN/Inf logits): no class probabilities")
         self.index = index  # of the text in the caller's sequence
 
 
+def two_class_only(key: str, value: float, labels: Sequence[str]) -> str:
+    """Why `key` (a threshold, or what chooses one) cannot apply to a model of more than two classes: one message
+    for predict, evaluate, serve's threshold= and a request's "threshold"."""
+    return (
+        f"{key}={value:g} applies to two-class models (P(positive class) > threshold); this model has "
+        f"{len(labels)} classes {list(labels)}: the most probable class is predicted"
+    )
+
+
 class Predictor:
-    """A trained classifier with its preprocessing: texts in, P(spam) out."""
+    """A trained classifier with its preprocessing: texts in, class probabilities and labels out."""
 
     def __init__(
         self,
@@ -175,17 +185,18 @@ class Predictor:
             raise NonFiniteOutputError(int(bad[0]))
         return probs
 
-    def spam_probabilities(
+    def positive_probabilities(
         self, texts: Sequence[str], batch_size: int = 64
     ) -> tuple[list[float | None], list[Encoded]]:
-        """P(spam) per text (None where the text has an error), and the encodings: binary models only."""
-        if not self.binary:
+        """P(positive class) per text (None where the text has an error), and the encodings: binary models only."""
+        positive = self.preprocessing.positive_index
+        if positive is None:
             raise CheckpointError(
-                f"P(spam) needs a binary model; this one has {self.net.num_classes} classes "
+                f"P(positive class) needs a two-class model; this one has {self.net.num_classes} classes "
                 f"{list(self.preprocessing.labels)} (use class_probabilities)"
             )
         rows, encoded = self.class_probabilities(texts, batch_size)
-        return [None if p is None else p[1] for p in rows], encoded
+        return [None if p is None else p[positive] for p in rows], encoded
 
     def class_probabilities(
         self, texts: Sequence[str], batch_size: int = 64
@@ -206,7 +217,16 @@ class Predictor:
     def binary(self) -> bool:
         return self.net.num_classes == 2
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float = 0.5) -> list[Prediction]:
+    def decision_threshold(self, threshold: float | None, key: str = "threshold") -> float | None:
+        """The decision threshold to use: two classes, `threshold` (None: 0.5, as the training metrics count); more
+        classes, None, and a ConfigError saying why if one was given."""
+        if self.binary:
+            return 0.5 if threshold is None else threshold
+        if threshold is not None:
+            raise ConfigError(two_class_only(key, threshold, self.preprocessing.labels))
+        return None
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64, threshold: float | None = None) -> list[Prediction]:
         """One Prediction per text, in order (`predictions`)."""
         rows, encoded = self.class_probabilities(texts, batch_size)
         return self.predictions(texts, rows, encoded, threshold)
@@ -216,20 +236,26 @@ class Predictor:
         texts: Sequence[str],
         rows: Sequence[list[float] | None],
         encoded: Sequence[Encoded],
-        threshold: float = 0.5,
+        threshold: float | None = None,
     ) -> list[Prediction]:
-        """Predictions from `class_probabilities`' output: binary, class 1 (spam) iff P(spam) > threshold; more
-        classes, the most probable class (the threshold does not apply)."""
-        labels = self.preprocessing.labels
+        """Predictions from `class_probabilities`' output: two classes, the positive class iff P(positive) >
+        threshold (None: 0.5), else the other; more classes, the most probable class (a threshold is refused)."""
+        threshold = self.decision_threshold(threshold)
+        labels, positive = self.preprocessing.labels, self.preprocessing.positive_index
+        positive_class = self.preprocessing.positive_class
         out = []
         for text, p, enc in zip(texts, rows, encoded, strict=True):
             if p is None:
-                out.append(Prediction(text, None, None, enc.truncated, enc.error))
-            elif self.binary:
-                out.append(Prediction(text, labels[int(p[1] > threshold)], p[1], enc.truncated))
+                out.append(Prediction(text, None, None, positive_class, None, enc.truncated, enc.error))
+                continue
+            probabilities = dict(zip(labels, p, strict=True))
+            if positive is None:
+                label = labels[max(range(len(p)), key=p.__getitem__)]
+                out.append(Prediction(text, label, probabilities, None, None, enc.truncated))
             else:
-                best = labels[max(range(len(p)), key=p.__getitem__)]
-                out.append(Prediction(text, best, None, enc.truncated, None, dict(zip(labels, p, strict=True))))
+                assert threshold is not None
+                label = labels[positive if p[positive] > threshold else 1 - positive]
+                out.append(Prediction(text, label, probabilities, positive_class, p[positive], enc.truncated))
         return out
 
 

@@ -81,9 +81,9 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "",
         f"# {name}",
         "",
-        f"A GPT-2 classifier ({size}) that labels an SMS message `{pre.labels[0]}` or `{pre.labels[1]}`: the "
-        "fine-tuning of chapter 6 of *Build a Large Language Model (From Scratch)* (S. Raschka), trained with "
-        "spam_lightning (PyTorch Lightning + Hydra).",
+        f"A GPT-2 classifier ({size}) that labels a text {' or '.join(f'`{label}`' for label in pre.labels)} "
+        "(class ids 0, 1, ... in that order, as `id2label` in config.json): the fine-tuning of chapter 6 of *Build a "
+        "Large Language Model (From Scratch)* (S. Raschka), trained with spam_lightning (PyTorch Lightning + Hydra).",
         "",
         "## Data",
         "",
@@ -109,6 +109,8 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "",
         "## Results",
         "",
+        _metrics_of(pre),
+        "",
         *_results(metrics),
         "",
         "## Intended use and limits",
@@ -117,8 +119,7 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "messages collected around 2011, most of them from the UK and Singapore: expect lower accuracy on other "
         "languages, other kinds of messages, newer spam and adversarial texts. Check it on your own data before "
         "relying on it.",
-        f"- A text is `{pre.labels[1]}` when P({pre.labels[1]}) > 0.5, the threshold the metrics above use; choose "
-        "your own for the precision you need.",
+        _decision_rule(pre),
         f"- Texts longer than {pre.token_limit} tokens are truncated to their first {pre.token_limit}, as in "
         "training: pass `truncation=True` (below). spam_lightning's `predict.py` gives no prediction for an empty "
         "or whitespace-only text; transformers classifies it anyway.",
@@ -142,6 +143,26 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "",
     ]
     return "\n".join(lines)
+
+
+def _metrics_of(pre: Preprocessing) -> str:
+    if pre.positive_class is None:
+        return "Precision, recall and F1 are macro averages over the classes, AUROC one class against the rest."
+    return (
+        f"Precision, recall, F1 and AUROC are those of the positive class `{pre.positive_class}` (the binary score is "
+        f"P({pre.positive_class})); accuracy counts both classes."
+    )
+
+
+def _decision_rule(pre: Preprocessing) -> str:
+    if pre.positive_class is None:
+        return "- A text's label is its most probable class (no threshold)."
+    negative = next(label for label in pre.labels if label != pre.positive_class)
+    return (
+        f"- A text is `{pre.positive_class}` when P({pre.positive_class}) > 0.5, the threshold the metrics above use, "
+        f"else `{negative}`; choose your own threshold on P({pre.positive_class}) for the precision you need "
+        f"(spam_lightning: `predict.py threshold=T`)."
+    )
 
 
 def _results(metrics: Mapping[str, Any] | None) -> list[str]:

@@ -5,7 +5,8 @@ The graph, model.onnx, beside the record of our own layout (export.py):
     inputs   input_ids  (batch, length) int64: token ids right-padded with the record's pad token, as
                         Preprocessing.pad makes them (the record says how: padded length, truncation, tokenizer)
              lengths    (batch,) int64: each row's number of real tokens, 1..length
-    output   logits     (batch, num_classes) float32
+    output   logits     (batch, num_classes) float32, in class-id order (the record's preprocessing.labels; its
+                        positive_class is the class a two-class model's threshold applies to: softmax's column of it)
 batch and length are dynamic (length up to the context length). It computes SpamNet.forward for every pooling:
 last_token reads position lengths-1, mean averages the first `lengths` positions, last reads the final (padded)
 position and first position 0; those two ignore `lengths`, which stays an input so that every export has the same

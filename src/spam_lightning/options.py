@@ -28,11 +28,11 @@ def check_options(cfg: Mapping[str, Any]) -> None:
     # Here, not at the top: training imports this module too, and needs none of inference's (export, ONNX).
     from spam_lightning.inference import BACKENDS, PRECISIONS, check_backend
 
-    if "threshold" in cfg:
+    if cfg.get("threshold") is not None:  # null: the model's default (0.5 for two classes; none for more)
         check_number("threshold", cfg["threshold"], 0.0, 1.0)
     if "batch_size" in cfg:
         check_int("batch_size", cfg["batch_size"], 1)
-    if cfg.get("target_precision") is not None:
+    if cfg.get("target_precision") not in (None, "auto"):
         check_number("target_precision", cfg["target_precision"], 0.0, 1.0, low_open=True)
     if "show_misclassified" in cfg:
         check_int("show_misclassified", cfg["show_misclassified"], 0)

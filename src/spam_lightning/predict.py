@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,8 +45,10 @@ def run(cfg: DictConfig) -> list[Prediction]:
         str(cfg.precision),
         str(cfg.get("backend", "torch")),
     )
+    # Refused for more than two classes, saying why, before any text is read or anything written.
+    threshold = predictor.decision_threshold(cfg.get("threshold"))
     texts = gather_texts(cfg)
-    predictions = predictor.predict(texts, batch_size=cfg.batch_size, threshold=cfg.threshold)
+    predictions = predictor.predict(texts, batch_size=cfg.batch_size, threshold=threshold)
     limit = predictor.preprocessing.token_limit
     if cfg.get("output"):
         out = Path(cfg.output)
@@ -55,11 +58,17 @@ def run(cfg: DictConfig) -> list[Prediction]:
     else:
         write_predictions(predictions, sys.stdout, cfg.format, limit)
         sys.stdout.flush()
-    spam = sum(p.label == "spam" for p in predictions)
-    errors = sum(p.error is not None for p in predictions)
-    truncated = sum(p.truncated for p in predictions)
-    log.info(
-        "%d text(s): %d spam, %d ham, %d not classified; %d truncated to %d tokens (as in training)",
-        len(predictions), spam, len(predictions) - spam - errors, errors, truncated, limit,
-    )  # fmt: skip
+    log.info(summary(predictions, predictor.preprocessing.labels, limit))
     return predictions
+
+
+def summary(predictions: list[Prediction], labels: tuple[str, ...], token_limit: int) -> str:
+    """'600 text(s): 66 ham, 455 other, 79 spam, 0 not classified; 3 truncated to 120 tokens (as in training)':
+    each class in class-id order."""
+    counts = Counter(p.label for p in predictions)
+    classes = ", ".join(f"{counts[label]} {label}" for label in labels)
+    errors, truncated = counts[None], sum(p.truncated for p in predictions)
+    return (
+        f"{len(predictions)} text(s): {classes}, {errors} not classified; "
+        f"{truncated} truncated to {token_limit} tokens (as in training)"
+    )

@@ -37,6 +37,19 @@ class Preprocessing:
     tokenizer: str = "gpt2"  # tiktoken's GPT-2 BPE, from its sha256-pinned ranks file
     tokenizer_sha256: str = GPT2_TIKTOKEN_SHA256
     pad_token_id: int = PAD_TOKEN_ID  # <|endoftext|>, right padding
+    # The class whose probability a two-class model's threshold applies to (label = it iff P(it) > threshold; the
+    # binary metrics are its precision, recall, ...). None: labels[1] for two classes; always None for more.
+    positive_class: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.labels) == 2 and self.positive_class is None:
+            object.__setattr__(self, "positive_class", self.labels[1])  # the usual pos_label=1
+        check_positive_class(self.positive_class, self.labels, "positive_class", PreprocessingError)
+
+    @property
+    def positive_index(self) -> int | None:
+        """The positive class's id (two classes), None for more classes."""
+        return None if self.positive_class is None else self.labels.index(self.positive_class)
 
     @property
     def token_limit(self) -> int:
@@ -101,6 +114,10 @@ class Preprocessing:
         pad_token_id = record.get("pad_token_id", PAD_TOKEN_ID)
         if not (type(pad_token_id) is int and 0 <= pad_token_id <= PAD_TOKEN_ID):
             raise expected("pad_token_id", f"a GPT-2 token id in [0, {PAD_TOKEN_ID}]")
+        # A record written before positive_class existed meant labels[1] (Preprocessing's default); a recorded null
+        # for two classes is refused like any other value that is not a class name.
+        if "positive_class" in record:
+            check_positive_class(record["positive_class"], labels, f"{source}: preprocessing.positive_class")
         pre = cls(**{**record, "labels": tuple(labels)})
         if pre.tokenizer != "gpt2" or pre.tokenizer_sha256 != GPT2_TIKTOKEN_SHA256:
             raise PreprocessingError(
@@ -129,6 +146,19 @@ class Preprocessing:
                 f"{source}: net.arch.vocab_size must be at least GPT-2's {PAD_TOKEN_ID + 1} tokens, "
                 f"got {arch.vocab_size}"
             )
+
+
+def check_positive_class(
+    positive_class: Any, labels: Sequence[str], key: str, error: type[UserError] = PreprocessingError
+) -> None:
+    """A positive class is one of two classes' names; more classes have none (no threshold applies to them)."""
+    if len(labels) == 2 and positive_class not in labels:
+        raise error(f"{key} must be one of the two classes {list(labels)}, got {positive_class!r}")
+    if len(labels) > 2 and positive_class is not None:
+        raise error(
+            f"{key}={positive_class!r}: a positive class applies to two-class data only (its threshold); "
+            f"these data have {len(labels)} classes {list(labels)}, leave it null"
+        )
 
 
 def _positive_int(value: Any) -> bool:

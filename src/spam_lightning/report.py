@@ -91,8 +91,11 @@ def plot_pr_curve(
     path: Path,
     points: Mapping[str, tuple[float, float]] | None = None,
     title: str = "",
+    *,
+    positive_class: str,
 ) -> Path:
-    """Precision against recall over all thresholds; `points` marks operating points {name: (precision, recall)}."""
+    """Precision against recall of `positive_class` over all thresholds: `scores` are P(positive_class), `labels` 1
+    for a text of that class, else 0; `points` marks operating points {name: (precision, recall)}."""
     precision, recall, _ = binary_precision_recall_curve(scores, labels)
     ap = float(binary_average_precision(scores, labels))
     fig = Figure(figsize=(4.5, 4))
@@ -100,8 +103,8 @@ def plot_pr_curve(
     ax.plot(recall.tolist(), precision.tolist(), drawstyle="steps-post", label=f"AP = {ap:.4f}")
     for (name, (p, r)), marker in zip((points or {}).items(), "os^D", strict=False):
         ax.plot([r], [p], marker, label=f"{name}: P={p:.3f} R={r:.3f}")
-    ax.set_xlabel("Recall (spam)")
-    ax.set_ylabel("Precision (spam)")
+    ax.set_xlabel(f"Recall ({positive_class})")
+    ax.set_ylabel(f"Precision ({positive_class})")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower left", fontsize="small")
@@ -113,10 +116,11 @@ TEST_SCORES = "test_scores.csv"
 
 
 def write_test_scores(run_dir: str | Path, scored: torch.Tensor) -> Path:
-    """test_scores.csv: the label and P(spam) of each test text (any order), as the run's test loop scored them."""
+    """test_scores.csv: the label (class id) and P(positive class) (metrics.json's positive_class) of each test text
+    (any order), as the run's test loop scored them."""
     rows = "".join(f"{int(label)},{score!r}\n" for label, score in scored.tolist())
     path = Path(run_dir) / TEST_SCORES
-    atomic_write_bytes(path, ("label,spam_probability\n" + rows).encode())
+    atomic_write_bytes(path, ("label,positive_probability\n" + rows).encode())
     return path
 
 
@@ -134,24 +138,29 @@ def write_training_report(run_dir: str | Path) -> list[Path]:
         paths += plot_training_curves(metrics_csv, run_dir)
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    names = metrics.get("labels", ["ham", "spam"])
     matrix = metrics.get("test", {}).get("confusion_matrix")
     if matrix is not None:
-        labels = metrics.get("labels", ["ham", "spam"])
-        paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)", labels))
+        paths.append(plot_confusion_matrix(matrix, run_dir / "confusion_matrix.png", "(test)", names))
     scores_file = run_dir / TEST_SCORES
-    if scores_file.is_file():
+    positive_class = metrics.get("positive_class")
+    if scores_file.is_file() and positive_class in names:
+        positive = names.index(positive_class)
         with scores_file.open(newline="", encoding="utf-8") as f:
-            rows = [(int(row["label"]), float(row["spam_probability"])) for row in csv.DictReader(f)]
-        labels, scores = [label for label, _ in rows], [score for _, score in rows]
-        points = {"threshold 0.5": precision_recall_at(scores, labels, 0.5)}
+            rows = [(int(row["label"]) == positive, float(row["positive_probability"])) for row in csv.DictReader(f)]
+        targets, scores = [int(target) for target, _ in rows], [score for _, score in rows]
+        points = {"threshold 0.5": precision_recall_at(scores, targets, 0.5)}
         pr_path = run_dir / "pr_curve.png"
         scored = torch.tensor(scores, dtype=torch.float64)
-        paths.append(plot_pr_curve(scored, torch.tensor(labels), pr_path, points, "(test)"))
+        paths.append(
+            plot_pr_curve(scored, torch.tensor(targets), pr_path, points, "(test)", positive_class=positive_class)
+        )
     return paths
 
 
 def precision_recall_at(scores: Sequence[float], labels: Sequence[int], threshold: float) -> tuple[float, float]:
-    """Spam precision and recall when a text is spam iff its score > threshold."""
+    """The positive class's precision and recall when a text is called positive iff its score (P(positive)) >
+    threshold; `labels` are 1 for a text of the positive class, else 0."""
     tp = sum(1 for s, y in zip(scores, labels, strict=True) if s > threshold and y == 1)
     predicted, positives = sum(1 for s in scores if s > threshold), sum(labels)
     return (tp / predicted if predicted else 0.0), (tp / positives if positives else 0.0)

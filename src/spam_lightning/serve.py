@@ -1,7 +1,8 @@
 """`python serve.py` (Hydra, conf/serve.yaml): a trained model behind HTTP with LitServe, and a web page.
 
     POST /predict  {"text": "..."} -> one prediction; {"texts": [...]} -> {"predictions": [...]}
-                   (predict.py's fields: text, label, spam_probability, truncated, error; optional "threshold")
+                   (predict.py's fields: text, label, probabilities, positive_class, positive_probability,
+                   truncated, error; optional "threshold", two-class models only)
     GET /          the web page (static/index.html)
     GET /info      the model's provenance (name, metrics, preprocessing record, training) and the serving settings
     GET /health    "ok" once every model process is ready
@@ -20,6 +21,7 @@ import os
 import signal
 import socket
 from collections.abc import Mapping
+from dataclasses import replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -133,13 +135,21 @@ def settings_of(cfg: DictConfig) -> tuple[dict[str, Any], Limits]:
         "ckpt_path": _absolute(cfg.get("ckpt_path")),
         "model_dir": _absolute(cfg.get("model_dir")),
         "tokenizer_file": _absolute(cfg.get("tokenizer_file")),
-        "threshold": float(cfg.threshold),
+        "threshold": None if cfg.threshold is None else float(cfg.threshold),  # fit_to_model resolves null
         "batch_size": int(cfg.batch_size),
         "threads": int(threads),
         "precision": str(cfg.precision),
         "backend": str(cfg.backend),
     }
     return settings, limits
+
+
+def fit_to_model(settings: dict[str, Any], limits: Limits, predictor: Predictor) -> tuple[dict[str, Any], Limits]:
+    """The settings with the threshold the model takes (null: 0.5 for two classes; refused for more, with a
+    ConfigError saying why), and limits that know its classes (a request's "threshold" is checked against them)."""
+    pre = predictor.preprocessing
+    settings = {**settings, "threshold": predictor.decision_threshold(settings["threshold"])}
+    return settings, replace(limits, classes=pre.labels, positive_class=pre.positive_class)
 
 
 def _absolute(path: str | None) -> str | None:
@@ -257,6 +267,7 @@ def run(cfg: DictConfig) -> None:
     predictor = load_predictor(
         settings["ckpt_path"], settings["model_dir"], settings["tokenizer_file"], "cpu", "32", settings["backend"]
     )
+    settings, limits = fit_to_model(settings, limits, predictor)
     info = describe(cfg, predictor, settings, limits)
     del predictor
     server = build_server(cfg, settings, limits, info)

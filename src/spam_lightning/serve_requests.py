@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spam_lightning.inference import Prediction, text_error
+from spam_lightning.inference import Prediction, text_error, two_class_only
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,6 +33,10 @@ class Limits:
     max_texts: int
     max_text_bytes: int
     max_request_bytes: int
+    # The served model's classes (preprocessing record), known once it is loaded: a request's "threshold" applies to
+    # two classes only, and a 422's record names the positive class as predict.py's does.
+    classes: tuple[str, ...] = ()
+    positive_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ def parse_payload(payload: Any, limits: Limits) -> Job:
         not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0
     ):
         raise RequestError(400, f'"threshold" must be a number in [0, 1], got {json.dumps(threshold)}')
+    if threshold is not None and len(limits.classes) > 2:
+        raise RequestError(400, two_class_only('"threshold"', threshold, limits.classes))
     return Job(texts, None if threshold is None else float(threshold), single)
 
 
@@ -117,7 +123,8 @@ def parse_request(body: bytes, limits: Limits) -> Job:
     job = parse_payload(payload, limits)
     error = text_error(job.texts[0]) if job.single else None
     if error is not None:
-        raise RequestError(422, error, Prediction(job.texts[0], None, None, False, error).to_json())
+        record = Prediction(job.texts[0], None, None, limits.positive_class, None, False, error)
+        raise RequestError(422, error, record.to_json())
     return job
 
 

@@ -34,6 +34,7 @@ ZIP_SHA256 = "1587ea43e58e82b14ff1f5425c88e17f8496bfcdb67a583dbff9eefaf9963ce3"
 TSV_NAME = "SMSSpamCollection"  # the one zip member we extract
 TSV_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
 LABELS = ("ham", "spam")  # class 0, class 1
+POSITIVE_CLASS = "spam"  # what a threshold applies to: spam iff P(spam) > threshold
 LABEL_IDS = {name: i for i, name in enumerate(LABELS)}
 SPLIT_FRACTIONS = (0.7, 0.1)  # train, validation; test gets the rest
 MANIFEST_NAME = "splits.json"

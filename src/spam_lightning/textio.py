@@ -79,11 +79,12 @@ def write_jsonl(predictions: Sequence[Prediction], stream: TextIO) -> None:
 
 
 def write_table(predictions: Sequence[Prediction], stream: TextIO, token_limit: int) -> None:
+    """Two classes: each text's P(<positive class>); more classes: P(label), the probability of its class."""
     width = shutil.get_terminal_size((120, 24)).columns
-    binary = not any(p.probabilities for p in predictions)
-    stream.write(f"{'label':<6} {'P(spam)' if binary else 'P(label)':>8}  {'note':<17} text\n")
+    positive_class = next((p.positive_class for p in predictions), None)
+    stream.write(f"{'label':<6} {f'P({positive_class})' if positive_class else 'P(label)':>8}  {'note':<17} text\n")
     for p in predictions:
-        score = p.probabilities[p.label] if p.probabilities and p.label else p.spam_probability
+        score = p.positive_probability if positive_class else p.probabilities[p.label] if p.probabilities else None
         prob = f"{score:8.4f}" if score is not None else f"{'-':>8}"
         note = f"error: {p.error}" if p.error else (f"truncated to {token_limit}" if p.truncated else "")
         text = p.text.encode("utf-8", "replace").decode("utf-8").replace("\n", " ").replace("\t", " ")

@@ -51,6 +51,7 @@ REPORTED_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")
 RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool", "lr", "weight_decay", "scheduler")
 RESUME_FIXED_MODEL += ("warmup_steps", "finetune", "lora")
 RESUME_FIXED_DATA = ("seed", "splits_sha256", "batch_size", "drop_last", "bucket_by_length", "max_length", "padding")
+RESUME_FIXED_DATA += ("positive_class",)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results, test_scored = evaluate(trainer, model, datamodule, best)
         summary = {
             "labels": list(datamodule.labels),
+            "positive_class": datamodule.positive_class,  # binary metrics and test_scores.csv are its; null: 3+ classes
             **results,
             "parameters": {"trainable": model.num_trainable_parameters, "total": model.num_total_parameters},
             "time_seconds": {"fit": round(fit_timer.seconds, 2), "test": round(time.perf_counter() - start, 2)},
@@ -260,7 +262,7 @@ def evaluate(
     trainer: L.Trainer, model: SpamClassifier, datamodule: TextDataModule, ckpt_path: str | None
 ) -> tuple[dict[str, dict[str, float]], torch.Tensor | None]:
     """Metrics of one checkpoint (the model's current weights if None) on each split, in eval mode; and each
-    test text's label and P(spam) (binary models), the input of the PR curve."""
+    test text's label and P(positive class) (binary models), the input of the PR curve."""
     datamodule.setup("test")
     source = ckpt_path or "the trained weights"
     results = {}
