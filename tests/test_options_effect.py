@@ -1054,6 +1054,7 @@ OPTIONS: dict[str, str | tuple[str, ...]] = {
     "data/csv.yaml:fractions": here("test_csv_fractions_stratify_and_balance"),
     "data/csv.yaml:stratify": here("test_csv_fractions_stratify_and_balance"),
     "data/csv.yaml:balance": here("test_csv_fractions_stratify_and_balance"),
+    "data/csv.yaml:positive_class": "tests/test_positive_class.py::test_training_metrics_are_the_positive_class_s",
     # the trainer, callbacks and logger keys that LIGHTNING does not hold
     "trainer/default.yaml:accelerator": here("test_accelerator"),
     "trainer/default.yaml:fast_dev_run": here("test_fast_dev_run"),

@@ -258,7 +258,7 @@ def test_each_kind_of_input_path_gets_its_own_message(tmp_path: Path, kind: str)
     path, says = odd_path(tmp_path, kind)
     readers: list[tuple[str, type[UserError], Any]] = [
         ("input_file", InputError, lambda: read_texts(str(path))),
-        ("data_file", DataError, lambda: read_labelled(path)),
+        ("data_file", DataError, lambda: read_labelled(path, ("ham", "spam"))),
         ("checkpoint", CheckpointError, lambda: load_predictor(ckpt_path=str(path))),
     ]
     for what, error, read in readers:
