@@ -27,6 +27,7 @@ from spam_lightning.predict import run as predict_run
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.serve import find_metrics
 from spam_lightning.serve import run as serve_run
+from spam_lightning.serve_requests import Limits, RequestError, parse_request
 from spam_lightning.tokenizer import get_tokenizer
 
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
@@ -172,17 +173,56 @@ BAD = {
     "empty text": (b'{"text": ""}', 422, "empty text"),
     "whitespace text": (b'{"text": " \\n "}', 422, "empty text"),
     "lone surrogate": (b'{"text": "\\ud800"}', 422, "invalid UTF-8"),
+    "nested 200,000 deep": (b'{"texts": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", 400, "nested too deeply"),
+    "a key twice": (b'{"text": "hello", "text": "WIN a prize"}', 400, 'has the key "text" twice'),
+    "a 5,000-digit number": (b'{"text": "a", "threshold": ' + b"9" * 5000 + b"}", 400, "not JSON"),
+    "a byte order mark": (b'\xef\xbb\xbf{"text": "hello"}', 400, "not JSON"),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_request(port: int, case: str) -> None:
+def test_bad_request(port: int, model: dict[str, Any], case: str) -> None:
     body, expected_status, message = BAD[case]
     status, answer = request(port, "POST", "/predict", body, {"Content-Type": "application/json"})
     assert status == expected_status and isinstance(answer, dict) and message in answer["error"], answer
     if status == 422:  # a single text predict.py cannot classify: predict.py's record for it
         assert answer["label"] is None and answer["spam_probability"] is None and answer["truncated"] is False
     assert healthy(port)
+    assert "Traceback" not in (model["tmp"] / "server.log").read_text()  # a bad request is no error of the server
+
+
+MALFORMED = [
+    b"",
+    b"  ",
+    b'{"text": "a"',
+    b'{"text": "a"} x',
+    b"\xff",
+    b"\xef\xbb\xbf{}",
+    b'{"text": NaN}',
+    b'{"text": "a", "threshold": Infinity}',
+    b'{"text": "a", "threshold": -Infinity}',
+    b'{"text": "a", "threshold": 1e999}',
+    b'{"text": "a", "threshold": ' + b"1" * 5000 + b"}",
+    b"[" * 200_000,
+    b'{"texts": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    b'{"a": ' * 200_000 + b"1" + b"}" * 200_000,
+    b'{"texts": ["a"], "texts": ["b"]}',
+    b'{"text": "a", "threshold": {"x": 1, "x": 2}}',
+    b'["a"]',
+    b'"a"',
+    b"1",
+    b"null",
+    b"true",
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=lambda body: repr(body[:30]))
+def test_every_malformed_body_is_a_json_400(body: bytes) -> None:
+    """Whatever the body (not JSON, not UTF-8, nested beyond the decoder's recursion, a key twice, a number no float or
+    int holds, not an object), the guard answers 400 with {"error": ...}: no other exception reaches the server."""
+    with pytest.raises(RequestError) as refused:
+        parse_request(body, Limits(max_texts=64, max_text_bytes=1 << 20, max_request_bytes=8 << 20))
+    assert refused.value.status == 400 and set(refused.value.body) == {"error"}
 
 
 def test_other_errors_are_json_too(port: int) -> None:
