@@ -49,7 +49,7 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from spam_lightning.rundir import remove_unstarted
+    from spam_lightning.rundir import drop_staged, remove_unstarted
     from spam_lightning.sweep import run_job_in_sweep
     from spam_lightning.train import run
 
@@ -64,6 +64,8 @@ def _train(cfg: DictConfig) -> float | None:
             if cause is None:
                 raise  # a bug: keep the traceback
             raise SystemExit(f"error: {cause}") from None
+        finally:
+            drop_staged()  # a refused resume: its Hydra files never joined the run
     # Returned for sweepers: the monitored metric of this job (None: failed, or no metrics).
     return (metrics or {}).get("validation", {}).get("accuracy")
 
