@@ -3,10 +3,12 @@ the web page in headless Chromium. One smoke model is trained, exported and serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.serving import REPO, healthy, post, request, serving
+from helpers.serving import REPO, healthy, post, request, serving, start_serve_py, wait_until_healthy
 from helpers.smoke import compose_cfg, random_124m, train_smoke
 
 from spam_lightning.checkpoint import TrainedModel
@@ -320,6 +322,43 @@ def test_readme_curl_commands(port: int) -> None:
         assert done.returncode == 0 and done.stdout, (line, done.stderr)
         if not line.endswith("/health"):
             json.loads(done.stdout)
+
+
+# -- stopping ------------------------------------------------------------------------------------------
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_a_stop_is_quiet(model: dict[str, Any], tmp_path: Path, signum: int, to_group: bool) -> None:
+    """SIGTERM to serve.py (a service manager's stop) or Ctrl-C in its terminal (SIGINT to the whole process group):
+    the server, its HTTP process and both model processes stop, exit status 0, and nothing is printed but the line
+    serve.py starts with (no traceback from any process, no "worker died")."""
+    log = tmp_path / "server.log"
+    proc, port = start_serve_py(f"model_dir={model['dir']}", "workers=2", "threads=1", log=log)
+    try:
+        wait_until_healthy(proc, port, log)
+        assert post(port, {"text": HAM})[0] == 200
+        os.killpg(proc.pid, signum) if to_group else proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        deadline = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(proc.pid)  # no model or HTTP process left behind
+        lines = log.read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0] == f"serving export at http://127.0.0.1:{port}/ (Ctrl-C stops)", lines
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 # -- configuration errors ------------------------------------------------------------------------------
