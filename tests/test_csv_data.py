@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -136,6 +137,82 @@ def test_unknown_label_in_test_and_too_few_examples_are_refused(tmp_path: Path, 
         _module(tokenizer_file, path=str(_write(tmp_path / "one.csv", rows))).prepare_data()
     with pytest.raises(ConfigError, match=r"data=csv needs data\.path"):
         _module(tokenizer_file, train_file=str(tmp_path / "train.csv"))
+
+
+# -- labels: one rule, whatever the layout ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("ham", "Ham"), ("spam", "SPAM"), ("ham", "ｈａｍ"), ("café", "cafe\u0301"), ("1", "01"), ("2", "²")],
+    ids=["case", "upper case", "full-width", "Unicode form", "leading zero", "superscript digit"],
+)
+def test_two_spellings_of_one_label_are_refused_naming_both(
+    tmp_path: Path, tokenizer_file: str, first: str, second: str
+) -> None:
+    rows = [(f"t{i}", [first, "other", second][i % 3]) for i in range(90)]
+    file = _write(tmp_path / "d.csv", rows)
+    message = rf"d\.csv: the labels {re.escape(repr(first))} \(row 2\) and {re.escape(repr(second))} \(row 4\) differ"
+    with pytest.raises(DataError, match=message):
+        _module(tokenizer_file, path=str(file)).prepare_data()
+    # In three files, the other file's spelling is an unknown label, and the message says which class it resembles.
+    _write(tmp_path / "train.csv", [(f"a{i}", [first, "other"][i % 2]) for i in range(20)])
+    _write(tmp_path / "validation.csv", [("v", first), ("w", "other")])
+    _write(tmp_path / "test.csv", [("t", "other"), ("u", second)])
+    unknown = rf"test\.csv, row 3: unknown label {re.escape(repr(second))} .*the class {re.escape(repr(first))} and it"
+    with pytest.raises(DataError, match=unknown):
+        _module(tokenizer_file, path=str(tmp_path)).prepare_data()
+    with pytest.raises(DataError, match=r"data\.classes must list at least 2 distinct names"):
+        _module(tokenizer_file, path=str(tmp_path), classes=[first, second]).prepare_data()
+
+
+def test_labels_no_int_can_read_are_names(tmp_path: Path, tokenizer_file: str) -> None:
+    """'²' passes str.isdigit but not int(): a class name like any other, never a traceback."""
+    rows = [(f"t{i}", ["1", "²", "3"][i % 3]) for i in range(90)]
+    dm = _module(tokenizer_file, path=str(_write(tmp_path / "d.csv", rows)))
+    assert dm.labels == ("1", "3", "²")  # not all integers: sorted as text
+    named = [(f"t{i}", ["a", "b", "²"][i % 3]) for i in range(90)]
+    with pytest.raises(DataError, match=r"d2\.csv, row 4: unknown label '²' \(not in data.classes"):
+        _module(tokenizer_file, path=str(_write(tmp_path / "d2.csv", named)), classes=["a", "b", "c"]).prepare_data()
+
+
+def _one_and_three_files(tmp_path: Path, rows: dict[str, list[tuple[str, str]]]) -> tuple[Path, Path]:
+    """The same rows as one file and as a folder of three (train, validation, test)."""
+    (tmp_path / "three").mkdir(parents=True)
+    for split, split_rows in rows.items():
+        _write(tmp_path / "three" / f"{split}.csv", split_rows)
+    return _write(tmp_path / "one.csv", [row for split_rows in rows.values() for row in split_rows]), tmp_path / "three"
+
+
+def test_a_number_among_named_labels_is_a_class_id_only_with_data_classes(tmp_path: Path, tokenizer_file: str) -> None:
+    """One rule for one file and three: without data.classes every label is a name ("1" among ham and spam is its own
+    class, and one the training file lacks is refused); with data.classes=[ham, spam] "1" is class id 1 (spam)."""
+    split = {"train": 60, "validation": 15, "test": 15}
+    with_ones = {s: [(f"{s}{i}", ["ham", "spam", "1"][i % 3]) for i in range(n)] for s, n in split.items()}
+    one, three = _one_and_three_files(tmp_path / "a", with_ones)
+    for layout in (one, three):
+        assert _module(tokenizer_file, path=str(layout)).labels == ("1", "ham", "spam"), layout
+        named = _module(tokenizer_file, path=str(layout), classes=["ham", "spam"])
+        assert named.labels == ("ham", "spam")
+        every = pd.concat(named.read_split(s) for s in split)
+        written = dict(row for rows in with_ones.values() for row in rows)
+        assert every.label.tolist() == [{"ham": 0, "spam": 1, "1": 1}[written[t]] for t in every.text]
+    ones_in_test_only = {s: [(f"{s}{i}", ["ham", "spam"][i % 2]) for i in range(n)] for s, n in split.items()}
+    ones_in_test_only["test"].append(("one", "1"))
+    _, three = _one_and_three_files(tmp_path / "b", ones_in_test_only)
+    with pytest.raises(DataError, match=r"test\.csv, row 17: unknown label '1' \(the training split never has it"):
+        _module(tokenizer_file, path=str(three)).prepare_data()
+    named = _module(tokenizer_file, path=str(three), classes=["ham", "spam"])
+    assert named.read_split("test").label.tolist()[-1] == 1
+
+
+@pytest.mark.parametrize("column", ["text", "label"])
+def test_a_repeated_header_column_is_refused(tmp_path: Path, tokenizer_file: str, column: str) -> None:
+    header = ["text", "label", column]
+    lines = [",".join(header)] + [f"t{i},{['a', 'b'][i % 2]},{['b', 'a'][i % 2]}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"d\.csv, row 1: the header has 2 columns named {column!r}"):
+        _module(tokenizer_file, path=str(tmp_path / "d.csv")).prepare_data()
 
 
 def test_texts_in_two_splits_are_counted_in_a_warning(

@@ -84,6 +84,50 @@ def test_resume_with_changed_settings_is_refused_listing_them(cfg_factory, tmp_p
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["eval_batch_size"] == 7
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every file's and folder's modification time (ns), and every file's bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in sorted([folder, *folder.rglob("*")])
+    }
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(
+    tmp_path: Path, sms_zip: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hydra writes a session's .hydra/ files and opens its log before the run's checks: a continuing session's are
+    kept outside the run until they pass. A refused resume changes no file or folder of the run (bytes and times;
+    train.log included) and leaves no staging folder; one that passes keeps the command line that started the run in
+    .hydra/, adds its own in .hydra/resume-1/, and appends its log to train.log."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the staging folders of the train.py processes below
+    (tmp_path / "tmp").mkdir()
+    short = ("trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2")
+    first = train_cli(tmp_path, *short, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "r"
+    before, first_log = _snapshot(run_dir), (run_dir / "train.log").read_bytes()
+    [best] = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    for refused, message in (
+        (("resume=true", "model.lr=5e-4"), "was trained with model.lr=0.001 (this run: 0.0005)"),
+        ((f"ckpt_path={best}",), "holds the model weights only"),
+    ):
+        done = train_cli(tmp_path, *short, *refused, sms_zip=sms_zip, tokenizer_file=tokenizer_file)
+        assert done.returncode == 1 and message in done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
+        assert _snapshot(run_dir) == before, refused
+        assert not list((tmp_path / "tmp").glob("spam_lightning-resume-*"))
+
+    resumed = train_cli(
+        tmp_path, *short, "trainer.max_epochs=2", "resume=true", sms_zip=sms_zip, tokenizer_file=tokenizer_file
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / ".hydra" / "overrides.yaml").read_bytes() == before[".hydra/overrides.yaml"][1]
+    assert "- resume=true" in (run_dir / ".hydra" / "resume-1" / "overrides.yaml").read_text().splitlines()
+    log = (run_dir / "train.log").read_bytes()
+    assert log.startswith(first_log) and b"resuming from" in log[len(first_log) :]
+    assert b"Trainer.fit` stopped: `max_epochs=2` reached" in log  # logged after the staged log joined train.log
+    assert not list((tmp_path / "tmp").glob("spam_lightning-resume-*"))
+
+
 # -- signals: interrupted is never success ------------------------------------------------------------------------
 
 

@@ -3,10 +3,12 @@ the web page in headless Chromium. One smoke model is trained, exported and serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.serving import REPO, healthy, post, request, serving
+from helpers.serving import REPO, healthy, post, request, serving, start_serve_py, wait_until_healthy
 from helpers.smoke import compose_cfg, random_124m, train_smoke
 
 from spam_lightning.checkpoint import TrainedModel
@@ -27,6 +29,7 @@ from spam_lightning.predict import run as predict_run
 from spam_lightning.preprocess import Preprocessing
 from spam_lightning.serve import find_metrics
 from spam_lightning.serve import run as serve_run
+from spam_lightning.serve_requests import Limits, RequestError, parse_request
 from spam_lightning.tokenizer import get_tokenizer
 
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
@@ -186,6 +189,57 @@ def test_bad_request(port: int, case: str) -> None:
     assert healthy(port)
 
 
+MALFORMED_ON_THE_SERVER = {
+    "nested 200,000 deep": (b'{"texts": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested too deeply"),
+    "a key twice": (b'{"text": "hello", "text": "WIN a prize"}', 'has the key "text" twice'),
+    "a 5,000-digit number": (b'{"text": "a", "threshold": ' + b"9" * 5000 + b"}", "not JSON"),
+    "a byte order mark": (b'\xef\xbb\xbf{"text": "hello"}', "not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_ON_THE_SERVER)
+def test_malformed_bodies_are_a_json_400_and_no_server_error(port: int, model: dict[str, Any], case: str) -> None:
+    body, message = MALFORMED_ON_THE_SERVER[case]
+    status, answer = request(port, "POST", "/predict", body, {"Content-Type": "application/json"})
+    assert status == 400 and isinstance(answer, dict) and message in answer["error"], answer
+    assert healthy(port)
+    assert "Traceback" not in (model["tmp"] / "server.log").read_text()  # a bad request is no error of the server
+
+
+MALFORMED = [
+    b"",
+    b"  ",
+    b'{"text": "a"',
+    b'{"text": "a"} x',
+    b"\xff",
+    b"\xef\xbb\xbf{}",
+    b'{"text": NaN}',
+    b'{"text": "a", "threshold": Infinity}',
+    b'{"text": "a", "threshold": -Infinity}',
+    b'{"text": "a", "threshold": 1e999}',
+    b'{"text": "a", "threshold": ' + b"1" * 5000 + b"}",
+    b"[" * 200_000,
+    b'{"texts": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    b'{"a": ' * 200_000 + b"1" + b"}" * 200_000,
+    b'{"texts": ["a"], "texts": ["b"]}',
+    b'{"text": "a", "threshold": {"x": 1, "x": 2}}',
+    b'["a"]',
+    b'"a"',
+    b"1",
+    b"null",
+    b"true",
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=lambda body: repr(body[:30]))
+def test_every_malformed_body_is_a_json_400(body: bytes) -> None:
+    """Whatever the body (not JSON, not UTF-8, nested beyond the decoder's recursion, a key twice, a number no float or
+    int holds, not an object), the guard answers 400 with {"error": ...}: no other exception reaches the server."""
+    with pytest.raises(RequestError) as refused:
+        parse_request(body, Limits(max_texts=64, max_text_bytes=1 << 20, max_request_bytes=8 << 20))
+    assert refused.value.status == 400 and set(refused.value.body) == {"error"}
+
+
 def test_other_errors_are_json_too(port: int) -> None:
     assert request(port, "GET", "/nowhere") == (404, {"error": "Not Found"})
     assert request(port, "GET", "/predict") == (405, {"error": "Method Not Allowed"})
@@ -281,6 +335,43 @@ def test_readme_curl_commands(port: int) -> None:
         assert done.returncode == 0 and done.stdout, (line, done.stderr)
         if not line.endswith("/health"):
             json.loads(done.stdout)
+
+
+# -- stopping ------------------------------------------------------------------------------------------
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_a_stop_is_quiet(model: dict[str, Any], tmp_path: Path, signum: int, to_group: bool) -> None:
+    """SIGTERM to serve.py (a service manager's stop) or Ctrl-C in its terminal (SIGINT to the whole process group):
+    the server, its HTTP process and both model processes stop, exit status 0, and nothing is printed but the line
+    serve.py starts with (no traceback from any process, no "worker died")."""
+    log = tmp_path / "server.log"
+    proc, port = start_serve_py(f"model_dir={model['dir']}", "workers=2", "threads=1", log=log)
+    try:
+        wait_until_healthy(proc, port, log)
+        assert post(port, {"text": HAM})[0] == 200
+        os.killpg(proc.pid, signum) if to_group else proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        deadline = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(proc.pid)  # no model or HTTP process left behind
+        lines = log.read_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0] == f"serving export at http://127.0.0.1:{port}/ (Ctrl-C stops)", lines
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 # -- configuration errors ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.errors import one_line_cause, one_line_errors
+from spam_lightning.errors import MissingExtraError, one_line_cause, one_line_errors, require_extra
 from spam_lightning.paths import config_dir
 
 
@@ -49,7 +49,7 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from spam_lightning.rundir import remove_unstarted
+    from spam_lightning.rundir import drop_staged, remove_unstarted
     from spam_lightning.sweep import run_job_in_sweep
     from spam_lightning.train import run
 
@@ -64,6 +64,8 @@ def _train(cfg: DictConfig) -> float | None:
             if cause is None:
                 raise  # a bug: keep the traceback
             raise SystemExit(f"error: {cause}") from None
+        finally:
+            drop_staged()  # a refused resume: its Hydra files never joined the run
     # Returned for sweepers: the monitored metric of this job (None: failed, or no metrics).
     return (metrics or {}).get("validation", {}).get("accuracy")
 
@@ -79,6 +81,17 @@ def _torchrun_setup() -> None:
         )
     if os.environ.get("RANK", "0") != "0":  # Hydra of the other ranks: no .hydra/ folder, no log file
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+
+
+def _launcher_installed() -> None:
+    """hydra/launcher=submitit_* is a Hydra plugin, found only when installed: without it Hydra's error lists the
+    launchers it has; one line naming the extra instead."""
+    for arg in sys.argv[1:]:
+        if arg.lstrip("+").startswith("hydra/launcher=submitit"):
+            try:
+                require_extra(arg.lstrip("+"), "slurm", "hydra_plugins.hydra_submitit_launcher")
+            except MissingExtraError as err:
+                raise SystemExit(f"error: {err}") from None
 
 
 def _null_config_groups() -> None:
@@ -98,6 +111,7 @@ def train() -> None:
     from spam_lightning.sweep import exit_code
 
     _null_config_groups()
+    _launcher_installed()
     _torchrun_setup()
     _hydra_app("train", _train)()
     code = exit_code()
@@ -108,12 +122,14 @@ def train() -> None:
     sys.exit(code)
 
 
-def _one_line_errors(module: str) -> Callable[[DictConfig], None]:
+def _one_line_errors(module: str, extra: tuple[str, str, str] | None = None) -> Callable[[DictConfig], None]:
     """The task of predict, evaluate and export: `module.run(cfg)`, imported once Hydra has parsed the command line
-    (--help needs no torch), with one-line errors."""
+    (--help needs no torch), with one-line errors. `extra`: (command, extra, module) when the command needs an extra."""
 
     def task(cfg: DictConfig) -> None:
         with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
+            if extra is not None:
+                require_extra(*extra)
             import_module(module).run(cfg)
 
     return task
@@ -136,7 +152,7 @@ def export() -> None:
 
 def serve() -> None:
     """A trained model behind HTTP, with a web page (python serve.py / spam-serve; conf/serve.yaml)."""
-    _hydra_app("serve", _one_line_errors("spam_lightning.serve"))()
+    _hydra_app("serve", _one_line_errors("spam_lightning.serve", extra=("serve.py", "serve", "litserve")))()
 
 
 def baseline() -> None:

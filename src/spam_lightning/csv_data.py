@@ -153,8 +153,11 @@ class CsvDataModule(TextDataModule):
         names = class_names(tables["all" if "all" in tables else "train"]["label"].tolist(), self.classes)
         if len(names) < 2:
             raise DataError(f"{self.files.get('all', self.files.get('train'))}: only one class {list(names)}")
+        accept_ids = bool(self.classes)  # a label may be a class id only when data.classes names the classes
         frames = {
-            key: pd.DataFrame({"label": encode_labels(t["label"], names, self.files[key], key), "text": t["text"]})
+            key: pd.DataFrame(
+                {"label": encode_labels(t["label"], names, self.files[key], key, accept_ids), "text": t["text"]}
+            )
             for key, t in tables.items()
         }
         if "all" in frames:

@@ -6,6 +6,7 @@ traceback; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ class CheckpointError(UserError, ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holding pickled objects other than tensors and plain containers: refused, never run."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional package that a command or option needs is not installed; the message names the extra to install."""
+
+
+def require_extra(feature: str, extra: str, *modules: str) -> None:
+    """Raise MissingExtraError unless one of `modules` can be imported: '`feature` needs `modules[0]`, which is not
+    installed: pip install ".[extra]"'."""
+    if not any(importlib.util.find_spec(module) is not None for module in modules):
+        raise MissingExtraError(f'{feature} needs {modules[0]}, which is not installed: pip install ".[{extra}]"')
 
 
 def user_error(err: BaseException) -> BaseException | None:

@@ -270,7 +270,7 @@ def _run_multiclass(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dic
         name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
         file = require_file(cfg.data_file, "data_file", DataError, "give a labelled CSV/TSV file")
         table = read_labelled_table(file, cfg.column, cfg.label_column)
-        texts, labels = table["text"].tolist(), encode_labels(table["label"], names, file, "evaluated")
+        texts, labels = table["text"].tolist(), encode_labels(table["label"], names, file, "evaluated", accept_ids=True)
     else:
         name = data_name = cfg.split
         texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))

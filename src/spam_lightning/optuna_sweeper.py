@@ -37,6 +37,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from spam_lightning.errors import MissingExtraError, require_extra
 from spam_lightning.sweep import FAILED_FILE, METRICS_FILE, write_failure
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,11 @@ class SearchMismatchError(CompactHydraException):
 
 def _import_optuna() -> Any:
     try:
-        import optuna
-    except ImportError as err:
-        raise HydraException(
-            "hparams_search=optuna needs Optuna: pip install -e '.[search]' (or pip install 'optuna>=4')"
-        ) from err
+        require_extra("hparams_search=optuna", "search", "optuna")
+    except MissingExtraError as err:
+        raise SystemExit(f"error: {err}") from None  # past Hydra's error report, which adds lines to it
+    import optuna
+
     return optuna
 
 

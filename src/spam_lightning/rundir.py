@@ -4,19 +4,25 @@ write into one folder at once, and a run that fails before it starts leaves no f
 `RunDirGuard` (a Hydra callback, `hydra.callbacks` in conf/train.yaml) checks before Hydra creates or writes
 anything in the folder, and locks it for as long as the process runs (`lock_dir`); `remove_unstarted` cleans
 up after a run that failed before writing its config.yaml.
+
+A session that continues a run (resume=true, ckpt_path=) changes nothing of it before its checks pass: Hydra writes
+that session's `.hydra/` files and log into a private staging folder outside the run, which joins the run only then
+(`keep_staged`); a refused resume leaves every file of the run as it was (`drop_staged`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 # What a run writes once it has started; a folder holding one of these holds a run.
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json")
@@ -26,6 +32,8 @@ HYDRA_FILES = (".hydra", "train.log")
 
 # The folders this process has locked, and the open descriptor that holds each lock.
 _locks: dict[Path, int] = {}
+# A continued run's Hydra files of this session, not yet in the run: (run directory, staging folder, log file name).
+_staged: tuple[Path, Path, str] | None = None
 
 
 def lock_dir(folder: Path, what: str = "run") -> None:
@@ -76,6 +84,67 @@ def remove_unstarted(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def _stage_hydra_files(config: DictConfig, run_dir: Path) -> None:
+    """Point Hydra's `.hydra/` output and log file of this session at a new private folder (an absolute
+    hydra.output_subdir replaces the run directory: pathlib's join)."""
+    global _staged
+    stage = Path(tempfile.mkdtemp(prefix="spam_lightning-resume-"))
+    log_name = f"{config.hydra.job.name}.log"
+    with read_write(config):
+        if config.hydra.output_subdir is not None:
+            config.hydra.output_subdir = str(stage / "hydra")
+        if OmegaConf.select(config, "hydra.job_logging.handlers.file") is not None:
+            config.hydra.job_logging.handlers.file.filename = str(stage / log_name)
+    _staged = (run_dir, stage, log_name)
+
+
+def keep_staged() -> None:
+    """The continued run's checks passed: this session's Hydra files join it. The first session's `.hydra/` (the
+    command line that started the run) stays as it is; each continuing session's goes into `.hydra/resume-1/`,
+    `resume-2/`, ... (its hydra.yaml names the staging folder it was written to); its log so far is appended to
+    train.log, where the rest of it then goes."""
+    global _staged
+    if _staged is None:
+        return
+    run_dir, stage, log_name = _staged
+    _staged = None
+    if (stage / "hydra").is_dir():
+        number = 1
+        while (run_dir / ".hydra" / f"resume-{number}").exists():
+            number += 1
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+        shutil.move(stage / "hydra", run_dir / ".hydra" / f"resume-{number}")
+    _continue_log(stage / log_name, run_dir / log_name)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _continue_log(staged_log: Path, run_log: Path) -> None:
+    """Append what this session logged so far to the run's log, and point Hydra's file handler at it."""
+    file_handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    handler = next((h for h in file_handlers if h.baseFilename == str(staged_log)), None)
+    if handler is None:  # no log file (a hydra/job_logging without one)
+        return
+    handler.acquire()  # no record is written between the copy and the switch
+    try:
+        handler.flush()
+        with run_log.open("ab") as out:
+            out.write(staged_log.read_bytes())
+        handler.baseFilename = str(run_log)
+        previous = handler.setStream(run_log.open(handler.mode, encoding=handler.encoding))
+        if previous is not None:
+            previous.close()
+    finally:
+        handler.release()
+
+
+def drop_staged() -> None:
+    """A continued run that stopped before its checks passed (refused): its Hydra files never join the run."""
+    global _staged
+    if _staged is not None:
+        shutil.rmtree(_staged[1], ignore_errors=True)
+        _staged = None
+
+
 def check_run_name(config: DictConfig) -> None:
     """A run_name is a folder under runs_dir: `../x` would write outside it, and an absolute one would be nested
     under it silently."""
@@ -107,8 +176,10 @@ class RunDirGuard(Callback):
             return
         run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir")))
         lock_dir(run_dir)  # before anything is read or written: a resume=true of a live run is refused too
-        if holds_run(run_dir) and not _continues(config):
-            raise SystemExit(_refusal(run_dir))
+        if holds_run(run_dir):
+            if not _continues(config):
+                raise SystemExit(_refusal(run_dir))
+            _stage_hydra_files(config, run_dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         unlock_dir(Path(str(OmegaConf.select(config, "hydra.run.dir"))))

@@ -15,11 +15,13 @@ the batch, and a bad request must never reach one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import signal
 import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from importlib.resources import files
@@ -246,6 +248,7 @@ def build_server(cfg: DictConfig, settings: dict[str, Any], limits: Limits, info
         model_metadata=info,
         fast_queue=bool(cfg.fast_queue),
         middlewares=[(RequestGuard, {"path": API_PATH, "limits": limits})],
+        callbacks=[_CtrlCToTheMainProcess()],
     )
     html = page()
     # LitServe answers GET / with "litserve running": the page replaces it.
@@ -255,8 +258,28 @@ def build_server(cfg: DictConfig, settings: dict[str, Any], limits: Limits, info
     return server
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # LitServe's graceful shutdown (workers and HTTP processes stopped)
+def _stop(server: ls.LitServer, main_pid: int, signum: int, frame: Any) -> None:
+    """SIGTERM or Ctrl-C in the main process: LitServe's graceful shutdown (its Ctrl-C path), which stops the HTTP and
+    model processes. The HTTP processes are forked with this handler, and uvicorn raises the signal again once it has
+    shut down: there nothing is left to do (a KeyboardInterrupt would print a traceback)."""
+    if os.getpid() != main_pid:
+        return
+    # LitServe's stop event (its /shutdown endpoint sets it) also ends its worker monitor, which otherwise goes on
+    # during this shutdown and reports each model process that stopped ("Worker died"), as after a SIGTERM to the
+    # whole process group. Set from a thread: the main thread may be waiting on the same manager connection.
+    event = getattr(server, "_shutdown_event", None)
+    if event is not None:
+        threading.Thread(target=event.set, daemon=True).start()
+    raise KeyboardInterrupt
+
+
+class _CtrlCToTheMainProcess(ls.Callback):
+    """In each model process (spawned, so without the main process's handlers): Ctrl-C, which a terminal sends to every
+    process of the group, is ignored; the main process stops the model processes itself (SIGTERM), without the
+    traceback a KeyboardInterrupt would print in each."""
+
+    def on_before_setup(self, *args: Any, **kwargs: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run(cfg: DictConfig) -> None:
@@ -271,7 +294,9 @@ def run(cfg: DictConfig) -> None:
     info = describe(cfg, predictor, settings, limits)
     del predictor
     server = build_server(cfg, settings, limits, info)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = functools.partial(_stop, server, os.getpid())
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"serving {info['name']} at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops)", flush=True)
     server.run(
         host=str(cfg.host),

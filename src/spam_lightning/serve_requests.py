@@ -117,7 +117,9 @@ def parse_request(body: bytes, limits: Limits) -> Job:
     except UnicodeDecodeError as err:
         raise RequestError(400, f"the request body is not valid UTF-8 (byte {err.start}); {EXPECTED}") from None
     try:
-        payload = json.loads(text, parse_constant=_no_constant)
+        payload = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_object)
+    except RecursionError:  # json's decoder recurses per level: [[[...]]] 200,000 deep
+        raise RequestError(400, f"the request body is nested too deeply; {EXPECTED}") from None
     except ValueError as err:
         raise RequestError(400, f"the request body is not JSON ({err}); {EXPECTED}") from None
     job = parse_payload(payload, limits)
@@ -130,6 +132,16 @@ def parse_request(body: bytes, limits: Limits) -> Job:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; one naming a key twice is refused (json.loads would keep the last value silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise RequestError(400, f"the request body has the key {json.dumps(key)} twice in one object; {EXPECTED}")
+        obj[key] = value
+    return obj
 
 
 class RequestGuard:

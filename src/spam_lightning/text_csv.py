@@ -5,6 +5,12 @@ No Lightning and no tokens here (`spam_lightning.data` tokenizes and batches). T
 table with a text and a label column through these functions.
 
 Rows are numbered as a spreadsheet shows them: the header is row 1, the first text row 2.
+
+Labels (`class_names`, `encode_labels`) are compared exactly as written, after stripping spaces. A file holding two
+spellings of one label (`Ham`/`ham`, a Unicode variant, `1`/`01`) is refused rather than made into two classes. A
+label is read as a class id (`0`, `1`, ...: ASCII digits) only when the class names are fixed before the data is read
+(data.classes, or a trained model's classes) and none of them is a number; classes found in the data are names only,
+so one file and the same rows in three files give the same class ids.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +33,15 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 BALANCE = ("none", "undersample")
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit also accepts "²", which int() cannot read
+CLASS_ID = re.compile(r"[0-9]+")
+RESPELT = "differ only in case, Unicode form or leading zeros"
+# Why a label is not a class, by what its file is ("all": the one file that is split).
+UNKNOWN_BECAUSE = {
+    "train": "not in data.classes",
+    "all": "not in data.classes",
+    "evaluated": "not a class of the model",
+}
 
 
 def delimiter_for(path: Path, delimiter: str | None = None) -> str:
@@ -82,6 +99,11 @@ def read_labelled_table(
             f"{path}: no column {missing[0]!r} (columns: {list(table.columns)}); set data.text_column / "
             "data.label_column"
         )
+    # pandas renames a repeated column ("label" and "label.1") and the first one would be used silently.
+    header = pd.read_csv(io.StringIO(text), sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    for column in (text_column, label_column):
+        if (count := header.iloc[0].tolist().count(column)) > 1:
+            raise DataError(f"{path}, row 1: the header has {count} columns named {column!r}; keep one")
     frame = pd.DataFrame({"text": table[text_column], "label": table[label_column].str.strip()})
     for column, what in (("text", "text"), ("label", "label")):
         empty = np.flatnonzero(frame[column].str.strip() == "")
@@ -89,36 +111,63 @@ def read_labelled_table(
             raise DataError(f"{path}, row {int(empty[0]) + 2}: missing {what} ({len(empty)} such rows in all)")
     if frame.empty:
         raise DataError(f"{path}: no rows after the header")
+    _refuse_respelt_labels(frame["label"], path)
     return frame
+
+
+def _spelling(label: str) -> str | int:
+    """What the spellings of one label share: its number (1, 01, a full-width 1), else its Unicode compatibility form
+    (NFKC), case folded."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    return int(folded) if INTEGER.fullmatch(folded) else folded
+
+
+def _refuse_respelt_labels(labels: pd.Series, path: Path) -> None:
+    """Two spellings of one label in a file (Ham and ham) would silently be two classes: refused, naming a row of
+    each (a user who wants them merged fixes the file)."""
+    seen: dict[str | int, tuple[str, int]] = {}
+    for index, label in labels.drop_duplicates().items():
+        row = int(index) + 2
+        first, first_row = seen.setdefault(_spelling(label), (label, row))
+        if first != label:
+            raise DataError(
+                f"{path}: the labels {first!r} (row {first_row}) and {label!r} (row {row}) {RESPELT}; labels are "
+                "compared exactly as written: write one spelling for each class"
+            )
 
 
 def class_names(train_labels: Sequence[str], classes: Sequence[str] | None = None) -> tuple[str, ...]:
     """The class names in class-id order: `classes` when given, else the training labels sorted (numerically
     when every label is an integer, so 0, 1, 2, 10 keep their order)."""
     if classes:
-        names = tuple(str(c) for c in classes)
-        if len(set(names)) != len(names) or len(names) < 2:
-            raise DataError(f"data.classes must list at least 2 distinct names, got {list(names)}")
+        names = tuple(str(c).strip() for c in classes)
+        if len({_spelling(name) for name in names}) != len(names) or len(names) < 2:
+            raise DataError(
+                f"data.classes must list at least 2 distinct names (not ones that {RESPELT}), got {list(names)}"
+            )
         return names
     found = set(train_labels)
-    if all(_is_int(label) for label in found):
+    if all(INTEGER.fullmatch(label) for label in found):
         return tuple(sorted(found, key=int))
     return tuple(sorted(found))
 
 
-def encode_labels(labels: pd.Series, classes: Sequence[str], path: Path, split: str) -> list[int]:
-    """Class ids of the labels: a class name, or (for named classes) its id written as an integer. An unknown
-    label raises a DataError naming the file, row and the known classes."""
+def encode_labels(labels: pd.Series, classes: Sequence[str], path: Path, split: str, accept_ids: bool) -> list[int]:
+    """Class ids of the labels: a class name, or, with `accept_ids` (the classes were named before the data was read:
+    data.classes, a trained model's) and no class named by a number, its id in ASCII digits. An unknown label raises
+    a DataError naming the file, row and the known classes."""
     ids = {name: i for i, name in enumerate(classes)}
-    ints_are_names = all(_is_int(name) for name in classes)
+    accept_ids = accept_ids and not any(INTEGER.fullmatch(name) for name in classes)
     out = []
     for row, label in enumerate(labels.tolist(), start=2):
         class_id = ids.get(label)
-        if class_id is None and not ints_are_names and _is_int(label) and 0 <= int(label) < len(classes):
+        if class_id is None and accept_ids and CLASS_ID.fullmatch(label) and int(label) < len(classes):
             class_id = int(label)
         if class_id is None:
-            seen = "the training split never has it" if split != "train" else "not in data.classes"
-            raise DataError(f"{path}, row {row}: unknown label {label!r} ({seen}; classes: {list(classes)})")
+            why = UNKNOWN_BECAUSE.get(split, "the training split never has it")
+            near = [name for name in classes if _spelling(name) == _spelling(label)]
+            hint = f"; the class {near[0]!r} and it {RESPELT}" if near else ""
+            raise DataError(f"{path}, row {row}: unknown label {label!r} ({why}; classes: {list(classes)}){hint}")
         out.append(class_id)
     return out
 
@@ -204,7 +253,3 @@ def warn_duplicates(frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _is_int(value: str) -> bool:
-    return value.lstrip("-").isdigit()

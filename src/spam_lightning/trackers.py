@@ -13,7 +13,6 @@ as parameters, its result files as artifacts, and a resumed run continuing its t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -24,12 +23,13 @@ from unittest import mock
 
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
+from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.errors import ConfigError
+from spam_lightning.errors import require_extra
 from spam_lightning.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,6 @@ def finish_trackers(loggers: Iterable[Logger], error: BaseException | None) -> N
             log.warning("could not close the %s run: %s: %s", type(logger).__name__, type(err).__name__, err)
 
 
-def _require(package: str, logger: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(f"logger={logger} needs the {package} package: pip install -e '.[{logger}]'")
-
-
 def read_ids(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / IDS_FILE
     try:
@@ -165,7 +160,7 @@ class MLflowLogger(_LightningMLFlowLogger):
         run_name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        _require("mlflow", "mlflow")
+        require_extra("logger=mlflow", "mlflow", "mlflow")
         tracking_uri = _absolute_sqlite(tracking_uri)
         if artifact_location and "://" not in artifact_location:
             artifact_location = Path(artifact_location).absolute().as_uri()
@@ -263,13 +258,22 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class TensorBoardLogger(_LightningTensorBoardLogger):
+    """Lightning's TensorBoardLogger (conf/logger/tensorboard.yaml), which raises a multi-line ModuleNotFoundError when
+    neither tensorboard nor tensorboardX is installed: one line naming the extra instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        require_extra("logger=tensorboard", "tensorboard", "tensorboard", "tensorboardX")
+        super().__init__(*args, **kwargs)
+
+
 class WandbLogger(_LightningWandbLogger):
     """Lightning's WandbLogger for a run directory: `continue_run` (resume=true) continues the W&B run id recorded in
     its trackers.json (offline, a continued session is a second offline-run folder with the same id: sync both with
     `wandb sync --id ID`)."""
 
     def __init__(self, *, run_dir: str, continue_run: bool = False, name: str | None = None, **kwargs: Any) -> None:
-        _require("wandb", "wandb")
+        require_extra("logger=wandb", "wandb", "wandb")
         saved = read_ids(run_dir).get("wandb", {}) if continue_run else {}
         if saved.get("id") and not (kwargs.get("id") or kwargs.get("version")):
             kwargs["id"] = saved["id"]

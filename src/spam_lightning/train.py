@@ -34,6 +34,7 @@ from spam_lightning.logs import config_tree, log_through_root, silence_false_war
 from spam_lightning.options import check_seeds
 from spam_lightning.progress import name_test_pass, progress_bar
 from spam_lightning.report import write_test_scores, write_training_report
+from spam_lightning.rundir import keep_staged
 from spam_lightning.sms_spam import SPLITS
 from spam_lightning.trackers import finish_trackers, log_config, log_run_files
 from spam_lightning.trunk_store import check_cache_dir
@@ -86,6 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     config_file = run_dir / "config.yaml"
     if trainer.is_global_zero and not _is_ddp_worker():
+        keep_staged()  # the checks passed: a continuing session's .hydra/ files and log join the run
         _remove_stale_temporaries(run_dir)
         atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
     launcher = use_resolved_config_launcher(trainer, config_file.resolve())

@@ -52,10 +52,9 @@ def healthy(port: int) -> bool:
         return False
 
 
-@contextmanager
-def serving(*overrides: str, log: Path, timeout: float = 120) -> Iterator[int]:
-    """`python serve.py OVERRIDES port=FREE` until /health answers; yields the port; stopped (SIGTERM, then its
-    whole process group SIGKILLed) afterwards."""
+def start_serve_py(*overrides: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`python serve.py OVERRIDES port=FREE` in its own process group (the model and HTTP processes with it), its
+    output into `log`; returns the process and the port."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
@@ -65,14 +64,26 @@ def serving(*overrides: str, log: Path, timeout: float = 120) -> Iterator[int]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the model and HTTP processes go with it
+            start_new_session=True,
         )
+    return proc, port
+
+
+def wait_until_healthy(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not healthy(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"serve.py did not start (exit {proc.poll()}):\n{log.read_text()}")
+        time.sleep(0.3)
+
+
+@contextmanager
+def serving(*overrides: str, log: Path, timeout: float = 120) -> Iterator[int]:
+    """`python serve.py OVERRIDES port=FREE` until /health answers; yields the port; stopped (SIGTERM, then its
+    whole process group SIGKILLed) afterwards."""
+    proc, port = start_serve_py(*overrides, log=log)
     try:
-        deadline = time.monotonic() + timeout
-        while not healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve.py did not start (exit {proc.poll()}):\n{log.read_text()}")
-            time.sleep(0.3)
+        wait_until_healthy(proc, port, log, timeout)
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)
