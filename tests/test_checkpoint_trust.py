@@ -18,7 +18,7 @@ import torch
 from helpers.records import edited, leaves
 from helpers.smoke import smoke_cfg, train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY, UNBOUND, checkpoint_record_sha256, load_trained
+from spam_lightning.checkpoint import RECORD_KEY, UNBOUND, load_trained, record_sha256
 from spam_lightning.errors import CheckpointError
 from spam_lightning.inference import Predictor
 from spam_lightning.tokenizer import get_tokenizer
@@ -65,7 +65,7 @@ def refusal(path: Path) -> str:
 def test_the_record_has_every_kind_of_field(run: dict[str, Any]) -> None:
     record = run["ckpt"][RECORD_KEY]
     assert record["format"] == 3 and record["lora"]["rank"] == 2 and record["frozen_weights"]["init_seed"] == 5
-    assert record["record_sha256"] == checkpoint_record_sha256(record, run["ckpt"]["state_dict"])
+    assert record["record_sha256"] == record_sha256(record, run["ckpt"]["state_dict"])
     assert record["data"]["splits_sha256"] and record["preprocessing"]["labels"] == ["ham", "spam"]
 
 

@@ -14,7 +14,7 @@ Lightning writes the checkpoint; `SpamClassifier` adds our record to it under `R
                      always in state_dict.
     lora             None, or LoRAConfig.to_dict() (rank, alpha, dropout, targets) of a model.finetune=lora run:
                      state_dict's keys include the adapters (…lora_A, …lora_B); `load_trained` merges them.
-    record_sha256    `checkpoint_record_sha256`: the sha256 of the record but `UNBOUND` and of every tensor of
+    record_sha256    `record_sha256(record, state_dict)`: the sha256 of the record but `UNBOUND` and of each tensor of
                      state_dict, so an edited record (max_length 128 -> 64, another pool) or tensor is refused
                      rather than silently predicting otherwise.
 
@@ -104,7 +104,7 @@ def read_record(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
     if record["format"] != 2:
         if not isinstance(record.get("record_sha256"), str):
             raise CheckpointError(f"{source}: record_sha256 is missing or not a string (every checkpoint writes it)")
-        if checkpoint_record_sha256(record, ckpt["state_dict"]) != record["record_sha256"]:
+        if record_sha256(record, ckpt["state_dict"]) != record["record_sha256"]:
             raise CheckpointError(
                 f"{source}: the record or the weights do not match its record_sha256: the checkpoint was edited after "
                 "training (refused: it could change the predictions)"
@@ -112,7 +112,7 @@ def read_record(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
     return dict(record)
 
 
-def checkpoint_record_sha256(record: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+def record_sha256(record: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
     """The sha256 of the record's canonical JSON (all but `UNBOUND`: the format, net, preprocessing, frozen weights'
     provenance, LoRA settings) and of each tensor of the state_dict: its name, dtype, shape and bytes."""
     bound = {key: value for key, value in record.items() if key not in UNBOUND}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from spam_lightning.checkpoint import RECORD_KEY, checkpoint_record_sha256
+from spam_lightning.checkpoint import RECORD_KEY, record_sha256
 
 Field = tuple[str, ...]  # the keys from the top of the file
 
@@ -69,6 +69,6 @@ def resave_checkpoint(ckpt: dict[str, Any], path: Path) -> Path:
     """torch.save of a checkpoint whose record or tensors a test edited, its record_sha256 made again (as a forger, or a
     buggy writer, would): the edit reaches the checks behind the hash (values, shapes, finiteness, provenance)."""
     record = ckpt[RECORD_KEY]
-    record["record_sha256"] = checkpoint_record_sha256(record, ckpt["state_dict"])
+    record["record_sha256"] = record_sha256(record, ckpt["state_dict"])
     torch.save(ckpt, path)
     return path
