@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers.records import with_each_field_edited
+from helpers.records import resave_checkpoint, with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import train_smoke
 
@@ -252,7 +252,7 @@ def test_bad_values_are_refused_naming_the_key(trained: dict[str, Any], tmp_path
 def test_a_checkpoint_record_gets_the_same_checks(trained: dict[str, Any], tmp_path: Path) -> None:
     ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     ckpt[RECORD_KEY]["preprocessing"]["max_length"] = "5"
-    torch.save(ckpt, tmp_path / "bad.ckpt")
+    resave_checkpoint(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match=r"preprocessing\.max_length must be a positive int, got '5'"):
         load_trained(tmp_path / "bad.ckpt")
 

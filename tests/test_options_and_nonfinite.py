@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.records import resave_checkpoint
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 from safetensors import safe_open
@@ -42,7 +43,7 @@ def nan_ckpt(smoke: dict) -> Path:
     ckpt = torch.load(smoke["ckpt"], map_location="cpu", weights_only=True)
     ckpt["state_dict"]["net." + BAD_KEY].fill_(float("nan"))
     path = smoke["tmp"] / "nan.ckpt"
-    torch.save(ckpt, path)
+    resave_checkpoint(ckpt, path)
     return path
 
 

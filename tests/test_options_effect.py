@@ -1,20 +1,23 @@
 """Every option of train.py (conf/train.yaml, the model and data groups, the trainer, callbacks and logger keys our
-configs define), export.py and baseline.py has a test that fails when the code accepts the option and then does not
+configs define, the trackers' too), export.py, baseline.py, predict.py, evaluate.py and serve.py, and every field of a
+POST /predict request, has a test that fails when the code accepts the option and then does not
 use it: the test observes its effect (the weights after a step, the batches, the splits, the files written), not
 its parsing. OPTIONS is the table, one entry per key; test_every_option_has_an_entry lists the keys from the YAML
-files, so a new option without a test (or a stated reason why it has none) fails the suite.
+files and the request fields serve_requests.parse_payload accepts, so a new option or field without a test (or a
+stated reason why it has none) fails the suite.
 
 The train-side tests run train.run as train.py does, in-process, stopped where it calls Trainer.fit (`build`): the
 trainer, model and data module it made from the config, in about half a second. Keys that go to Lightning as they
 are (trainer.*, Lightning's own callbacks and logger) are checked on the Lightning objects train.run built; what
 Lightning then does with a value is Lightning's to test. A few tests train for 2-3 steps.
 
-predict.py, evaluate.py and serve.py (their options and request fields) come in a second round: their threshold and
-answer fields are being changed."""
+predict.py, evaluate.py and serve.py (their options and request fields) are tested in
+tests/test_options_predict_evaluate_serve.py; export.py's and baseline.py's in tests/test_options_export_baseline.py."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import logging
 import os
@@ -38,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 import spam_lightning.checkpointing as checkpointing
+import spam_lightning.serve_requests as serve_requests
 import spam_lightning.sweep as sweep
 from spam_lightning.checkpoint import read_checkpoint
 from spam_lightning.classifier import SpamClassifier
@@ -977,14 +981,138 @@ def test_sweep_summary_metric_mode_and_fail_on(tmp_path: Path, monkeypatch: pyte
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The trackers' logger configs (logger/mlflow.yaml, wandb.yaml, tensorboard.yaml): each key on the logger built from it
+# ---------------------------------------------------------------------------------------------------------------
+
+SAVED_IDS = {"mlflow": {"run_id": "0123456789abcdef"}, "wandb": {"id": "abc123"}}  # a run's trackers.json
+
+
+@contextmanager
+def tensorboard_importable() -> Iterator[None]:
+    """Lightning's TensorBoardLogger is made without tensorboard (not a test dependency): nothing here writes to it."""
+    import lightning.fabric.loggers.tensorboard as fabric_tensorboard
+
+    import spam_lightning.trackers as trackers
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fabric_tensorboard, "_TENSORBOARDX_AVAILABLE", True)
+        mp.setattr(trackers, "require_extra", lambda *args: None)
+        yield
+
+
+def tracker_loggers(inputs: Inputs, *overrides: str) -> tuple[DictConfig, dict[str, Any]]:
+    """The loggers train.run makes from logger=[mlflow,wandb,tensorboard] (it instantiates each logger config; nothing
+    is logged here, so no tracker run starts), with a trackers.json of earlier runs in the trackers' run_dir."""
+    cfg = inputs.cfg("logger=[mlflow,wandb,tensorboard]", *overrides)
+    for tracker in ("mlflow", "wandb"):
+        run_dir = Path(cfg.logger[tracker].run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        uri = cfg.logger.mlflow.tracking_uri  # an MLflow run is continued from the same store only
+        ids = {"mlflow": {**SAVED_IDS["mlflow"], "tracking_uri": uri}, "wandb": SAVED_IDS["wandb"]}
+        (run_dir / "trackers.json").write_text(json.dumps(ids))
+    with tensorboard_importable():
+        return cfg, {name: instantiate(config) for name, config in cfg.logger.items()}
+
+
+def log_dir(logger: Any) -> Path:
+    return Path(logger.log_dir)
+
+
+# key -> (override, what the built loggers then hold, given the config)
+TRACKERS: dict[str, tuple[str, Any]] = {
+    "logger/mlflow.yaml:mlflow.tracking_uri": (
+        "logger.mlflow.tracking_uri=sqlite:///${run_dir}/other.db",
+        lambda cfg, lg: lg["mlflow"]._tracking_uri == f"sqlite:///{cfg.run_dir}/other.db",
+    ),
+    "logger/mlflow.yaml:mlflow.artifact_location": (
+        "logger.mlflow.artifact_location=${run_dir}/artifacts",
+        lambda cfg, lg: lg["mlflow"]._artifact_location == (Path(cfg.run_dir) / "artifacts").as_uri(),
+    ),
+    "logger/mlflow.yaml:mlflow.experiment_name": (
+        "logger.mlflow.experiment_name=other",
+        lambda cfg, lg: lg["mlflow"]._experiment_name == "other",
+    ),
+    "logger/mlflow.yaml:mlflow.run_name": (
+        "logger.mlflow.run_name=named",
+        lambda cfg, lg: lg["mlflow"]._run_name == "named",
+    ),
+    "logger/mlflow.yaml:mlflow.tags.run_dir": (
+        "logger.mlflow.tags.run_dir=tagged",
+        lambda cfg, lg: lg["mlflow"].tags == {"run_dir": "tagged"},
+    ),
+    "logger/mlflow.yaml:mlflow.run_dir": (
+        "logger.mlflow.run_dir=${run_dir}/ids",
+        lambda cfg, lg: lg["mlflow"]._run_dir == Path(cfg.run_dir) / "ids",
+    ),
+    "logger/mlflow.yaml:mlflow.continue_run": (
+        "logger.mlflow.continue_run=true",
+        lambda cfg, lg: lg["mlflow"]._run_id == SAVED_IDS["mlflow"]["run_id"],
+    ),
+    "logger/wandb.yaml:wandb.offline": ("logger.wandb.offline=false", lambda cfg, lg: lg["wandb"]._offline is False),
+    "logger/wandb.yaml:wandb.save_dir": (
+        "logger.wandb.save_dir=${run_dir}/wb",
+        lambda cfg, lg: lg["wandb"]._save_dir == f"{cfg.run_dir}/wb",
+    ),
+    "logger/wandb.yaml:wandb.project": ("logger.wandb.project=other", lambda cfg, lg: lg["wandb"]._project == "other"),
+    "logger/wandb.yaml:wandb.name": ("logger.wandb.name=named", lambda cfg, lg: lg["wandb"]._name == "named"),
+    "logger/wandb.yaml:wandb.run_dir": (
+        "logger.wandb.run_dir=${run_dir}/ids",
+        lambda cfg, lg: lg["wandb"]._run_dir == Path(cfg.run_dir) / "ids",
+    ),
+    "logger/wandb.yaml:wandb.continue_run": (
+        "logger.wandb.continue_run=true",
+        lambda cfg, lg: lg["wandb"]._wandb_init.get("id") == SAVED_IDS["wandb"]["id"],
+    ),
+    **{
+        f"logger/tensorboard.yaml:{logger}.{key}": (f"logger.{logger}.{key}={value}", check)
+        for logger in ("tensorboard", "csv")
+        for key, value, check in (
+            (
+                "save_dir",
+                "${run_dir}/elsewhere",
+                lambda cfg, lg, lo=logger: log_dir(lg[lo]).is_relative_to(Path(cfg.run_dir) / "elsewhere"),
+            ),
+            ("name", "mine", lambda cfg, lg, lo=logger: "mine" in log_dir(lg[lo]).parts),
+            ("version", "v3", lambda cfg, lg, lo=logger: log_dir(lg[lo]).name == "v3"),
+        )
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def default_trackers(inputs: Inputs) -> tuple[DictConfig, dict[str, Any]]:
+    return tracker_loggers(inputs)
+
+
+@pytest.mark.parametrize("key", list(TRACKERS))
+def test_tracker_keys_reach_the_loggers(
+    key: str, inputs: Inputs, default_trackers: tuple[DictConfig, dict[str, Any]]
+) -> None:
+    """Each key's value is in the logger built from it, and not in the one built with the defaults
+    (tests/test_trackers.py runs MLflow and W&B for real: the run, its name, its artifacts, a continued run)."""
+    override, holds = TRACKERS[key]
+    assert holds(*tracker_loggers(inputs, override)), override
+    assert not holds(*default_trackers), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The table: every option and the test that fails when it is ignored
 # ---------------------------------------------------------------------------------------------------------------
 
 EXPORT_BASELINE = "tests/test_options_export_baseline.py"
+INFERENCE = "tests/test_options_predict_evaluate_serve.py"
 
 
 def here(test: str) -> str:
     return f"{THIS}::{test}"
+
+
+def inference(*tests: str) -> tuple[str, ...]:
+    return tuple(f"{INFERENCE}::{test}" for test in tests)
+
+
+def both_sources(test: str) -> tuple[str, ...]:
+    return inference(f"{test}[ckpt]", f"{test}[model_dir]")
 
 
 OPTIONS: dict[str, str | tuple[str, ...]] = {
@@ -1110,14 +1238,102 @@ OPTIONS["data/csv.yaml:seed"] = (
     here("test_data_seed_makes_the_split[csv]"),
     here("test_data_seed_makes_the_training_order"),
 )
+# the trackers' logger configs (logger/many.yaml only combines them), and the runs tests/test_trackers.py reads back
+OPTIONS |= {key: here(f"test_tracker_keys_reach_the_loggers[{key}]") for key in TRACKERS}
+for tracker in ("mlflow", "wandb"):
+    OPTIONS[f"logger/{tracker}.yaml:{tracker}.continue_run"] = (
+        here(f"test_tracker_keys_reach_the_loggers[logger/{tracker}.yaml:{tracker}.continue_run]"),
+        "tests/test_trackers.py::test_a_combination_logs_to_both_and_resume_continues_their_runs",
+    )
+# conf/predict.yaml
+OPTIONS |= {
+    "predict.yaml:ckpt_path": inference("test_predict_ckpt_path_and_model_dir_are_the_model_read[ckpt]"),
+    "predict.yaml:model_dir": inference("test_predict_ckpt_path_and_model_dir_are_the_model_read[model_dir]"),
+    "predict.yaml:text": inference("test_predict_text_one_or_a_list"),
+    "predict.yaml:input_file": inference("test_predict_input_file_and_column"),
+    "predict.yaml:column": inference("test_predict_input_file_and_column"),
+    "predict.yaml:output": inference("test_predict_output_and_format"),
+    "predict.yaml:format": inference("test_predict_output_and_format"),
+    "predict.yaml:batch_size": inference("test_predict_batch_size_is_the_texts_per_forward_pass"),
+    "predict.yaml:threshold": inference("test_predict_threshold_gives_the_labels"),
+    "predict.yaml:device": inference("test_predict_device"),  # on the GPU where there is one
+    "predict.yaml:precision": inference("test_predict_precision_bf16_runs_in_bfloat16"),
+    "predict.yaml:backend": "tests/test_export_onnx.py::test_predict_py_with_onnxruntime",
+    "predict.yaml:tokenizer_file": both_sources("test_predict_tokenizer_file_is_the_vocabulary_read"),
+}
+# conf/evaluate.yaml
+OPTIONS |= {
+    **dict.fromkeys(
+        ("evaluate.yaml:ckpt_path", "evaluate.yaml:split"),
+        inference("test_evaluate_ckpt_path_and_split[validation]", "test_evaluate_ckpt_path_and_split[test]"),
+    ),
+    **dict.fromkeys(
+        ("evaluate.yaml:model_dir", "evaluate.yaml:data_file", "evaluate.yaml:column", "evaluate.yaml:label_column"),
+        inference("test_evaluate_model_dir_data_file_column_and_label_column"),
+    ),
+    "evaluate.yaml:data_dir": inference("test_evaluate_data_dir_is_where_the_splits_are_read"),
+    "evaluate.yaml:threshold": inference("test_evaluate_threshold_is_the_metrics"),
+    "evaluate.yaml:target_precision": inference("test_evaluate_target_precision_chooses_the_threshold_on_validation"),
+    "evaluate.yaml:batch_size": inference("test_evaluate_batch_size"),
+    "evaluate.yaml:device": inference("test_evaluate_device"),
+    "evaluate.yaml:tokenizer_file": inference("test_evaluate_tokenizer_file"),
+    "evaluate.yaml:out_dir": inference("test_evaluate_out_dir_and_show_misclassified"),
+    "evaluate.yaml:show_misclassified": inference("test_evaluate_out_dir_and_show_misclassified"),
+}
+# conf/serve.yaml
+LITSERVE = inference("test_serve_litserve_settings_reach_the_server")
+HOW_IT_RUNS = inference("test_serve_host_port_api_servers_and_log_level_are_how_it_runs")
+OPTIONS |= {
+    "serve.yaml:ckpt_path": inference("test_serve_ckpt_path_and_model_dir_are_the_model_served[ckpt]"),
+    "serve.yaml:model_dir": inference("test_serve_ckpt_path_and_model_dir_are_the_model_served[model_dir]"),
+    "serve.yaml:metrics_file": inference("test_serve_metrics_file_is_what_info_shows"),
+    "serve.yaml:tokenizer_file": inference("test_serve_tokenizer_file_is_read_by_the_server_and_each_model_process"),
+    **dict.fromkeys(
+        ("serve.yaml:host", "serve.yaml:port", "serve.yaml:api_servers", "serve.yaml:log_level"), HOW_IT_RUNS
+    ),
+    "serve.yaml:threshold": inference("test_serve_threshold_is_the_default_of_every_request"),
+    "serve.yaml:batch_size": inference("test_serve_batch_size_is_the_texts_per_forward_pass"),
+    **{
+        f"serve.yaml:{key}": LITSERVE
+        for key in ("max_batch_size", "batch_timeout", "workers", "fast_queue", "request_timeout")
+    },
+    **dict.fromkeys(
+        ("serve.yaml:device", "serve.yaml:devices"),
+        inference("test_serve_device_and_devices_choose_the_model_processes_devices"),
+    ),
+    "serve.yaml:threads": inference("test_serve_threads_are_each_model_process_s_torch_threads"),
+    "serve.yaml:precision": inference("test_serve_precision_bf16"),
+    "serve.yaml:backend": inference("test_serve_backend_onnxruntime_runs_model_onnx"),
+    **{
+        f"serve.yaml:limits.{key}": inference("test_serve_limits_refuse_larger_requests")
+        for key in ("max_texts", "max_text_bytes", "max_request_bytes")
+    },
+}
+# the fields of a POST /predict request: {"text": ...} and {"texts": [...]}, each optionally with "threshold"
+OPTIONS |= {
+    "POST /predict:text": inference(
+        "test_request_text_texts_and_threshold[text]", "test_request_fields_pass_the_guard"
+    ),
+    "POST /predict:texts": inference(
+        "test_request_text_texts_and_threshold[texts]", "test_request_fields_pass_the_guard"
+    ),
+    **{
+        f"POST /predict:threshold[{form}]": (
+            *inference(f"test_request_text_texts_and_threshold[{form}]"),
+            "tests/test_serve.py::test_threshold_and_per_text_errors",
+        )
+        for form in ("text", "texts")
+    },
+}
 
-# The config files whose keys are options. Not yet: predict.yaml, evaluate.yaml and serve.yaml (the second round),
-# and the trackers' logger/mlflow.yaml and logger/wandb.yaml (tests/test_trackers.py reads their runs back, with
-# those files' values only).
+# The config files whose keys are options.
 OPTION_FILES = (
     "train.yaml", "model/gpt2.yaml", "data/sms_spam.yaml", "data/csv.yaml", "trainer/default.yaml",
-    "callbacks/default.yaml", "callbacks/early_stopping.yaml", "logger/csv.yaml", "export.yaml", "baseline.yaml",
+    "callbacks/default.yaml", "callbacks/early_stopping.yaml", "logger/csv.yaml", "logger/mlflow.yaml",
+    "logger/wandb.yaml", "logger/tensorboard.yaml", "logger/many.yaml", "export.yaml", "baseline.yaml",
+    "predict.yaml", "evaluate.yaml", "serve.yaml",
 )  # fmt: skip
+REQUEST_FORMS = ("text", "texts")  # a request gives one of them
 NOT_OPTIONS = ("defaults", "_target_", "_convert_")
 
 
@@ -1142,8 +1358,25 @@ def option_keys(file: str) -> list[str]:
     return [f"{file}:{key}" for key in walk(config, "")]
 
 
+def request_keys() -> list[str]:
+    """The fields serve_requests.parse_payload accepts (the set its unknown-field check subtracts): "text" and
+    "texts", and every other field once per form."""
+    tree = ast.parse(inspect.getsource(serve_requests.parse_payload))
+    (known,) = (
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Set)
+        and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+    )
+    fields = sorted(e.value for e in known.elts)  # type: ignore[attr-defined]
+    assert set(REQUEST_FORMS) <= set(fields)
+    others = [f"{field}[{form}]" for field in fields if field not in REQUEST_FORMS for form in REQUEST_FORMS]
+    return [f"POST /predict:{key}" for key in (*REQUEST_FORMS, *others)]
+
+
 def test_every_option_has_an_entry() -> None:
-    keys = [key for file in OPTION_FILES for key in option_keys(file)]
+    keys = [key for file in OPTION_FILES for key in option_keys(file)] + request_keys()
+    assert "POST /predict:threshold[text]" in keys
     assert len(keys) > 100
     assert sorted(set(keys) - set(OPTIONS)) == [], "options without a test (add an entry to OPTIONS)"
     assert sorted(set(OPTIONS) - set(keys)) == [], "entries for keys no config file has"
@@ -1164,11 +1397,14 @@ def test_every_entry_names_a_test_that_exists() -> None:
                 functions[file] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             function, _, param = name.partition("[")
             assert function in functions[file], f"{key}: {test}"
-            if file == THIS and param:
+            if file in (THIS, INFERENCE) and param:
                 cases = {
                     "test_lightning_keys_reach_the_trainer_callbacks_and_logger": set(LIGHTNING),
+                    "test_tracker_keys_reach_the_loggers": set(TRACKERS),
                     "test_a_run_continues_from_the_checkpoint": {"ckpt_path", "resume"},
                     "test_lr_and_weight_decay_make_the_optimizer_step": {"layers", "lora"},
                     "test_tf32_sets_the_matmul_precision_on_cuda": {"True", "False"},
-                }.get(function, set(DATA))
+                    "test_evaluate_ckpt_path_and_split": {"validation", "test"},
+                    "test_request_text_texts_and_threshold": set(REQUEST_FORMS),
+                }.get(function, set(DATA) if file == THIS else {"ckpt", "model_dir"})
                 assert param.removesuffix("]") in cases, f"{key}: {test}"

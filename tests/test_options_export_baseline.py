@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.records import resave_checkpoint
 from helpers.smoke import compose_cfg, train_smoke
 from safetensors.torch import load_file
 from sklearn.exceptions import ConvergenceWarning
@@ -53,7 +54,7 @@ def test_export_ckpt_path_out_dir_and_format(ckpt: Path, tokenizer_file: str, tm
     other = tmp_path / "other.ckpt"  # the same checkpoint with another head: the export must hold ckpt_path's
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state["state_dict"]["net.gpt.out_head.bias"] += 1.0
-    torch.save(state, other)
+    resave_checkpoint(state, other)
     out = tmp_path / "ours"
     paths = export(other, f"out_dir={out}", "format=spam_lightning", f"tokenizer_file={tokenizer_file}")
     assert {p.parent for p in paths} == {out}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.records import resave_checkpoint
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
@@ -87,7 +88,7 @@ def test_fixed_padding_and_pool_last_match_the_datamodule(smoke: dict, tokenizer
     record = ckpt[RECORD_KEY]
     record["net"]["pool"] = "last"
     record["preprocessing"] |= {"pad_length": pad, "padding": pad, "pool": "last"}  # prediction reads only this
-    torch.save(ckpt, tmp_path / "book.ckpt")
+    resave_checkpoint(ckpt, tmp_path / "book.ckpt")
 
     predictor = Predictor.from_checkpoint(tmp_path / "book.ckpt", device="cpu")
     pre = predictor.preprocessing

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.records import resave_checkpoint
 from helpers.scripts import run_script
 from helpers.smoke import smoke_cfg, train_cli
 from omegaconf import OmegaConf
@@ -226,7 +227,7 @@ def _edited_checkpoint(cfg_factory, tmp_path: Path, edit) -> Path:
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     edit(checkpoint["state_dict"])
     edited = tmp_path / "edited.ckpt"
-    torch.save(checkpoint, edited)
+    resave_checkpoint(checkpoint, edited)
     return edited
 
 
@@ -273,7 +274,7 @@ def test_a_moved_run_evaluates_its_own_best_checkpoint(tmp_path: Path, sms_zip: 
     # Finite weights whose outputs are not (logits overflow): no metrics.json with a NaN loss, no crash in the metrics.
     checkpoint = torch.load(best, weights_only=True)
     checkpoint["state_dict"]["net.gpt.out_head.weight"] *= 1e38
-    torch.save(checkpoint, best)
+    resave_checkpoint(checkpoint, best)
     (tmp_path / "moved" / "metrics.json").unlink()
     with pytest.raises(DivergedError, match=f"evaluating {best} on the train split gives a loss of (nan|inf)"):
         run(again)

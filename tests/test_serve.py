@@ -116,6 +116,9 @@ def test_threshold_and_per_text_errors(port: int) -> None:
     assert status == 200 and [p["label"] for p in low["predictions"]] == ["spam", "spam"]
     status, high = post(port, {"texts": [SPAM, HAM], "threshold": 1})
     assert status == 200 and [p["label"] for p in high["predictions"]] == ["ham", "ham"]
+    # one text ({"text": ...}) with its own threshold: the same rule
+    labels = [post(port, {"text": text, "threshold": t})[1]["label"] for text, t in ((SPAM, 1), (HAM, 0))]
+    assert labels == ["ham", "spam"]
     # In a list, a text that cannot be classified gets predict.py's record and the others their predictions.
     status, mixed = post(port, {"texts": [HAM, "", "   ", "\ud800"]})
     assert status == 200

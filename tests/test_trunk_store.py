@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers.records import resave_checkpoint
 from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -182,7 +183,7 @@ def test_random_init_checkpoints_hold_only_the_trained_weights(
         torch.testing.assert_close(loaded(ids, lengths), clf.net.eval()(ids, lengths))
 
     ckpt["spam_lightning"]["frozen_weights"]["init_seed"] = 6  # another seed: other weights, refused
-    torch.save(ckpt, tmp_path / "other.ckpt")
+    resave_checkpoint(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="random weights from seed 6, but this torch"):
         load_trained(tmp_path / "other.ckpt")
 

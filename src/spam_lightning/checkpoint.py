@@ -14,12 +14,17 @@ Lightning writes the checkpoint; `SpamClassifier` adds our record to it under `R
                      always in state_dict.
     lora             None, or LoRAConfig.to_dict() (rank, alpha, dropout, targets) of a model.finetune=lora run:
                      state_dict's keys include the adapters (…lora_A, …lora_B); `load_trained` merges them.
+    record_sha256    `record_sha256(record, state_dict)`: the sha256 of the record but `UNBOUND` and of each tensor of
+                     state_dict, so an edited record (max_length 128 -> 64, another pool) or tensor is refused
+                     rather than silently predicting otherwise.
 
 No Lightning here: prediction and export load checkpoints without it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import re
 import zipfile
@@ -36,10 +41,17 @@ from spam_lightning.gpt import make_config
 from spam_lightning.lora import LoRAConfig, apply_lora, merge_lora
 from spam_lightning.net import SpamNet
 from spam_lightning.preprocess import Preprocessing
-from spam_lightning.weights import load_recorded
+from spam_lightning.weights import load_recorded, tensors_sha256
 
 RECORD_KEY = "spam_lightning"
-RECORD_FORMAT = 2  # 1: before the record existed (keys gpt.*, settings read from config.yaml): refused
+RECORD_FORMAT = 3  # 1: before the record existed (keys gpt.*, settings read from config.yaml): refused
+# 2: the record without record_sha256, still read (nothing to check it against: its values are checked as before)
+READ_FORMATS = (2, RECORD_FORMAT)
+# What record_sha256 leaves out: itself, and `data`, where the training data came from. That changes no prediction;
+# evaluate.py checks the split files it reads against data.splits_sha256 (a CSV's files against their recorded sha256),
+# so an edited data record can refuse the real splits but cannot pass other texts off as them. Exports leave it out too
+# (their `training` provenance), and a moved data folder needs no edit (evaluate.py data_dir=).
+UNBOUND = ("record_sha256", "data")
 NET_PREFIX = "net."  # SpamClassifier holds the SpamNet as `net`
 
 
@@ -86,9 +98,26 @@ def read_record(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
             if old
             else f"{source} is not a spam_lightning checkpoint (no {RECORD_KEY!r} record)"
         )
-    if record.get("format") != RECORD_FORMAT:
-        raise CheckpointError(f"{source}: checkpoint format {record.get('format')!r}, expected {RECORD_FORMAT}")
+    if record.get("format") not in READ_FORMATS:
+        expected = " or ".join(map(str, READ_FORMATS))
+        raise CheckpointError(f"{source}: checkpoint format {record.get('format')!r}, expected {expected}")
+    if record["format"] != 2:
+        if not isinstance(record.get("record_sha256"), str):
+            raise CheckpointError(f"{source}: record_sha256 is missing or not a string (every checkpoint writes it)")
+        if record_sha256(record, ckpt["state_dict"]) != record["record_sha256"]:
+            raise CheckpointError(
+                f"{source}: the record or the weights do not match its record_sha256: the checkpoint was edited after "
+                "training (refused: it could change the predictions)"
+            )
     return dict(record)
+
+
+def record_sha256(record: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The sha256 of the record's canonical JSON (all but `UNBOUND`: the format, net, preprocessing, frozen weights'
+    provenance, LoRA settings) and of each tensor of the state_dict: its name, dtype, shape and bytes."""
+    bound = {key: value for key, value in record.items() if key not in UNBOUND}
+    tensors = tensors_sha256(sorted(state_dict.items()))
+    return hashlib.sha256(json.dumps([bound, tensors], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass

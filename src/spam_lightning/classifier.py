@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics import CatMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, check_finite, read_record
+from spam_lightning.checkpoint import NET_PREFIX, RECORD_FORMAT, RECORD_KEY, check_finite, read_record, record_sha256
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
 from spam_lightning.gpt import make_config
@@ -376,6 +376,8 @@ class SpamClassifier(L.LightningModule):
                 if p.requires_grad or name.startswith("gpt.out_head.")
             }
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
+        record = checkpoint[RECORD_KEY]
+        record["record_sha256"] = record_sha256(record, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before Lightning loads the state dict: a checkpoint of the trained tensors only gets the frozen ones

@@ -1,5 +1,6 @@
-"""Every field of an export's record file, and a copy of the folder with one field edited: for the tests that every
-field is bound (an edit is refused) or documented as provenance."""
+"""Every field of an export's record file (or of a checkpoint's record), and a copy with one field edited: for the tests
+that every field is bound (an edit is refused) or documented as provenance; and re-saving a checkpoint a test edited
+on purpose."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from spam_lightning.checkpoint import RECORD_KEY, record_sha256
 
 Field = tuple[str, ...]  # the keys from the top of the file
 
@@ -58,3 +63,12 @@ def with_each_field_edited(model_dir: Path, record_file: str, dest: Path) -> Ite
         (folder / record_file).unlink()  # a hard link: never write through it into model_dir
         (folder / record_file).write_text(json.dumps(edited(content, field)), encoding="utf-8")
         yield ".".join(field), folder
+
+
+def resave_checkpoint(ckpt: dict[str, Any], path: Path) -> Path:
+    """torch.save of a checkpoint whose record or tensors a test edited, its record_sha256 made again (as a forger, or a
+    buggy writer, would): the edit reaches the checks behind the hash (values, shapes, finiteness, provenance)."""
+    record = ckpt[RECORD_KEY]
+    record["record_sha256"] = record_sha256(record, ckpt["state_dict"])
+    torch.save(ckpt, path)
+    return path
