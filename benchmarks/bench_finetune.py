@@ -53,10 +53,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule, TokenizedSplit, pad_collate
-from spam_lightning.gpt import PRESETS, GPTModel, make_config
-from spam_lightning.weights import build_gpt
+from spam_lightning.data.modules import SmsSpamDataModule, TokenizedSplit, pad_collate
+from spam_lightning.model.gpt import PRESETS, GPTModel, make_config
+from spam_lightning.model.weights import build_gpt
+from spam_lightning.training.module import SpamClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))

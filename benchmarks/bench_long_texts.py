@@ -23,10 +23,10 @@ import lightning as L
 import pandas as pd
 import torch
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.csv_data import CsvDataModule
-from spam_lightning.feature_cache import FrozenFeatureCache
-from spam_lightning.preprocess import pad
+from spam_lightning.data.modules import CsvDataModule
+from spam_lightning.data.preprocess import pad
+from spam_lightning.training.feature_cache import FrozenFeatureCache
+from spam_lightning.training.module import SpamClassifier
 
 ARCH = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 1024, "dropout": 0.0, "qkv_bias": True}
 # The timing model: wider, so that a step's time is mostly the padded tokens' compute (the embeddings stay frozen,

@@ -5,7 +5,7 @@ On the test split's messages (repeated to --messages), with a random-initialised
 
   book, one at a time     the book's classify_review(): each text padded to 120 tokens, logits at the
                           last position (pool=last), one forward pass per text
-  ours, one at a time     spam_lightning.predict.Predictor.predict([text]) per text (pool=last_token, no padding)
+  ours, one at a time     spam_lightning.inference.predict.Predictor.predict([text]) per text (pool=last_token, no padding)
   ours, batched           Predictor.predict(texts, batch_size): texts grouped by length, each batch padded
                           to its own longest; with --precisions 32,bf16 also in bfloat16 autocast (GPUs)
 
@@ -43,14 +43,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from spam_lightning.checkpoint import TrainedModel, load_trained
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
-from spam_lightning.export import write_export
-from spam_lightning.inference import Predictor
-from spam_lightning.preprocess import Preprocessing
-from spam_lightning.sms_spam import LABELS
-from spam_lightning.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.preprocess import PAD_TOKEN_ID, Preprocessing, get_tokenizer
+from spam_lightning.data.sms_spam import LABELS
+from spam_lightning.inference.checkpoint import TrainedModel, load_trained
+from spam_lightning.inference.export import write_export
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.training.module import SpamClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
@@ -89,7 +88,7 @@ def book_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: i
 
 
 def project_scorer(model: SpamClassifier, tokenizer_file: str | None, batch_size: int, precision: str) -> Scorer:
-    """spam_lightning.inference.Predictor around a copy of the model's network."""
+    """spam_lightning.inference.predictor.Predictor around a copy of the model's network."""
     net = copy.deepcopy(model.net)
     context = net.gpt.cfg.context_length
     preprocessing = Preprocessing(LABELS, max_length=context, pad_length=None, padding="batch", pool=net.pool)

@@ -73,12 +73,11 @@ def random_124m_model(tmp: Path, tokenizer: Path) -> Path:
     """GPT-2 124M's shapes, random weights (seed 0), pool last_token, texts truncated to 120 tokens: exported."""
     import torch
 
-    from spam_lightning.checkpoint import TrainedModel
-    from spam_lightning.export import write_export
-    from spam_lightning.gpt import PRESETS, GPTModel
-    from spam_lightning.net import SpamNet
-    from spam_lightning.preprocess import Preprocessing
-    from spam_lightning.tokenizer import get_tokenizer
+    from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
+    from spam_lightning.inference.checkpoint import TrainedModel
+    from spam_lightning.inference.export import write_export
+    from spam_lightning.model.gpt import PRESETS, GPTModel
+    from spam_lightning.model.net import SpamNet
 
     torch.manual_seed(0)
     net = SpamNet(GPTModel(PRESETS["gpt2"]), 2, "last_token").eval()

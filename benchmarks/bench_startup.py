@@ -9,7 +9,7 @@ in the project is instrumented. The breakdown, from the parent's clock before it
 
   python + train.py's imports    interpreter start, `import spam_lightning.cli` (Hydra, OmegaConf)
   config composed                Hydra parses the command line, composes conf/train.yaml, sets up logging
-  training imports               `import spam_lightning.train` (torch, Lightning, torchmetrics, ...)
+  training imports               `import spam_lightning.training.run` (torch, Lightning, torchmetrics, ...)
   trainer built                  data module, callbacks, loggers, Trainer (up to the model's constructor)
   weights loaded                 the model: GPT-2 built and its pretrained weights read (`build_gpt`)
   model ready                    the rest of SpamClassifier's constructor, data prepared (`prepare_data`)
@@ -142,8 +142,8 @@ def probe(overrides: list[str]) -> None:
 
     def _train(cfg: Any) -> Any:
         stamp("composed")
-        import spam_lightning.classifier as classifier
-        import spam_lightning.train as train
+        import spam_lightning.training.module as classifier
+        import spam_lightning.training.run as train
 
         stamp("imports_train")
         classifier.build_gpt = _around(classifier.build_gpt, "weights_start", "weights_loaded")

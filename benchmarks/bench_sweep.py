@@ -66,7 +66,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from helpers.local_internet import write_gpt2_safetensors
 
-    from spam_lightning.gpt import make_config
+    from spam_lightning.model.gpt import make_config
 
     weights = write_gpt2_safetensors(work / "gpt2-random.safetensors", make_config("gpt2"))
     lrs = args.lrs.split(",")

@@ -43,7 +43,7 @@ def tokenizer_file() -> str:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> str:
     """The SMS splits (seed 123), prepared once from the shared zip, for tests that only read them."""
-    from spam_lightning.data import SmsSpamDataModule
+    from spam_lightning.data.modules import SmsSpamDataModule
 
     path = str(tmp_path_factory.mktemp("sms"))
     SmsSpamDataModule(source=str(sms_zip), data_dir=path, tokenizer_file=tokenizer_file).prepare_data()

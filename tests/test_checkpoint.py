@@ -17,14 +17,14 @@ import torch
 from helpers.local_internet import write_gpt2_safetensors
 from helpers.smoke import compose_cfg, final_weights, smoke_cfg, train_cli, train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
 from spam_lightning.errors import CheckpointError, ConfigError
-from spam_lightning.export import export_checkpoint
 from spam_lightning.files import file_sha256
-from spam_lightning.gpt import make_config
-from spam_lightning.inference import Predictor
-from spam_lightning.train import run
-from spam_lightning.weights import convert_hf_state_dict, read_safetensors
+from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.model.gpt import make_config
+from spam_lightning.model.weights import convert_hf_state_dict, read_safetensors
+from spam_lightning.training.run import run
 
 TRAINABLE_PREFIXES = ("net.gpt.trf_blocks.1.", "net.gpt.final_norm.", "net.gpt.out_head.")  # tiny: 2 blocks
 
@@ -181,7 +181,7 @@ def test_small_checkpoint_resume_equals_uninterrupted(
 def test_prediction_needs_no_lightning(small: dict) -> None:
     """The checkpoint reader, preprocessing and network load without Lightning (prediction's start-up)."""
     code = (
-        "import sys; from spam_lightning.inference import Predictor; "
+        "import sys; from spam_lightning.inference.predictor import Predictor; "
         f"p = Predictor.from_checkpoint({small['metrics']['best_checkpoint']!r}, device='cpu'); "
         "print(p.predict(['Win cash now!!'])[0].label); "
         "assert not [m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning'))]"

@@ -18,11 +18,11 @@ import torch
 from helpers.records import edited, leaves
 from helpers.smoke import smoke_cfg, train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY, UNBOUND, load_trained, record_sha256
+from spam_lightning.data.preprocess import get_tokenizer
 from spam_lightning.errors import CheckpointError
-from spam_lightning.inference import Predictor
-from spam_lightning.tokenizer import get_tokenizer
-from spam_lightning.train import run as train_run
+from spam_lightning.inference.checkpoint import RECORD_KEY, UNBOUND, load_trained, record_sha256
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.training.run import run as train_run
 
 TEXTS = ["Free entry! Text WIN to 80086 now to claim", "See you at 6", "URGENT call now"]
 RUN = (

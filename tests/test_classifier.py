@@ -15,8 +15,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from spam_lightning.classifier import SpamClassifier, warmup_cosine
-from spam_lightning.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from spam_lightning.data.preprocess import PAD_TOKEN_ID, get_tokenizer
+from spam_lightning.training.module import SpamClassifier, warmup_cosine
 
 TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 

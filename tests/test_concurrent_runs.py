@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.smoke import REPO, train_cli, train_command
 
-from spam_lightning.rundir import lock_dir, unlock_dir
+from spam_lightning.training.runs import lock_dir, unlock_dir
 
 IN_USE = "is in use by another run that is still running"
 
@@ -69,7 +69,7 @@ def test_a_live_run_holds_its_folder_and_a_killed_one_frees_it(
 HOLDER = """
 import sys, time
 from pathlib import Path
-from spam_lightning.rundir import lock_dir
+from spam_lightning.training.runs import lock_dir
 lock_dir(Path(sys.argv[1]), "sweep")
 print("locked", flush=True)
 time.sleep(60)

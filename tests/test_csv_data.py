@@ -1,4 +1,4 @@
-"""data=csv: any CSV/TSV text-classification data, any number of classes (spam_lightning.csv_data)."""
+"""data=csv: any CSV/TSV text-classification data, any number of classes (spam_lightning.data.modules)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import pytest
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
-from spam_lightning.csv_data import CsvDataModule
+from spam_lightning.data.modules import CsvDataModule
+from spam_lightning.data.sms_spam import parse_sms_collection
 from spam_lightning.errors import ConfigError, DataError
-from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_checkpoint
-from spam_lightning.inference import Predictor
-from spam_lightning.serve import SpamAPI
-from spam_lightning.serve_requests import Job
-from spam_lightning.sms_spam import parse_sms_collection
+from spam_lightning.inference.evaluate import run as evaluate_run
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.inference.serve import Job, SpamAPI
 
 
 def _write(path: Path, rows: list[tuple[str, str]], sep: str = ",") -> Path:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from helpers.local_internet import LocalInternet
 
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.preprocess import get_tokenizer, tokenizer_path
+from spam_lightning.data.sms_spam import TSV_NAME, ZIP_NAME, extract_tsv, parse_sms_collection, splits_dir
 from spam_lightning.errors import DataError, DownloadError
-from spam_lightning.sms_spam import TSV_NAME, ZIP_NAME, extract_tsv, parse_sms_collection, splits_dir
-from spam_lightning.tokenizer import get_tokenizer, tokenizer_path
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,13 @@ import yaml
 from helpers.scripts import run_script
 from helpers.smoke import random_124m, train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY, TrainedModel, load_trained
+from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError
-from spam_lightning.evaluate import load_split
-from spam_lightning.export import export_checkpoint, read_export, write_export
-from spam_lightning.hf_export import HFExportError, check_fold, fold_head_bias
-from spam_lightning.inference import Predictor
-from spam_lightning.preprocess import Preprocessing
-from spam_lightning.tokenizer import get_tokenizer
+from spam_lightning.inference.checkpoint import RECORD_KEY, TrainedModel, load_trained
+from spam_lightning.inference.evaluate import load_split
+from spam_lightning.inference.export import export_checkpoint, read_export, write_export
+from spam_lightning.inference.hf import HFExportError, check_fold, fold_head_bias
+from spam_lightning.inference.predictor import Predictor
 
 transformers = pytest.importorskip("transformers")
 
@@ -250,7 +249,7 @@ def test_edited_transformers_files_and_earlier_exports_are_refused(smoke: dict[s
     # format /2 (our record at the top of config.json, our weights in model.safetensors): export again
     old = tmp_path / "v2"
     old.mkdir()
-    (old / "config.json").write_text(json.dumps({"format": "spam_lightning.classifier/2", "net": {}}))
+    (old / "config.json").write_text(json.dumps({"format": "spam_lightning.training.module/2", "net": {}}))
     with pytest.raises(CheckpointError, match=r"exported by an earlier version .* export the checkpoint again"):
         read_export(old)
 

@@ -20,15 +20,14 @@ from helpers.records import with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, random_124m, train_smoke
 
-from spam_lightning.checkpoint import TrainedModel, load_trained
+from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError, UserError
-from spam_lightning.evaluate import load_split
-from spam_lightning.export import read_export, record_sha256, write_export
-from spam_lightning.inference import Predictor, load_predictor
-from spam_lightning.onnx_model import OnnxNet
-from spam_lightning.predict import run as predict_run
-from spam_lightning.preprocess import Preprocessing
-from spam_lightning.tokenizer import get_tokenizer
+from spam_lightning.inference.checkpoint import TrainedModel, load_trained
+from spam_lightning.inference.evaluate import load_split
+from spam_lightning.inference.export import read_export, record_sha256, write_export
+from spam_lightning.inference.onnx import OnnxNet
+from spam_lightning.inference.predict import run as predict_run
+from spam_lightning.inference.predictor import Predictor, load_predictor
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -301,8 +300,8 @@ def test_prediction_imports_onnxruntime_only_for_that_backend(smoke: dict[str, A
     folder = exported(smoke, "last_token", tokenizer_file)
     script = f"""
 import sys
-from spam_lightning.predict import run
-from spam_lightning.inference import Predictor
+from spam_lightning.inference.predict import run
+from spam_lightning.inference.predictor import Predictor
 def loaded():
     names = {{m.split(".")[0] for m in sys.modules}}
     return sorted(names & {{"onnxruntime", "onnx", "onnxscript", "lightning", "pytorch_lightning"}})

@@ -18,11 +18,11 @@ from helpers.records import resave_checkpoint, with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY, load_trained
+from spam_lightning.data.preprocess import PreprocessingError
 from spam_lightning.errors import CheckpointError, UserError
-from spam_lightning.export import export_checkpoint, read_export, record_sha256
-from spam_lightning.inference import Predictor
-from spam_lightning.preprocess import PreprocessingError
+from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained
+from spam_lightning.inference.export import export_checkpoint, read_export, record_sha256
+from spam_lightning.inference.predictor import Predictor
 
 TEXTS = ["Free entry! Text WIN to 80086 now to claim", "See you at 6", "URGENT call now"]
 Edit = Callable[[dict[str, Any]], Any]

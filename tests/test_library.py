@@ -18,7 +18,7 @@ from helpers.user_machine import copy_checkout
 
 import spam_lightning
 from spam_lightning import paths
-from spam_lightning.train import run as train_run
+from spam_lightning.training.run import run as train_run
 
 CONFIGS = sorted(str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml"))
 

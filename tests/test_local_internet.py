@@ -23,8 +23,8 @@ from helpers.local_internet import (
     write_gpt2_safetensors,
 )
 
-from spam_lightning.gpt import PRESETS
-from spam_lightning.weights import HF_FILENAME, HF_REVISIONS, build_gpt, download_pretrained, hf_repo_id
+from spam_lightning.model.gpt import PRESETS
+from spam_lightning.model.weights import HF_FILENAME, HF_REVISIONS, build_gpt, download_pretrained, hf_repo_id
 
 REPO = Path(__file__).resolve().parents[1]
 GPT2 = hf_repo_id("gpt2")

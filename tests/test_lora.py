@@ -30,21 +30,21 @@ from helpers.smoke import REPO, compose_cfg, make_nontrivial, train_smoke
 from helpers.user_machine import SHORT
 from hydra.utils import instantiate
 
-from spam_lightning.checkpoint import RECORD_KEY, load_trained, read_checkpoint
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.preprocess import get_tokenizer
+from spam_lightning.data.sms_spam import parse_split_csv, read_split_file, splits_dir
 from spam_lightning.errors import ConfigError
-from spam_lightning.evaluate import load_split
-from spam_lightning.export import export_checkpoint
 from spam_lightning.files import file_sha256
-from spam_lightning.gpt import PRESETS, GPTModel, make_config
-from spam_lightning.inference import Predictor
-from spam_lightning.lora import BOOK_TARGETS, LoRAConfig, LoRALinear, apply_lora, merge_lora
-from spam_lightning.net import SpamNet
-from spam_lightning.sms_spam import parse_split_csv, read_split_file, splits_dir
-from spam_lightning.tokenizer import get_tokenizer
-from spam_lightning.train import run as train_run
-from spam_lightning.weights import convert_hf_state_dict, read_safetensors, to_hf_state_dict
+from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint
+from spam_lightning.inference.evaluate import load_split
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.model.gpt import PRESETS, GPTModel, make_config
+from spam_lightning.model.lora import BOOK_TARGETS, LoRAConfig, LoRALinear, apply_lora, merge_lora
+from spam_lightning.model.net import SpamNet
+from spam_lightning.model.weights import convert_hf_state_dict, read_safetensors, to_hf_state_dict
+from spam_lightning.training.module import SpamClassifier
+from spam_lightning.training.run import run as train_run
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

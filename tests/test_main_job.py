@@ -15,10 +15,10 @@ import pytest
 from helpers.local_internet import LocalInternet
 from helpers.user_machine import EVAL_TEXTS, SHORT, UserMachine, serve_downloads
 
-from spam_lightning.checkpoint import RECORD_KEY
-from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
 from spam_lightning.files import file_sha256
-from spam_lightning.weights import HF_REVISIONS
+from spam_lightning.inference.checkpoint import RECORD_KEY
+from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.model.weights import HF_REVISIONS
 
 PARAMETERS_124M = {"trainable": 7_090_946, "total": 124_441_346}  # last block + final norm + 2-class head
 PLOTS = ("loss.png", "accuracy.png", "confusion_matrix.png", "pr_curve.png")

@@ -17,9 +17,9 @@ from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.gpt import POOLS, GPTModel, make_config
-from spam_lightning.tokenizer import PAD_TOKEN_ID
+from spam_lightning.data.preprocess import PAD_TOKEN_ID
+from spam_lightning.model.gpt import POOLS, GPTModel, make_config
+from spam_lightning.training.module import SpamClassifier
 
 TINY = {"emb_dim": 16, "n_layers": 3, "n_heads": 2, "context_length": 32, "dropout": 0.0}
 LENGTHS = [7, 1, 4, 2]  # true token counts of the rows; the padded width is 7

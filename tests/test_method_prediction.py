@@ -19,13 +19,12 @@ import torch
 from helpers.smoke import compose_cfg, train_smoke
 from torch import nn
 
-import spam_lightning.evaluate as evaluate
-import spam_lightning.predict as predict
-from spam_lightning.checkpoint import TrainedModel
-from spam_lightning.inference import Prediction, Predictor
-from spam_lightning.preprocess import Preprocessing
-from spam_lightning.sms_spam import LABELS as CLASS_NAMES
-from spam_lightning.tokenizer import get_tokenizer
+import spam_lightning.inference.evaluate as evaluate
+import spam_lightning.inference.predict as predict
+from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
+from spam_lightning.data.sms_spam import LABELS as CLASS_NAMES
+from spam_lightning.inference.checkpoint import TrainedModel
+from spam_lightning.inference.predictor import Prediction, Predictor
 
 TINY_ARCH = {"emb_dim": 16, "n_layers": 1, "n_heads": 2, "context_length": 64, "dropout": 0.0, "qkv_bias": True}
 

@@ -21,9 +21,9 @@ from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
-from spam_lightning.samplers import LengthBucketBatchSampler, ResumableBatchSampler, ShardSampler
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.samplers import LengthBucketBatchSampler, ResumableBatchSampler, ShardSampler
+from spam_lightning.training.module import SpamClassifier
 
 N_ITEMS = 53  # not a multiple of the batch size
 LENGTHS = [(7 * i) % 23 + 1 for i in range(N_ITEMS)]

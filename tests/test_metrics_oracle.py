@@ -1,4 +1,4 @@
-"""The metrics training logs (spam_lightning.metrics, SpamClassifier's test loop, metrics.json) and those evaluate.py
+"""The metrics training logs (spam_lightning.inference.metrics, SpamClassifier's test loop, metrics.json) and those evaluate.py
 computes (binary_metrics, multiclass_metrics), checked against scikit-learn on the same predictions.
 
 The multi-class data is imbalanced so that macro, micro and weighted averages differ (asserted first): a metric
@@ -28,9 +28,9 @@ from sklearn.metrics import (
 )
 from torch.utils.data import DataLoader
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.evaluate import binary_metrics, multiclass_metrics
-from spam_lightning.metrics import classification_metrics, per_class
+from spam_lightning.inference.evaluate import binary_metrics, multiclass_metrics
+from spam_lightning.inference.metrics import classification_metrics, per_class
+from spam_lightning.training.module import SpamClassifier
 
 NAMES = ("weather", "sports", "politics", "music")
 COUNTS = (240, 70, 30, 12)  # imbalanced: macro, micro and weighted averages differ

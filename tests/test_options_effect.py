@@ -40,20 +40,20 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-import spam_lightning.checkpointing as checkpointing
-import spam_lightning.serve_requests as serve_requests
-import spam_lightning.sweep as sweep
-from spam_lightning.checkpoint import read_checkpoint
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.csv_logger import ResumableCSVLogger
-from spam_lightning.data import TextDataModule
+import spam_lightning.inference.serve as serve_requests
+import spam_lightning.training.checkpoints as checkpointing
+import spam_lightning.training.sweeps as sweep
+from spam_lightning.data.modules import TextDataModule
+from spam_lightning.data.preprocess import get_tokenizer
 from spam_lightning.errors import ConfigError, DataError
-from spam_lightning.feature_cache import FrozenFeatureCache
-from spam_lightning.gpt import GPTModel, make_config
-from spam_lightning.lora import LoRALinear
-from spam_lightning.tokenizer import get_tokenizer
-from spam_lightning.train import run as train_run
-from spam_lightning.weights import to_hf_state_dict
+from spam_lightning.inference.checkpoint import read_checkpoint
+from spam_lightning.model.gpt import GPTModel, make_config
+from spam_lightning.model.lora import LoRALinear
+from spam_lightning.model.weights import to_hf_state_dict
+from spam_lightning.training.feature_cache import FrozenFeatureCache
+from spam_lightning.training.module import SpamClassifier
+from spam_lightning.training.run import run as train_run
+from spam_lightning.training.trackers import ResumableCSVLogger
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -944,7 +944,7 @@ def test_accelerator(inputs: Inputs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# train.yaml's hydra.callbacks.sweep_summary: the summary of a multirun (spam_lightning.sweep.SweepSummary)
+# train.yaml's hydra.callbacks.sweep_summary: the summary of a multirun (spam_lightning.training.sweeps.SweepSummary)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -992,7 +992,7 @@ def tensorboard_importable() -> Iterator[None]:
     """Lightning's TensorBoardLogger is made without tensorboard (not a test dependency): nothing here writes to it."""
     import lightning.fabric.loggers.tensorboard as fabric_tensorboard
 
-    import spam_lightning.trackers as trackers
+    import spam_lightning.training.trackers as trackers
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fabric_tensorboard, "_TENSORBOARDX_AVAILABLE", True)

@@ -22,10 +22,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from spam_lightning.baseline import run as baseline_run
-from spam_lightning.checkpoint import load_trained
-from spam_lightning.export import run as export_run
-from spam_lightning.tokenizer import TokenizerError
+from spam_lightning.data.preprocess import TokenizerError
+from spam_lightning.inference.checkpoint import load_trained
+from spam_lightning.inference.export import run as export_run
+from spam_lightning.training.baseline import run as baseline_run
 
 # ---------------------------------------------------------------------------------------------------------------
 # export.py

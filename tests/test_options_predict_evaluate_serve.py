@@ -38,17 +38,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-import spam_lightning.evaluate as evaluate
-import spam_lightning.predict as predict
-import spam_lightning.serve as serve
-from spam_lightning.checkpoint import TrainedModel, load_trained
+import spam_lightning.inference.evaluate as evaluate
+import spam_lightning.inference.predict as predict
+import spam_lightning.inference.serve as serve
+from spam_lightning.data.preprocess import TokenizerError, get_tokenizer
 from spam_lightning.errors import CheckpointError
-from spam_lightning.export import write_export
-from spam_lightning.gpt import GPTModel, make_config
-from spam_lightning.inference import Predictor
-from spam_lightning.net import SpamNet
-from spam_lightning.serve import API_PATH, SpamAPI
-from spam_lightning.tokenizer import TokenizerError, get_tokenizer
+from spam_lightning.inference.checkpoint import TrainedModel, load_trained
+from spam_lightning.inference.export import write_export
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.inference.serve import API_PATH, SpamAPI
+from spam_lightning.model.gpt import GPTModel, make_config
+from spam_lightning.model.net import SpamNet
 
 TEXTS = [
     "WINNER!! You have been selected to receive a £900 prize reward! Call 09061701461 now",

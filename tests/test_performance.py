@@ -18,9 +18,9 @@ import torch
 from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
-from spam_lightning.samplers import LengthBucketBatchSampler
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.samplers import LengthBucketBatchSampler
+from spam_lightning.training.module import SpamClassifier
 
 TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}

@@ -30,20 +30,18 @@ from helpers.smoke import compose_cfg, train_smoke
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
-import spam_lightning.baseline as baseline
-import spam_lightning.evaluate as evaluate
-import spam_lightning.predict as predict
-import spam_lightning.serve as serve
-from spam_lightning.checkpoint import RECORD_KEY, TrainedModel
-from spam_lightning.csv_data import CsvDataModule
+import spam_lightning.inference.evaluate as evaluate
+import spam_lightning.inference.predict as predict
+import spam_lightning.inference.serve as serve
+import spam_lightning.training.baseline as baseline
+from spam_lightning.data.modules import CsvDataModule
+from spam_lightning.data.preprocess import Preprocessing, PreprocessingError, get_tokenizer
+from spam_lightning.data.sms_spam import parse_sms_collection
 from spam_lightning.errors import ConfigError
-from spam_lightning.export import export_checkpoint
-from spam_lightning.inference import Predictor
-from spam_lightning.preprocess import Preprocessing, PreprocessingError
-from spam_lightning.serve import SpamAPI, settings_of
-from spam_lightning.serve_requests import RequestError, parse_request
-from spam_lightning.sms_spam import parse_sms_collection
-from spam_lightning.tokenizer import get_tokenizer
+from spam_lightning.inference.checkpoint import RECORD_KEY, TrainedModel
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.inference.serve import RequestError, SpamAPI, parse_request, settings_of
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NEEDS_CHROMIUM = pytest.mark.skipif(
@@ -186,7 +184,7 @@ def test_predict_evaluate_and_serve_apply_the_rule_to_the_positive_class(
 
     output = tmp_path / "predictions.jsonl"
     cfg = compose_cfg("predict", "model_dir=unused", f"input_file={data}", f"output={output}", "device=cpu")
-    with caplog.at_level(logging.INFO, logger="spam_lightning.predict"):
+    with caplog.at_level(logging.INFO, logger="spam_lightning.inference.predict"):
         predict.run(cfg)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["label"] for r in rows] == expected
@@ -239,7 +237,7 @@ def test_summary_counts_every_class(
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(TEXTS) + "\n")
     cfg = compose_cfg("predict", "model_dir=unused", f"input_file={data}", f"output={tmp_path / 'out.jsonl'}")
-    with caplog.at_level(logging.INFO, logger="spam_lightning.predict"):
+    with caplog.at_level(logging.INFO, logger="spam_lightning.inference.predict"):
         predictions = predict.run(cfg)
     assert [p.label for p in predictions] == ["spam", "ham", "other", "other", None]
     assert "5 text(s): 1 ham, 2 other, 1 spam, 1 not classified; 0 truncated to 64 tokens" in caplog.text

@@ -15,16 +15,16 @@ from helpers.records import resave_checkpoint
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
-from spam_lightning.checkpoint import RECORD_KEY
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.tables import InputError, read_texts
 from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
-from spam_lightning.evaluate import choose_threshold, load_split, precision_recall_at, read_labelled
-from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_checkpoint
-from spam_lightning.inference import Predictor
-from spam_lightning.report import write_training_report
-from spam_lightning.textio import InputError, read_texts
+from spam_lightning.inference.checkpoint import RECORD_KEY
+from spam_lightning.inference.evaluate import choose_threshold, load_split, precision_recall_at, read_labelled
+from spam_lightning.inference.evaluate import run as evaluate_run
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predictor import Predictor
+from spam_lightning.inference.report import write_training_report
+from spam_lightning.training.module import SpamClassifier
 
 TINY = {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 64, "dropout": 0.0, "qkv_bias": True}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,7 +135,7 @@ def test_export_gives_the_checkpoint_probabilities(smoke: dict, predictor: Predi
 
     # Loading and predicting from the folder imports no Lightning (and unpickles nothing: safetensors + JSON).
     code = (
-        "import sys; from spam_lightning.inference import Predictor; "
+        "import sys; from spam_lightning.inference.predictor import Predictor; "
         f"p = Predictor.from_dir({str(out)!r}, device='cpu'); print(p.predict(['Win cash now!!'])[0].label); "
         "assert not [m for m in sys.modules if m.startswith(('lightning', 'pytorch_lightning'))]"
     )

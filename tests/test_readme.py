@@ -332,7 +332,7 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "quickstart"
     ),
     (
-        "python -c 'from spam_lightning.report import write_training_report; "
+        "python -c 'from spam_lightning.inference.report import write_training_report; "
         """print(write_training_report("runs/smoke"))'"""
     ): Run("quickstart"),
     """python predict.py model_dir=runs/smoke/export 'text="Free entry! Text WIN to 80086"'""": Run("quickstart"),
@@ -351,7 +351,7 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "quickstart"
     ),
     (  # the Predictor ```python snippet
-        "from spam_lightning.inference import Predictor\n\n"
+        "from spam_lightning.inference.predictor import Predictor\n\n"
         'model = Predictor.from_dir("runs/smoke/export")  # or Predictor.from_checkpoint(ckpt_path)\n'
         'for p in model.predict(["See you at 6", "WINNER!! Claim your prize now"]):\n'
         "    print(p.label, p.positive_probability, p.truncated, p.error)"
@@ -843,7 +843,7 @@ def test_group_quickstart(machine: UserMachine) -> None:
     assert {p.name for p in export.iterdir()} >= {"model.safetensors", "config.json", "gpt2.tiktoken"}
     assert texts("model_dir=runs/smoke/export 'text=") == ["Free entry! Text WIN to 80086"]
     assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
-    snippet = done.stdout("from spam_lightning.inference import Predictor").split()
+    snippet = done.stdout("from spam_lightning.inference.predictor import Predictor").split()
     assert snippet[0] in ("ham", "spam") and len(snippet) == 8
     assert (smoke / "onnx" / "model.onnx").is_file() and (smoke / "onnx" / "spam_lightning.json").is_file()
     from_onnx = jsonl(done.stdout("model_dir=runs/smoke/onnx backend=onnxruntime"))

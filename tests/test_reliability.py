@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers.smoke import final_weights, train_cli
 
-from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
-from spam_lightning.train import run
+from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.training.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 

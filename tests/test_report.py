@@ -6,13 +6,13 @@ import csv
 from pathlib import Path
 
 import pytest
+import spam_lightning.inference.predictor.report as report
 import torch
 from helpers.smoke import compose_cfg, train_smoke
 from matplotlib.figure import Figure
 
-from spam_lightning import report
-from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_checkpoint
+from spam_lightning.inference.evaluate import run as evaluate_run
+from spam_lightning.inference.export import export_checkpoint
 
 EVALUATION_FILES = {"evaluation.json", "misclassified.jsonl", "confusion_matrix.png", "pr_curve.png"}
 

@@ -19,12 +19,12 @@ from helpers.scripts import run_script
 from helpers.smoke import smoke_cfg, train_cli
 from omegaconf import OmegaConf
 
-from spam_lightning import files
-from spam_lightning.checkpoint import read_checkpoint
+import spam_lightning.files as files
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
 from spam_lightning.files import DiskFullError, atomic_write
-from spam_lightning.rundir import check_run_name
-from spam_lightning.train import run
+from spam_lightning.inference.checkpoint import read_checkpoint
+from spam_lightning.training.run import run
+from spam_lightning.training.runs import check_run_name
 
 
 @pytest.fixture

@@ -22,15 +22,13 @@ import pytest
 from helpers.serving import REPO, healthy, post, request, serving, start_serve_py, wait_until_healthy
 from helpers.smoke import compose_cfg, random_124m, train_smoke
 
-from spam_lightning.checkpoint import TrainedModel
+from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import ConfigError
-from spam_lightning.export import export_checkpoint, write_export
-from spam_lightning.predict import run as predict_run
-from spam_lightning.preprocess import Preprocessing
-from spam_lightning.serve import find_metrics
-from spam_lightning.serve import run as serve_run
-from spam_lightning.serve_requests import Limits, RequestError, parse_request
-from spam_lightning.tokenizer import get_tokenizer
+from spam_lightning.inference.checkpoint import TrainedModel
+from spam_lightning.inference.export import export_checkpoint, write_export
+from spam_lightning.inference.predict import run as predict_run
+from spam_lightning.inference.serve import Limits, RequestError, find_metrics, parse_request
+from spam_lightning.inference.serve import run as serve_run
 
 SPAM = "WINNER!! As a valued network customer you have been selected to receive a £900 prize reward! Call 09061701461"
 HAM = "Are we still meeting for lunch tomorrow? I'll be at the cafe around noon"

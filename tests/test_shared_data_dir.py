@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from helpers.smoke import HELPERS, REPO
 
-from spam_lightning.checkpoint import RECORD_KEY, read_checkpoint
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
+from spam_lightning.data.sms_spam import SPLITS, TSV_NAME, ZIP_NAME, splits_dir
 from spam_lightning.errors import DataError
 from spam_lightning.files import file_sha256, write_if_changed
-from spam_lightning.sms_spam import SPLITS, TSV_NAME, ZIP_NAME, splits_dir
+from spam_lightning.inference.checkpoint import RECORD_KEY, read_checkpoint
 
 SPLIT_FILES = [f"{name}.csv" for name in SPLITS]
 
@@ -194,7 +194,7 @@ READ_ONLY_RUN = """
 import sys
 from pathlib import Path
 print("started", flush=True)
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
 data_dir, tokenizer_file, *sources = sys.argv[1:]
 try:
     (Path(data_dir) / "seed-123" / ".probe").write_bytes(b"")

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from spam_lightning import sweep
-from spam_lightning.ddp import WorldSizeError
-from spam_lightning.train import run
+import spam_lightning.training.sweeps as sweep
+from spam_lightning.training.ddp import WorldSizeError
+from spam_lightning.training.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -147,7 +147,7 @@ def test_summary_of_fabricated_jobs(tmp_path: Path) -> None:
 def test_search_space_from_hydra_sweep_syntax() -> None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from spam_lightning.optuna_sweeper import format_override, search_space
+    from spam_lightning.training.sweeps import format_override, search_space
 
     params = {
         "model.lr": "tag(log, interval(1e-5, 1e-3))",
@@ -234,7 +234,7 @@ def test_optuna_search_refuses_a_changed_search_space() -> None:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from spam_lightning.optuna_sweeper import OptunaSearch, SearchMismatchError
+    from spam_lightning.training.sweeps import OptunaSearch, SearchMismatchError
 
     search = OptunaSearch()
     study = optuna.create_study()
@@ -255,7 +255,7 @@ def test_optuna_search_refuses_a_changed_search_space() -> None:
 RANK_ZERO_FAILS = """
 import os, subprocess, sys, time
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
-from spam_lightning.ddp import ResolvedConfigLauncher
+from spam_lightning.training.ddp import ResolvedConfigLauncher
 
 launcher = object.__new__(ResolvedConfigLauncher)  # as after _call_children_scripts: one worker rank
 launcher.procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])]

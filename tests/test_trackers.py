@@ -14,8 +14,9 @@ from helpers.smoke import REPO, compose_cfg
 from helpers.wandb_offline import offline_runs
 from mlflow.tracking import MlflowClient
 
-from spam_lightning.report import read_epoch_metrics
-from spam_lightning.trackers import (
+from spam_lightning.inference.report import read_epoch_metrics
+from spam_lightning.training.run import run
+from spam_lightning.training.trackers import (
     MLflowLogger,
     _absolute_sqlite,
     finish_trackers,
@@ -23,7 +24,6 @@ from spam_lightning.trackers import (
     log_run_files,
     tracker_run_name,
 )
-from spam_lightning.train import run
 
 SPLITS = {"train": "eval_train", "validation": "eval_validation", "test": "test"}  # metrics.json -> logged prefix
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "loss")

@@ -14,9 +14,9 @@ from helpers.scripts import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from spam_lightning.checkpoint import read_checkpoint as load_checkpoint
 from spam_lightning.errors import CheckpointError
-from spam_lightning.train import run
+from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.training.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -58,7 +58,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 def test_every_experiment_composes(experiment: str) -> None:
     result = run_script("train.py", f"experiment={experiment}", "--cfg", "job", "--resolve")
     assert result.returncode == 0, result.stderr
-    assert "_target_: spam_lightning.classifier.SpamClassifier" in result.stdout
+    assert "_target_: spam_lightning.training.module.SpamClassifier" in result.stdout
 
 
 @pytest.mark.parametrize("group", ["model", "trainer", "logger", "callbacks"])

@@ -18,10 +18,10 @@ from helpers.records import resave_checkpoint
 from helpers.trainers import quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from spam_lightning.classifier import SpamClassifier
-from spam_lightning.data import SmsSpamDataModule
+from spam_lightning.data.modules import SmsSpamDataModule
 from spam_lightning.files import file_sha256
-from spam_lightning.trunk_store import SEGMENT_SUFFIX, list_trunks
+from spam_lightning.training.feature_cache import SEGMENT_SUFFIX, list_trunks
+from spam_lightning.training.module import SpamClassifier
 
 TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -157,7 +157,7 @@ def test_the_clean_command_lists_and_deletes(data_dir: str, tokenizer_file: str,
     cache = tmp_path / "cache"
     dm = SmsSpamDataModule(data_dir=data_dir, tokenizer_file=tokenizer_file, pool="last_token", context_length=128)
     quiet_trainer().validate(model(cache_dir=str(cache)), dm, verbose=False)
-    command = [sys.executable, "-m", "spam_lightning.trunk_store", str(cache)]
+    command = [sys.executable, "-m", "spam_lightning.training.feature_cache", str(cache)]
     listed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "1 trunks" in listed and "4 frozen tensors, cpu, autocast None" in listed
     cleaned = subprocess.run([*command, "--clean"], capture_output=True, text=True, check=True).stdout
@@ -167,8 +167,8 @@ def test_the_clean_command_lists_and_deletes(data_dir: str, tokenizer_file: str,
 def test_random_init_checkpoints_hold_only_the_trained_weights(
     data_dir: str, tokenizer_file: str, tmp_path: Path
 ) -> None:
-    from spam_lightning.checkpoint import load_trained
     from spam_lightning.errors import CheckpointError
+    from spam_lightning.inference.checkpoint import load_trained
 
     clf = model()
     save = ModelCheckpoint(dirpath=tmp_path, filename="best")
@@ -220,7 +220,7 @@ def test_rows_computed_by_the_steps_are_written_too(data_dir: str, tokenizer_fil
 def test_a_long_fill_logs_its_progress(
     data_dir: str, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("spam_lightning.feature_cache.PROGRESS_LOG_SECONDS", 0)
+    monkeypatch.setattr("spam_lightning.training.feature_cache.PROGRESS_LOG_SECONDS", 0)
     dm = SmsSpamDataModule(data_dir=data_dir, tokenizer_file=tokenizer_file, pool="last_token", context_length=128)
     with caplog.at_level(logging.INFO, logger="spam_lightning"):
         quiet_trainer().validate(model(), dm, verbose=False)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from helpers.smoke import train_cli
 
-from spam_lightning import trunk_store
-from spam_lightning.classifier import SpamClassifier
+import spam_lightning.training.feature_cache as trunk_store
 from spam_lightning.errors import ConfigError
-from spam_lightning.trunk_store import TrunkStore, check_cache_dir, list_trunks, tensors_digest, trunk_key
+from spam_lightning.training.feature_cache import TrunkStore, check_cache_dir, list_trunks, tensors_digest, trunk_key
+from spam_lightning.training.module import SpamClassifier
 
 TENSORS = [torch.arange(6.0).reshape(2, 3), torch.ones(4)]  # a stand-in for a model's frozen tensors
 
@@ -101,7 +101,7 @@ def test_the_clean_command_lists_and_deletes_only_trunks(tmp_path: Path) -> None
     root = tmp_path / "cache"
     theirs = users_files(root)
     store = new_trunk(root, 1.0)
-    command = [sys.executable, "-m", "spam_lightning.trunk_store", str(root)]
+    command = [sys.executable, "-m", "spam_lightning.training.feature_cache", str(root)]
     listed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "1 trunks" in listed and f"not the cache's, left alone: {'a' * 64}, {'b' * 64}, notes.txt" in listed
     cleaned = subprocess.run([*command, "--clean"], capture_output=True, text=True, check=True).stdout
@@ -113,7 +113,7 @@ def test_the_clean_command_lists_and_deletes_only_trunks(tmp_path: Path) -> None
 
 WRITER = """
 import json, sys, time
-from spam_lightning import trunk_store
+import spam_lightning.training.feature_cache as trunk_store
 import torch
 
 store = trunk_store.TrunkStore(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), None)

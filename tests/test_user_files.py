@@ -16,15 +16,15 @@ import pytest
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, smoke_cfg, train_smoke
 
+from spam_lightning.data.tables import InputError, read_texts
 from spam_lightning.errors import CheckpointError, ConfigError, DataError, UserError
-from spam_lightning.evaluate import read_labelled
-from spam_lightning.evaluate import run as evaluate_run
-from spam_lightning.export import export_checkpoint
 from spam_lightning.files import OutputPathError
-from spam_lightning.inference import Predictor, load_predictor
-from spam_lightning.predict import run as predict_run
-from spam_lightning.textio import InputError, read_texts
-from spam_lightning.train import run as train_run
+from spam_lightning.inference.evaluate import read_labelled
+from spam_lightning.inference.evaluate import run as evaluate_run
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predict import run as predict_run
+from spam_lightning.inference.predictor import Predictor, load_predictor
+from spam_lightning.training.run import run as train_run
 
 HF_FILES = {"config.json", "model.safetensors", "gpt2.tiktoken", "README.md", "tokenizer.json", "vocab.json"}
 HF_FILES |= {"merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
@@ -113,7 +113,7 @@ def test_a_failed_or_interrupted_export_leaves_the_folder_as_it_was(
     def ctrl_c(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("spam_lightning.export.write_hf_tokenizer", ctrl_c)  # halfway through the files
+    monkeypatch.setattr("spam_lightning.inference.export.write_hf_tokenizer", ctrl_c)  # halfway through the files
     for out_dir in (folder, tmp_path / "new"):
         with pytest.raises(KeyboardInterrupt):
             export_checkpoint(smoke["ckpt"], out_dir, overwrite=True, format="hf")
@@ -125,7 +125,7 @@ def test_earlier_formats_are_ours_a_file_is_not_a_folder(smoke: dict[str, Any], 
     folder = tmp_path / "model"
     export_checkpoint(smoke["ckpt"], folder, format="spam_lightning")
     record = json.loads((folder / "spam_lightning.json").read_text())
-    (folder / "spam_lightning.json").write_text(json.dumps({**record, "format": "spam_lightning.classifier/3"}))
+    (folder / "spam_lightning.json").write_text(json.dumps({**record, "format": "spam_lightning.training.module/3"}))
     with pytest.raises(OutputPathError, match=r"already holds an exported model; pass overwrite=true to replace it"):
         export_checkpoint(smoke["ckpt"], folder)
     export_checkpoint(smoke["ckpt"], folder, overwrite=True)  # format=auto: transformers' layout

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spam_lightning.gpt import PRESETS, GPTModel, make_config
-from spam_lightning.tokenizer import get_tokenizer
-from spam_lightning.weights import (
+from spam_lightning.data.preprocess import get_tokenizer
+from spam_lightning.model.gpt import PRESETS, GPTModel, make_config
+from spam_lightning.model.weights import (
     HF_REVISIONS,
     PretrainedDownloadError,
     PretrainedWeightsError,

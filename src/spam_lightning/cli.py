@@ -49,9 +49,9 @@ def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from spam_lightning.rundir import drop_staged, remove_unstarted
-    from spam_lightning.sweep import run_job_in_sweep
-    from spam_lightning.train import run
+    from spam_lightning.training.run import run
+    from spam_lightning.training.runs import drop_staged, remove_unstarted
+    from spam_lightning.training.sweeps import run_job_in_sweep
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         metrics = run_job_in_sweep(lambda: run(cfg), Path(cfg.run_dir))
@@ -104,11 +104,11 @@ def train() -> None:
     """Fine-tune (python train.py / spam-train): one run, a grid (-m a=1,2) or a search (-m hparams_search=optuna).
 
     In a sweep a job that raises is recorded as failed (failed.json in its folder) and the sweep goes on; the exit
-    status says whether the sweep failed (hydra.callbacks.sweep_summary.fail_on; see spam_lightning.sweep). A user
+    status says whether the sweep failed (hydra.callbacks.sweep_summary.fail_on; see spam_lightning.training.sweeps). A user
     error (config value, data file, failed download) is one `error:` line and exit status 1; a run that fails
     before it starts leaves no run directory.
     """
-    from spam_lightning.sweep import exit_code
+    from spam_lightning.training.sweeps import exit_code
 
     _null_config_groups()
     _launcher_installed()
@@ -137,24 +137,24 @@ def _one_line_errors(module: str, extra: tuple[str, str, str] | None = None) -> 
 
 def predict() -> None:
     """Classify texts with a trained model (python predict.py / spam-predict; conf/predict.yaml)."""
-    _hydra_app("predict", _one_line_errors("spam_lightning.predict"))()
+    _hydra_app("predict", _one_line_errors("spam_lightning.inference.predict"))()
 
 
 def evaluate() -> None:
     """Metrics, misclassified texts and a threshold for a trained model (python evaluate.py / spam-evaluate)."""
-    _hydra_app("evaluate", _one_line_errors("spam_lightning.evaluate"))()
+    _hydra_app("evaluate", _one_line_errors("spam_lightning.inference.evaluate"))()
 
 
 def export() -> None:
     """Write a trained model as a folder: ours, Hugging Face's or ONNX (python export.py / spam-export)."""
-    _hydra_app("export", _one_line_errors("spam_lightning.export"))()
+    _hydra_app("export", _one_line_errors("spam_lightning.inference.export"))()
 
 
 def serve() -> None:
     """A trained model behind HTTP, with a web page (python serve.py / spam-serve; conf/serve.yaml)."""
-    _hydra_app("serve", _one_line_errors("spam_lightning.serve", extra=("serve.py", "serve", "litserve")))()
+    _hydra_app("serve", _one_line_errors("spam_lightning.inference.serve", extra=("serve.py", "serve", "litserve")))()
 
 
 def baseline() -> None:
     """TF-IDF + logistic regression on the training splits (python baseline.py / spam-baseline; conf/baseline.yaml)."""
-    _hydra_app("baseline", _one_line_errors("spam_lightning.baseline"))()
+    _hydra_app("baseline", _one_line_errors("spam_lightning.training.baseline"))()

@@ -72,7 +72,7 @@ class KillDuringCheckpointWrite(Callback):
 
         import torch
 
-        import spam_lightning.checkpointing as checkpointing
+        import spam_lightning.training.checkpoints as checkpointing
 
         real_save = torch.save
 

@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote, urlsplit
 if TYPE_CHECKING:
     import pytest
 
-    from spam_lightning.gpt import GPTConfig
+    from spam_lightning.model.gpt import GPTConfig
 
 UCI_ZIP_PATH = "/static/public/228/sms+spam+collection.zip"  # https://archive.ics.uci.edu + this
 TIKTOKEN_R50K_PATH = "/encodings/r50k_base.tiktoken"  # https://openaipublic.blob.core.windows.net + this
@@ -451,8 +451,8 @@ def write_gpt2_safetensors(path: str | os.PathLike[str], preset: str | GPTConfig
     """
     import torch
 
-    from spam_lightning.gpt import PRESETS
-    from spam_lightning.weights import hf_shapes
+    from spam_lightning.model.gpt import PRESETS
+    from spam_lightning.model.weights import hf_shapes
 
     if sys.byteorder != "little":
         raise RuntimeError("safetensors stores little-endian data; this writer copies native float32 bytes")

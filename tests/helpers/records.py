@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from spam_lightning.checkpoint import RECORD_KEY, record_sha256
+from spam_lightning.inference.checkpoint import RECORD_KEY, record_sha256
 
 Field = tuple[str, ...]  # the keys from the top of the file
 

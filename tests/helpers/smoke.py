@@ -14,10 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from spam_lightning.checkpoint import read_checkpoint
-from spam_lightning.gpt import PRESETS, GPTModel
-from spam_lightning.net import SpamNet
-from spam_lightning.train import run as train_run
+from spam_lightning.inference.checkpoint import read_checkpoint
+from spam_lightning.model.gpt import PRESETS, GPTModel
+from spam_lightning.model.net import SpamNet
+from spam_lightning.training.run import run as train_run
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from helpers.local_internet import TIKTOKEN_R50K_PATH, UCI_ZIP_PATH, LocalInternet, write_gpt2_safetensors
 
-from spam_lightning.weights import HF_FILENAME, HF_REVISIONS, hf_repo_id
+from spam_lightning.model.weights import HF_FILENAME, HF_REVISIONS, hf_repo_id
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))

@@ -40,7 +40,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- the bugs listed in the issue ---------------------------------------------------------------
     Mutation(
         "predict-inverted",
-        PKG + "inference.py",
+        PKG + "inference/predictor.py",
         "label = labels[positive if p[positive] > threshold else 1 - positive]",
         "label = labels[1 - positive if p[positive] > threshold else positive]",
         (PREDICTION + " -k predictor_label or boundary", "tests/test_predict.py -k bad_texts or cli or bf16"),
@@ -49,7 +49,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "last-token-early",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "pos = lengths - 1",
         "pos = (lengths - 2).clamp(min=0)",
         (POOLING, "tests/test_classifier.py -k pool"),
@@ -58,7 +58,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "train-last-position",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "pos = torch.full((b,), t - 1, device=x.device)",
         "pos = torch.full((b,), t - 1 - int(self.training), device=x.device)",
         (POOLING + " -k training_loss", "tests/test_performance.py -k cache_gives or one_position"),
@@ -67,7 +67,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-skip-too-many",
-        PKG + "samplers.py",
+        PKG + "data/samplers.py",
         "itertools.islice(iter(self.batch_sampler), skip, None)",
         "itertools.islice(iter(self.batch_sampler), skip + 1, None)",
         (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
@@ -76,7 +76,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-skip-too-few",
-        PKG + "samplers.py",
+        PKG + "data/samplers.py",
         "itertools.islice(iter(self.batch_sampler), skip, None)",
         "itertools.islice(iter(self.batch_sampler), max(skip - 1, 0), None)",
         (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
@@ -85,7 +85,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "resume-batches-done",
-        PKG + "data.py",
+        PKG + "data/modules.py",
         "return 0 if progress.is_last_batch else progress.current.processed",
         "return 0 if progress.is_last_batch else progress.current.processed + 1",
         (SAMPLING + " -k resume", "tests/test_train.py -k resume_equals or ckpt_path_continues"),
@@ -94,7 +94,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "eval-shards-overlap",
-        PKG + "samplers.py",
+        PKG + "data/samplers.py",
         "self.indices = range(rank, size, world_size)",
         "self.indices = range(0, size, world_size)",
         (SAMPLING + " -k shard", "tests/test_train.py::test_ddp_two_cpu_processes"),
@@ -103,7 +103,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "evaluate-threshold-ge",
-        PKG + "metrics.py",
+        PKG + "inference/metrics.py",
         "return torch.where(scores > threshold, positive, 1 - positive)",
         "return torch.where(scores >= threshold, positive, 1 - positive)",
         (PREDICTION + " -k boundary or reproduce", "tests/test_predict.py -k evaluate"),
@@ -112,7 +112,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "predict-threshold-ge",
-        PKG + "inference.py",
+        PKG + "inference/predictor.py",
         "label = labels[positive if p[positive] > threshold else 1 - positive]",
         "label = labels[positive if p[positive] >= threshold else 1 - positive]",
         (PREDICTION + " -k predictor_label or boundary", "tests/test_predict.py -k bad_texts or cli or bf16"),
@@ -121,7 +121,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "precision-at-threshold-ge",
-        PKG + "report.py",
+        PKG + "inference/report.py",
         "if s > threshold and y == 1)",
         "if s >= threshold and y == 1)",
         (PREDICTION + " -k boundary", "tests/test_predict.py -k choose_threshold or evaluate"),
@@ -130,7 +130,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "cached-zip-not-checked",
-        PKG + "sms_spam.py",
+        PKG + "data/sms_spam.py",
         "if not (zip_path.is_file() and file_sha256(zip_path) == ZIP_SHA256):",
         "if not zip_path.is_file():",
         ("tests/test_data.py -k zip or download or checksum or corrupt",),
@@ -140,7 +140,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- data ---------------------------------------------------------------------------------------
     Mutation(
         "split-off-by-one",
-        PKG + "sms_spam.py",
+        PKG + "data/sms_spam.py",
         "train_end = int(n * SPLIT_FRACTIONS[0])",
         "train_end = int(n * SPLIT_FRACTIONS[0]) + 1",
         ("tests/test_data.py -k split",),
@@ -148,7 +148,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "parse-last-tab",
-        PKG + "sms_spam.py",
+        PKG + "data/sms_spam.py",
         'label, tab, text = decoded.partition("\\t")',
         'label, tab, text = decoded.rpartition("\\t")',
         ("tests/test_data.py -k parse or crlf or bad_lines",),
@@ -156,7 +156,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "pad-with-zero",
-        PKG + "preprocess.py",
+        PKG + "data/preprocess.py",
         "max(lengths)), pad_token_id, dtype=torch.long)",
         "max(lengths)), 0, dtype=torch.long)",
         (
@@ -167,7 +167,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "truncate-one-short",
-        PKG + "preprocess.py",
+        PKG + "data/preprocess.py",
         "return [ids[:limit] for ids in full]",
         "return [ids[: limit - 1] for ids in full]",
         (
@@ -178,7 +178,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "train-order-fixed",
-        PKG + "samplers.py",
+        PKG + "data/samplers.py",
         "generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)",
         "generator = torch.Generator().manual_seed(self.sampler.seed)",
         (SAMPLING + " -k resumed_epoch", "tests/test_performance.py -k length_buckets"),
@@ -187,7 +187,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- tokenizer ----------------------------------------------------------------------------------
     Mutation(
         "pad-token-id",
-        PKG + "tokenizer.py",
+        PKG + "data/preprocess.py",
         "PAD_TOKEN_ID = 50256",
         "PAD_TOKEN_ID = 50255",
         ("tests/test_data.py -k padding", "tests/test_classifier.py -k pool"),
@@ -196,7 +196,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- GPT and weights ----------------------------------------------------------------------------
     Mutation(
         "attention-not-causal",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "is_causal=True",
         "is_causal=False",
         ("tests/test_weights.py -k tiny_oracle", "tests/test_classifier.py -k padding_invariant"),
@@ -204,7 +204,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "block-wrong-norm",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "x = x + self.drop_shortcut(self.att(self.norm1(x)))",
         "x = x + self.drop_shortcut(self.att(self.norm2(x)))",
         ("tests/test_weights.py -k tiny_oracle",),
@@ -212,7 +212,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "forward-at-mask",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "hidden = torch.arange(t, device=x.device) > pos[:, None]",
         "hidden = torch.arange(t, device=x.device) >= pos[:, None]",
         (POOLING + " -k after_the_blocks", "tests/test_performance.py -k one_position"),
@@ -220,7 +220,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "qkv-split-order",
-        PKG + "weights.py",
+        PKG + "model/weights.py",
         'q_w, k_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)',
         'k_w, q_w, v_w = state[h + "attn.c_attn.weight"].chunk(3, dim=-1)',
         ("tests/test_weights.py -k oracle",),
@@ -228,7 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "weights-wrong-bias",
-        PKG + "weights.py",
+        PKG + "model/weights.py",
         'b + "att.out_proj.bias": state[h + "attn.c_proj.bias"],',
         'b + "att.out_proj.bias": state[h + "mlp.c_proj.bias"],',
         ("tests/test_weights.py -k oracle",),
@@ -237,7 +237,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- pooling ------------------------------------------------------------------------------------
     Mutation(
         "mean-over-padding",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "return normed.sum(dim=1) / lengths[:, None].to(normed.dtype)",
         "return normed.sum(dim=1) / x.shape[1]",
         (POOLING + " -k pooled or mean", "tests/test_classifier.py -k pool"),
@@ -245,7 +245,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "first-is-second",
-        PKG + "gpt.py",
+        PKG + "model/gpt.py",
         "pos = torch.zeros(b, dtype=torch.long, device=x.device)",
         "pos = torch.ones(b, dtype=torch.long, device=x.device)",
         (POOLING + " -k pooled or first", "tests/test_classifier.py -k pool"),
@@ -254,7 +254,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- freezing -----------------------------------------------------------------------------------
     Mutation(
         "final-norm-frozen",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         'self.final_norm_trainable = trainable_layers != "head"',
         'self.final_norm_trainable = trainable_layers == "all"',
         ("tests/test_classifier.py -k freezing or counts",),
@@ -262,7 +262,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "frozen-dropout-on",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         "        for module in self._frozen_modules():\n            module.eval()",
         "        for module in self._frozen_modules():\n            module.train(mode)",
         ("tests/test_classifier.py -k freezing", "tests/test_performance.py -k cache_gives"),
@@ -271,7 +271,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- optimizer ----------------------------------------------------------------------------------
     Mutation(
         "no-weight-decay",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         "weight_decay=hp.weight_decay, fused=fused)",
         "weight_decay=0.0, fused=fused)",
         ("tests/test_classifier.py -k optimizer",),
@@ -279,7 +279,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "warmup-from-zero",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         "return (step + 1) / warmup_steps",
         "return step / warmup_steps",
         ("tests/test_classifier.py -k warmup or cosine",),
@@ -288,7 +288,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- LoRA ---------------------------------------------------------------------------------------
     Mutation(
         "lora-peft-scaling",
-        PKG + "lora.py",
+        PKG + "model/lora.py",
         "self.alpha * (self.lora_dropout(x) @ self.lora_A @ self.lora_B)",
         "self.alpha / self.lora_A.shape[1] * (self.lora_dropout(x) @ self.lora_A @ self.lora_B)",
         ("tests/test_lora.py -k peft_oracle",),
@@ -296,7 +296,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "lora-merge-untransposed",
-        PKG + "lora.py",
+        PKG + "model/lora.py",
         "delta = self.alpha * (self.lora_A @ self.lora_B).t()",
         "delta = self.alpha * (self.lora_A @ self.lora_B).reshape(self.out_features, self.in_features)",
         ("tests/test_lora.py -k merging",),
@@ -305,7 +305,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- checkpoints --------------------------------------------------------------------------------
     Mutation(
         "resume-any-trainable",
-        PKG + "train.py",
+        PKG + "training/run.py",
         'RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "trainable_layers", "pool",',
         'RESUME_FIXED_MODEL = ("arch", "dropout", "num_classes", "pool",',
         ("tests/test_train.py -k incompatible",),
@@ -313,7 +313,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "unsafe-checkpoint-load",
-        PKG + "checkpoint.py",
+        PKG + "inference/checkpoint.py",
         'ckpt = torch.load(path, map_location="cpu", weights_only=True,',
         'ckpt = torch.load(path, map_location="cpu", weights_only=False,',
         ("tests/test_predict.py::test_checkpoint_with_pickled_code_is_refused",),
@@ -322,7 +322,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- DDP sharding (training) --------------------------------------------------------------------
     Mutation(
         "train-shards-same",
-        PKG + "data.py",
+        PKG + "data/modules.py",
         'self.datasets["train"], num_replicas=world, rank=rank, shuffle=True, seed=self.seed',
         'self.datasets["train"], num_replicas=world, rank=0, shuffle=True, seed=self.seed',
         (SAMPLING + " -k training_shards", "tests/test_train.py::test_ddp_two_cpu_processes"),
@@ -331,7 +331,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- feature cache ------------------------------------------------------------------------------
     Mutation(
         "cache-drops-padding",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         'FrozenFeatureCache(keep_padding=pool == "last"',
         'FrozenFeatureCache(keep_padding=pool == "mean"',
         (POOLING + " -k training_loss", "tests/test_performance.py -k cache_gives"),
@@ -339,7 +339,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "cache-never-invalidated",
-        PKG + "feature_cache.py",
+        PKG + "training/feature_cache.py",
         "if digest != self._digest:",
         "if self._digest is None:",
         ("tests/test_performance.py -k cache_empties or memory_mapped",),
@@ -348,7 +348,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- prediction and export ----------------------------------------------------------------------
     Mutation(
         "predict-truncates-short",
-        PKG + "inference.py",
+        PKG + "inference/predictor.py",
         "valid = iter(zip(ids, truncated, strict=True))",
         "valid = iter(zip([i[: self.preprocessing.token_limit - 1] for i in ids], truncated, strict=True))",
         ("tests/test_predict.py -k bad_texts or fixed_padding",),
@@ -356,7 +356,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "predict-ignores-pad-length",
-        PKG + "preprocess.py",
+        PKG + "data/preprocess.py",
         "return pad(rows, self.pad_length, self.pad_token_id)",
         "return pad(rows, None, self.pad_token_id)",
         ("tests/test_predict.py::test_fixed_padding_and_pool_last_match_the_datamodule",),
@@ -364,7 +364,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "export-pool",
-        PKG + "export.py",
+        PKG + "inference/export.py",
         '"net": model.net.args(),',
         '"net": {**model.net.args(), "pool": "last"},',
         ("tests/test_predict.py -k export",),
@@ -372,7 +372,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "choose-threshold-strict",
-        PKG + "evaluate.py",
+        PKG + "inference/evaluate.py",
         "if tp / (k + 1) >= target_precision:",
         "if tp / (k + 1) > target_precision:",
         ("tests/test_predict.py -k choose_threshold",),
@@ -381,7 +381,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- sweeps -------------------------------------------------------------------------------------
     Mutation(
         "sweep-sort-reversed",
-        PKG + "sweep.py",
+        PKG + "training/sweeps.py",
         'scored.sort(key=lambda r: r.value(metric), reverse=mode == "max")',
         'scored.sort(key=lambda r: r.value(metric), reverse=mode == "min")',
         ("tests/test_sweeps.py -k fabricated",),
@@ -389,7 +389,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "sweep-fail-on-any",
-        PKG + "sweep.py",
+        PKG + "training/sweeps.py",
         "return int(failed > 0)",
         "return int(failed > 1)",
         ("tests/test_sweeps.py -k fabricated",),
@@ -398,7 +398,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- issue 28: an option accepted and then not used, a metric with another definition -----------
     Mutation(
         "csv-classes-ignored",
-        PKG + "csv_data.py",
+        PKG + "data/modules.py",
         "self.classes = list(classes) if classes else None",
         "self.classes = None",
         (OPTIONS + " -k csv_classes", "tests/test_csv_data.py"),
@@ -407,7 +407,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "lora-lr-ignored",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         "optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)",
         "optimizer = torch.optim.AdamW(params, lr=hp.lr if self.lora is None else 8e-4, weight_decay=hp.weight_decay, "
         "fused=fused)",
@@ -417,7 +417,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "weight-decay-ignored",
-        PKG + "classifier.py",
+        PKG + "training/module.py",
         "optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)",
         "optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=0.1, fused=fused)",
         (OPTIONS + " -k lr_and_weight_decay", "tests/test_classifier.py -k optimizer"),
@@ -426,7 +426,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "baseline-fits-validation",
-        PKG + "baseline.py",
+        PKG + "training/baseline.py",
         'features = vectorizer.fit_transform(splits["train"]["text"])',
         'splits["train"] = splits["validation"]; features = vectorizer.fit_transform(splits["train"]["text"])',
         (EXPORT_BASELINE + " -k baseline", "tests/test_csv_data.py -k baseline"),
@@ -435,7 +435,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "baseline-max-features-ignored",
-        PKG + "baseline.py",
+        PKG + "training/baseline.py",
         "TfidfVectorizer(max_features=int(cfg.max_features),",
         "TfidfVectorizer(max_features=50000,",
         (EXPORT_BASELINE + " -k baseline", "tests/test_csv_data.py -k baseline"),
@@ -444,7 +444,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "evaluate-macro-weighted",
-        PKG + "evaluate.py",
+        PKG + "inference/evaluate.py",
         'name: round(float(fn_(probs, labels, average="macro", **kw)), 6)',
         'name: round(float(fn_(probs, labels, average="weighted", **kw)), 6)',
         (ORACLE + " -k evaluate_multiclass", "tests/test_csv_data.py -k three_classes"),
@@ -453,7 +453,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "training-macro-weighted",
-        PKG + "metrics.py",
+        PKG + "inference/metrics.py",
         'kw: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}',
         'kw: dict[str, Any] = {"num_classes": num_classes, "average": "weighted"}',
         (ORACLE + " -k training_metrics_multiclass or test_loop", "tests/test_classifier.py -k multiclass"),
@@ -462,7 +462,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "data-seed-order-ignored",
-        PKG + "data.py",
+        PKG + "data/modules.py",
         "rank=rank, shuffle=True, seed=self.seed)",
         "rank=rank, shuffle=True, seed=123)",
         (OPTIONS + " -k data_seed", "tests/test_data.py -k training_order", SAMPLING),
@@ -471,7 +471,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "ckpt-path-not-passed",
-        PKG + "train.py",
+        PKG + "training/run.py",
         "trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)",
         "trainer.fit(model, datamodule=datamodule, ckpt_path=None)",
         (OPTIONS + " -k continues", "tests/test_train.py -k ckpt_path or resume"),
@@ -480,7 +480,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "every-n-steps-ignored",
-        PKG + "checkpointing.py",
+        PKG + "training/checkpoints.py",
         "self.every_n_steps = every_n_steps",
         "self.every_n_steps = None",
         (OPTIONS + " -k every_n_steps", "tests/test_checkpoint.py", "tests/test_train.py -k resume"),
@@ -489,7 +489,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "eval-batch-size-ignored",
-        PKG + "data.py",
+        PKG + "data/modules.py",
         "self.eval_batch_size = eval_batch_size or batch_size",
         "self.eval_batch_size = batch_size",
         (OPTIONS + " -k eval_batch_size", "tests/test_data.py", SAMPLING),
@@ -498,7 +498,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "tokenizer-url-ignored",
-        PKG + "data.py",
+        PKG + "data/modules.py",
         "self.tokenizer_url = tokenizer_url",
         "self.tokenizer_url = TIKTOKEN_URL",
         (OPTIONS + " -k tokenizer_url", "tests/test_data.py"),
@@ -507,7 +507,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "csv-stratify-ignored",
-        PKG + "csv_data.py",
+        PKG + "data/modules.py",
         "frames = split_by_fractions(df, self.fractions, self.seed, self.stratify, source, names)",
         "frames = split_by_fractions(df, self.fractions, self.seed, True, source, names)",
         (OPTIONS + " -k csv_fractions", "tests/test_csv_data.py"),
@@ -516,7 +516,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "export-overwrite-ignored",
-        PKG + "export.py",
+        PKG + "inference/export.py",
         "if previous and not overwrite:",
         "if previous:",
         (
@@ -529,7 +529,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "print-config-ignored",
-        PKG + "train.py",
+        PKG + "training/run.py",
         'if cfg.get("print_config"):',
         "if False:",
         (OPTIONS + " -k print_config", "tests/test_library.py -k debug"),
@@ -538,7 +538,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "lora-alpha-ignored",
-        PKG + "lora.py",
+        PKG + "model/lora.py",
         "LoRALinear(base, config.rank, config.alpha, config.dropout)",
         "LoRALinear(base, config.rank, 16.0, config.dropout)",
         (OPTIONS + " -k lora_rank", "tests/test_lora.py"),

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
 COPIED_DIRS = ("src", "tests", "conf")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info")
-CANARY_FILE = "src/spam_lightning/gpt.py"
+CANARY_FILE = "src/spam_lightning/model/gpt.py"
 
 
 @dataclass

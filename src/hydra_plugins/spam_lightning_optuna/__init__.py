@@ -1,1 +1,1 @@
-"""Hydra plugin: the Optuna sweeper of spam_lightning (implementation in `spam_lightning.optuna_sweeper`)."""
+"""Hydra plugin: the Optuna sweeper of spam_lightning (implementation in `spam_lightning.training.sweeps`)."""

@@ -2,7 +2,7 @@
 
 Hydra instantiates sweepers only from classes defined under the `hydra_plugins` package, which it scans
 at start-up: this module stays light (Optuna is imported when a search starts) and delegates all work to
-`spam_lightning.optuna_sweeper.OptunaSearch`.
+`spam_lightning.training.sweeps.OptunaSearch`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from spam_lightning import optuna_sweeper as impl
+import spam_lightning.training.sweeps as impl
 
 
 class OptunaSweeper(Sweeper):

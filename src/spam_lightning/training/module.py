@@ -1,0 +1,433 @@
+"""GPT-2 as a spam classifier (chapter 6 of the book) wrapped in a LightningModule.
+
+The network (`spam_lightning.model.net.SpamNet`: GPT-2 with its vocabulary head replaced by
+Linear(emb_dim, num_classes)) is built here; this module adds what training needs: which parameters are
+frozen, the last-token loss, metrics and the optimizer, and what a checkpoint records (`spam_lightning
+.checkpoint`). With frozen blocks below the trainable ones, the frozen part can run once per text
+(`spam_lightning.training.feature_cache`, a callback this module asks for): a batch then arrives with its frozen
+features, and the step runs only the trainable top.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import CatMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from spam_lightning.data.preprocess import Preprocessing
+from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
+from spam_lightning.inference.checkpoint import (
+    NET_PREFIX,
+    RECORD_FORMAT,
+    RECORD_KEY,
+    check_finite,
+    read_record,
+    record_sha256,
+)
+from spam_lightning.inference.metrics import (
+    binary_counts,
+    classification_metrics,
+    per_class,
+    predicted_ids,
+    update_metrics,
+)
+from spam_lightning.inference.options import check_model_options
+from spam_lightning.model.gpt import make_config
+from spam_lightning.model.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
+from spam_lightning.model.net import SpamNet
+from spam_lightning.model.weights import build_gpt, provenance, random_provenance
+from spam_lightning.training.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
+
+log = logging.getLogger("spam_lightning")
+info = rank_zero_only(log.info)
+
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warmup over `warmup_steps` steps, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SpamClassifier(L.LightningModule):
+    def __init__(
+        self,
+        arch: str | dict[str, Any] = "gpt2",  # GPT-2 preset name or a mapping of GPTConfig fields
+        pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
+        init_seed: int | None = None,  # pretrained=None: seed of the init (small checkpoints), else the global RNG
+        dropout: float | None = None,  # overrides the arch's dropout when set
+        num_classes: int | None = 2,  # None: 2 (train.py passes the data's class count); the positive class of two
+        # is the data's (preprocessing.positive_class), else class id 1
+        trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
+        pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
+        lr: float = 5e-5,  # AdamW learning rate
+        weight_decay: float = 0.1,  # AdamW weight decay
+        scheduler: str = "none",  # none | cosine (linear warmup, then cosine decay to 0, per step)
+        warmup_steps: int = 0,  # warmup optimizer steps for the cosine scheduler
+        cache_frozen: bool | str = "auto",  # frozen-trunk feature cache: auto (on when exact) | true | false
+        cache_dir: str | None = None,  # None: in memory (GPU memory on a GPU); a folder: on disk, shared by runs
+        cache_max_gb: float | None = 20.0,  # cache_dir's size limit (least recently used trunks go); None: none
+        compile: bool = False,  # torch.compile the transformer blocks
+        tf32: bool = True,  # TF32 matmuls on CUDA GPUs (torch.set_float32_matmul_precision("high"))
+        finetune: str = "layers",  # layers: trainable_layers train in full | lora: adapters (spam_lightning.model.lora)
+        lora: Mapping[str, Any] | None = None,  # LoRAConfig's fields (rank, alpha, dropout, targets) for finetune=lora
+    ) -> None:
+        super().__init__()
+        if isinstance(arch, DictConfig):
+            arch = OmegaConf.to_container(arch, resolve=True)  # type: ignore[assignment]
+        elif isinstance(arch, Mapping):
+            arch = dict(arch)
+        if isinstance(lora, DictConfig):
+            lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
+        if num_classes is None:
+            num_classes = 2
+        check_model_options(locals())  # every argument, by name
+        cfg = make_config(arch, dropout=dropout)
+        if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
+            raise ConfigError(
+                f"model.trainable_layers as a block count must be in [0, {cfg.n_layers}], got {trainable_layers}"
+            )
+        self.save_hyperparameters()
+
+        gpt, self._provenance = build_gpt(cfg, pretrained, init_seed), None
+        if pretrained is None and init_seed is not None and (trainable_layers != "all" or finetune == "lora"):
+            self._provenance = random_provenance(init_seed, gpt.state_dict())  # before training
+        self.net = SpamNet(gpt, num_classes, pool)
+        self.num_classes = num_classes
+
+        # finetune=lora: every original weight is frozen; the adapters train, and the head in full when it has none.
+        self.lora = LoRAConfig.from_dict(lora or {}) if finetune == "lora" else None
+        if self.lora is not None:
+            apply_lora(self.net, self.lora)
+            self.first_trainable_block: int = first_adapted_block(cfg.n_layers, self.lora)
+            self.embeddings_trainable = self.final_norm_trainable = False
+        else:
+            named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
+            n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
+            self.first_trainable_block = cfg.n_layers - n_trainable_blocks
+            self.embeddings_trainable = trainable_layers == "all"
+            self.final_norm_trainable = trainable_layers != "head"
+
+        self.requires_grad_(False)
+        if self.lora is None:
+            for module in self._trainable_modules():
+                module.requires_grad_(True)
+        else:
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(is_adapter(name))
+            if "head" not in self.lora.layers:
+                self.net.gpt.out_head.requires_grad_(True)
+        self.train(self.training)  # puts the frozen modules in eval mode
+
+        # Frozen modules always run in eval mode (no dropout), so their output per text is fixed and the
+        # cache is exact whenever something below the trainable blocks is frozen, dropout or not.
+        self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
+        if cache_frozen is True and self.cache_off_reason:
+            raise ConfigError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
+        self.feature_cache: FrozenFeatureCache | None = None  # a callback: see configure_callbacks
+        if self.cache_off_reason is None:
+            max_bytes = None if cache_max_gb is None else int(cache_max_gb * 2**30)
+            self.feature_cache = FrozenFeatureCache(pool == "last", cache_dir, max_bytes)
+            info(
+                "frozen-feature cache on: embeddings + blocks 0-%d run once per text (%s)",
+                self.first_trainable_block - 1, "in memory" if cache_dir is None else f"on disk in {cache_dir}",
+            )  # fmt: skip
+        else:
+            info("frozen-feature cache off: %s", self.cache_off_reason)
+        # The top block computes only the pooled position (TransformerBlock.forward_at); False runs it
+        # in full (benchmarks).
+        self.pooled_top_block = True
+        if compile:
+            for block in self.net.gpt.trf_blocks:
+                block.compile()  # in place: parameter names (and checkpoints) stay the same
+
+        self.train_metrics = classification_metrics(num_classes, prefix="train/")
+        self.val_metrics = self.train_metrics.clone(prefix="val/")
+        self.test_metrics = self.train_metrics.clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)  # of the predicted ids (metrics.predicted_ids)
+        self.test_confusion_matrix: torch.Tensor | None = None  # (C, C) in class-id order, rows = true class
+        # Each test text's P(positive class) and label (binary; gathered from all processes): the PR curve's input.
+        # NaNs are kept, where torchmetrics drops them by default (scores no longer aligned with labels, a mean loss
+        # over the finite batches only); `evaluate` in spam_lightning.training.run then refuses the result.
+        self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
+        self.test_scored: torch.Tensor | None = None  # (N, 2): label (class id), P(positive class)
+        # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
+        # nan_strategy=nan: a NaN stays NaN ("disable" would also drop the weights).
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy=math.nan) for _ in range(3))
+        self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
+
+        # What checkpoints record besides the weights: set from the data module in setup().
+        self.preprocessing: Preprocessing | None = None
+        self.data_record: dict[str, Any] | None = None
+        # Checkpoints hold only the trainable tensors when the frozen ones can be had again (pretrained weights, or
+        # init_seed; checked by sha256). Random init without a seed and trainable_layers=all keep every weight.
+        can_remake = pretrained is not None or self._provenance is not None
+        self.small_checkpoints = can_remake and not self.embeddings_trainable
+
+    # --- freezing -------------------------------------------------------------------------------
+
+    def _trainable_modules(self) -> list[nn.Module]:
+        gpt = self.net.gpt
+        modules: list[nn.Module] = [gpt.out_head, *gpt.trf_blocks[self.first_trainable_block :]]
+        if self.final_norm_trainable:
+            modules.append(gpt.final_norm)
+        if self.embeddings_trainable:
+            modules += [gpt.tok_emb, gpt.pos_emb, gpt.drop_emb]
+        return modules
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        gpt = self.net.gpt
+        modules: list[nn.Module] = list(gpt.trf_blocks[: self.first_trainable_block])
+        if not self.final_norm_trainable:
+            modules.append(gpt.final_norm)
+        if not self.embeddings_trainable:
+            modules += [gpt.tok_emb, gpt.pos_emb, gpt.drop_emb]
+        return modules
+
+    def _cache_off_reason(self) -> str | None:
+        if self.lora is not None and self.first_trainable_block == 0:
+            return f"model.finetune=lora: every block has adapters (model.lora.targets={list(self.lora.targets)})"
+        if self.embeddings_trainable:
+            return "trainable_layers=all: the embeddings train, nothing is frozen"
+        if self.first_trainable_block == 0:
+            layers = self.hparams.trainable_layers
+            return f"trainable_layers={layers}: every block trains, only the embeddings are frozen"
+        return None
+
+    def frozen_parameters(self) -> list[torch.Tensor]:
+        """What frozen_features() depends on: embeddings and the frozen blocks."""
+        gpt = self.net.gpt
+        modules = [gpt.tok_emb, gpt.pos_emb, *gpt.trf_blocks[: self.first_trainable_block]]
+        return [p for module in modules for p in module.parameters()]
+
+    def train(self, mode: bool = True) -> SpamClassifier:
+        # Frozen parts never train: no dropout there, so their features are deterministic (cacheable).
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    @property
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def num_total_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def frozen_features(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings + frozen blocks: (B, T) ids -> (B, T, D) hidden states (no autograd if frozen)."""
+        with torch.set_grad_enabled(self.embeddings_trainable and torch.is_grad_enabled()):
+            return self.net.frozen_features(input_ids, self.first_trainable_block)
+
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, frozen: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, num_classes) logits; `frozen`: the frozen part's output when already computed (the cache)."""
+        hidden = self.frozen_features(input_ids) if frozen is None else frozen
+        # With dropout active the full top block runs, so the random masks stay those of the plain forward.
+        dropout = self.net.gpt.cfg.dropout > 0 or (self.lora is not None and self.lora.dropout > 0)
+        one_position_top = self.pooled_top_block and not (self.training and dropout)
+        return self.net.head_logits(hidden, lengths, self.first_trainable_block, one_position_top)
+
+    # --- Lightning steps ------------------------------------------------------------------------
+
+    @property
+    def positive_index(self) -> int | None:
+        """The positive class's id of two classes (the data's once setup() has run; else 1), None for more."""
+        if self.num_classes != 2:
+            return None
+        return self.preprocessing.positive_index if self.preprocessing is not None else 1
+
+    def configure_callbacks(self) -> list[Callback]:
+        cache = self.feature_cache
+        if cache is None or (self._trainer is not None and cache in self._trainer.callbacks):
+            return []  # off, or attached by an earlier fit or test of this trainer (it keeps its rows)
+        return [cache]
+
+    def _step(self, batch: Batch, stage: str, metrics: MetricCollection) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["lengths"], batch.get(FROZEN_FEATURES))
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels)
+        probs, positive = logits.detach().softmax(dim=-1), self.positive_index
+        update_metrics(metrics, probs, labels, positive)
+        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss.detach(), weight=labels.shape[0])
+        if stage == "test":
+            self.test_confusion.update(predicted_ids(probs, positive), labels)
+            if positive is not None:
+                self.test_scores.update(probs[:, positive])
+                self.test_labels.update(labels)
+        if stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _log_epoch(self, stage: str, metrics: MetricCollection) -> None:
+        """Log the stage's epoch metrics and reset them for the next epoch.
+
+        The metrics are computed here rather than logged as Metric objects every step: Lightning moves a
+        logged Metric's whole state to the device on each self.log call, and AUROC's state grows with
+        every batch, which made steps slower as an epoch went on. compute() reduces over all processes.
+        """
+        prefix = self.test_prefix if stage == "test" else stage
+        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        if not mean_loss.update_called:  # no batch this epoch (e.g. resumed just before its end): nothing to log
+            return
+        values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
+        mean_loss.reset()
+        metrics.reset()
+        labels = self.preprocessing.labels if self.preprocessing is not None else None
+        for name, value in per_class(values, labels).items():
+            show = name == "accuracy" or (name == "loss" and stage != "train")
+            # sync_dist: the values are already equal on every rank; averaging them changes nothing.
+            self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train", self.train_metrics)
+        self._stop_if_not_finite(loss, batch_idx)
+        return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """A NaN/Inf loss stops training before its backward pass, so no weight (and no checkpoint) holds it.
+        All processes decide together: one rank raising alone would leave the others waiting in the all-reduce."""
+        here = not bool(torch.isfinite(loss.detach()))
+        diverged = here
+        if self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(here, all=False)
+        if not diverged:
+            return
+        whose = (
+            f"the training loss is {float(loss.detach()):g}"
+            if here
+            else "another process's training loss is not finite"
+        )
+        precision = str(self.trainer.precision)
+        hint = "" if precision.startswith(("32", "64")) else " or in 32-bit precision (trainer.precision=32)"
+        raise DivergedError(
+            f"{whose} at epoch {self.current_epoch}, batch {batch_idx} (after {self.global_step} optimizer steps): the "
+            f"run diverged (model.lr={self.hparams.lr:g}, trainer.precision={precision}); no weight was updated from "
+            f"this batch. Start again with a lower model.lr{hint}"
+        )
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test", self.test_metrics)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train", self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+        matrix = self.test_confusion.compute()  # synced across processes
+        self.test_confusion.reset()
+        self.test_confusion_matrix = matrix.cpu()
+        positive = self.positive_index
+        if positive is not None:
+            self.test_scored = torch.stack([self.test_labels.compute(), self.test_scores.compute()], dim=1).cpu()
+            self.test_scores.reset()
+            self.test_labels.reset()
+            for name, value in binary_counts(matrix.tolist(), positive).items():
+                self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.tf32 and self.trainer.strategy.root_device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "preprocessing", None) is not None:
+            self.preprocessing = replace(datamodule.preprocessing, pool=self.net.pool)
+            self.data_record = datamodule.record()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def frozen_weights_provenance(self) -> dict[str, Any] | None:
+        """Where the frozen weights can be had again (None: nowhere but in this model)."""
+        if self._provenance is None and self.hparams.pretrained is not None:
+            self._provenance = provenance(self.net.gpt.cfg, self.hparams.pretrained)
+        return self._provenance
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Never write a checkpoint that would predict garbage (the training loss check stops a run before this).
+        check_finite({n: p for n, p in self.named_parameters() if p.requires_grad}, "the checkpoint to save")
+        frozen = self.frozen_weights_provenance() if self.small_checkpoints else None
+        checkpoint[RECORD_KEY] = {
+            "format": RECORD_FORMAT,
+            "net": self.net.args(),
+            "preprocessing": self.preprocessing.to_dict() if self.preprocessing is not None else None,
+            "data": self.data_record,
+            "frozen_weights": frozen,
+            "lora": self.lora.to_dict() if self.lora is not None else None,
+        }
+        if frozen is not None:
+            # The head is new (not in the pretrained weights): kept even where frozen (a LoRA target).
+            kept = {
+                NET_PREFIX + name
+                for name, p in self.net.named_parameters()
+                if p.requires_grad or name.startswith("gpt.out_head.")
+            }
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
+        record = checkpoint[RECORD_KEY]
+        record["record_sha256"] = record_sha256(record, checkpoint["state_dict"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning loads the state dict: a checkpoint of the trained tensors only gets the frozen ones
+        from this model, once their recorded provenance is checked to be this model's."""
+        source = f"checkpoint {str(self.trainer.ckpt_path)!r}" if self._trainer is not None else "the checkpoint"
+        frozen = read_record(checkpoint, source).get("frozen_weights")
+        if frozen is None:
+            return
+        ours = self.frozen_weights_provenance()
+        if ours != frozen:
+            raise CheckpointError(
+                f"{source} was trained on the frozen weights {frozen}, but this model's are "
+                f"{ours or 'randomly initialised (model.pretrained=null)'}; use the same model.pretrained "
+                "(and model.init_seed)"
+            )
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
+
+    def on_fit_start(self) -> None:
+        trainable, total = self.num_trainable_parameters, self.num_total_parameters
+        if self.trainer.is_global_zero:
+            log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        for logger in self.loggers:
+            logger.log_hyperparams({"num_trainable_parameters": trainable, "num_total_parameters": total})
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        # Fused: one launch on a GPU, one pass per tensor on a CPU (5.7x faster for the last block; within 1.2e-7).
+        fused = self.device.type in ("cuda", "cpu")
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+        if hp.scheduler == "none":
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ConfigError("scheduler='cosine' needs a finite trainer.max_steps or max_epochs")
+        schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total_steps))
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
