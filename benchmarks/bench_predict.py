@@ -5,7 +5,7 @@ On the test split's messages (repeated to --messages), with a random-initialised
 
   book, one at a time     the book's classify_review(): each text padded to 120 tokens, logits at the
                           last position (pool=last), one forward pass per text
-  ours, one at a time     spam_lightning.inference.predict.Predictor.predict([text]) per text (pool=last_token, no padding)
+  ours, one at a time     Predictor.predict([text]) per text (pool=last_token, no padding)
   ours, batched           Predictor.predict(texts, batch_size): texts grouped by length, each batch padded
                           to its own longest; with --precisions 32,bf16 also in bfloat16 autocast (GPUs)
 

@@ -22,7 +22,7 @@ python - <<'EOF'
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spam_lightning.classifier import SpamClassifier
+from spam_lightning.training.module import SpamClassifier
 
 net = SpamClassifier(arch="gpt2", pretrained=None, init_seed=0, pool="last_token").net.cuda().eval()
 lengths = list(range(8, 72, 4))  # a new sequence length per batch, as length-grouped prediction makes

@@ -21,7 +21,8 @@ from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.inference.checkpoint import RECORD_KEY, TrainedModel, load_trained
 from spam_lightning.inference.evaluate import load_split
-from spam_lightning.inference.export import export_checkpoint, read_export, write_export
+from spam_lightning.inference.export import export_checkpoint, write_export
+from spam_lightning.inference.exported import read_export
 from spam_lightning.inference.hf import HFExportError, check_fold, fold_head_bias
 from spam_lightning.inference.predictor import Predictor
 
@@ -249,7 +250,7 @@ def test_edited_transformers_files_and_earlier_exports_are_refused(smoke: dict[s
     # format /2 (our record at the top of config.json, our weights in model.safetensors): export again
     old = tmp_path / "v2"
     old.mkdir()
-    (old / "config.json").write_text(json.dumps({"format": "spam_lightning.training.module/2", "net": {}}))
+    (old / "config.json").write_text(json.dumps({"format": "spam_lightning.classifier/2", "net": {}}))
     with pytest.raises(CheckpointError, match=r"exported by an earlier version .* export the checkpoint again"):
         read_export(old)
 

@@ -24,7 +24,8 @@ from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError, UserError
 from spam_lightning.inference.checkpoint import TrainedModel, load_trained
 from spam_lightning.inference.evaluate import load_split
-from spam_lightning.inference.export import read_export, record_sha256, write_export
+from spam_lightning.inference.export import write_export
+from spam_lightning.inference.exported import read_export, record_sha256
 from spam_lightning.inference.onnx import OnnxNet
 from spam_lightning.inference.predict import run as predict_run
 from spam_lightning.inference.predictor import Predictor, load_predictor

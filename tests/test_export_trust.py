@@ -21,7 +21,8 @@ from helpers.smoke import train_smoke
 from spam_lightning.data.preprocess import PreprocessingError
 from spam_lightning.errors import CheckpointError, UserError
 from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained
-from spam_lightning.inference.export import export_checkpoint, read_export, record_sha256
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.exported import read_export, record_sha256
 from spam_lightning.inference.predictor import Predictor
 
 TEXTS = ["Free entry! Text WIN to 80086 now to claim", "See you at 6", "URGENT call now"]

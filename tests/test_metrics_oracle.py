@@ -1,5 +1,5 @@
-"""The metrics training logs (spam_lightning.inference.metrics, SpamClassifier's test loop, metrics.json) and those evaluate.py
-computes (binary_metrics, multiclass_metrics), checked against scikit-learn on the same predictions.
+"""The metrics training logs (spam_lightning.inference.metrics, SpamClassifier's test loop, metrics.json) and
+those evaluate.py computes (binary_metrics, multiclass_metrics), checked against scikit-learn on the same predictions.
 
 The multi-class data is imbalanced so that macro, micro and weighted averages differ (asserted first): a metric
 computed with the wrong average fails. What ours claims (metrics.py, README "Your own data"): binary metrics with

@@ -16,15 +16,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from spam_lightning.data.preprocess import get_tokenizer
-from spam_lightning.data.tables import write_jsonl
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.files import file_sha256
 from spam_lightning.inference.checkpoint import load_trained
 from spam_lightning.inference.evaluate import run as evaluate_run
-from spam_lightning.inference.export import export_checkpoint, record_sha256
-from spam_lightning.inference.options import check_options
+from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.exported import record_sha256
 from spam_lightning.inference.predict import run as predict_run
-from spam_lightning.inference.predictor import NonFiniteOutputError, Prediction, Predictor
+from spam_lightning.inference.predict import write_jsonl
+from spam_lightning.inference.predictor import NonFiniteOutputError, Prediction, Predictor, check_options
 
 MISSING = "ckpt_path=/nonexistent/model.ckpt"  # a check that came after loading would fail on this instead
 BAD_KEY = "gpt.trf_blocks.1.att.W_query.weight"  # the tiny smoke model's last block

@@ -16,12 +16,12 @@ from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, train_smoke
 
 from spam_lightning.data.modules import SmsSpamDataModule
-from spam_lightning.data.tables import InputError, read_texts
-from spam_lightning.errors import CheckpointError, UnsafeCheckpointError
+from spam_lightning.errors import CheckpointError, DataError, UnsafeCheckpointError
 from spam_lightning.inference.checkpoint import RECORD_KEY
 from spam_lightning.inference.evaluate import choose_threshold, load_split, precision_recall_at, read_labelled
 from spam_lightning.inference.evaluate import run as evaluate_run
 from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predict import read_texts
 from spam_lightning.inference.predictor import Predictor
 from spam_lightning.inference.report import write_training_report
 from spam_lightning.training.module import SpamClassifier
@@ -202,14 +202,14 @@ def test_input_files(tmp_path: Path) -> None:
     assert read_texts(str(lines)) == ["first", "second", "", "fourth"]
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine\nalso fine\nbroken \xff here\n")
-    with pytest.raises(InputError, match=r"bad\.txt, line 3: invalid UTF-8"):
+    with pytest.raises(DataError, match=r"bad\.txt, line 3: invalid UTF-8"):
         read_texts(str(bad))
     table = tmp_path / "t.csv"
     table.write_text('id,message\n1,"hello, world"\n2,NA\n')
     assert read_texts(str(table), "message") == ["hello, world", "NA"]
-    with pytest.raises(InputError, match="no column 'text'"):
+    with pytest.raises(DataError, match="no column 'text'"):
         read_texts(str(table))
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         read_texts(str(tmp_path / "missing.txt"))
 
 

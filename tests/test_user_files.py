@@ -16,12 +16,12 @@ import pytest
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, smoke_cfg, train_smoke
 
-from spam_lightning.data.tables import InputError, read_texts
 from spam_lightning.errors import CheckpointError, ConfigError, DataError, UserError
 from spam_lightning.files import OutputPathError
 from spam_lightning.inference.evaluate import read_labelled
 from spam_lightning.inference.evaluate import run as evaluate_run
 from spam_lightning.inference.export import export_checkpoint
+from spam_lightning.inference.predict import read_texts
 from spam_lightning.inference.predict import run as predict_run
 from spam_lightning.inference.predictor import Predictor, load_predictor
 from spam_lightning.training.run import run as train_run
@@ -125,7 +125,7 @@ def test_earlier_formats_are_ours_a_file_is_not_a_folder(smoke: dict[str, Any], 
     folder = tmp_path / "model"
     export_checkpoint(smoke["ckpt"], folder, format="spam_lightning")
     record = json.loads((folder / "spam_lightning.json").read_text())
-    (folder / "spam_lightning.json").write_text(json.dumps({**record, "format": "spam_lightning.training.module/3"}))
+    (folder / "spam_lightning.json").write_text(json.dumps({**record, "format": "spam_lightning.classifier/3"}))
     with pytest.raises(OutputPathError, match=r"already holds an exported model; pass overwrite=true to replace it"):
         export_checkpoint(smoke["ckpt"], folder)
     export_checkpoint(smoke["ckpt"], folder, overwrite=True)  # format=auto: transformers' layout
@@ -257,7 +257,7 @@ def odd_path(tmp_path: Path, kind: str) -> tuple[Path, str]:
 def test_each_kind_of_input_path_gets_its_own_message(tmp_path: Path, kind: str) -> None:
     path, says = odd_path(tmp_path, kind)
     readers: list[tuple[str, type[UserError], Any]] = [
-        ("input_file", InputError, lambda: read_texts(str(path))),
+        ("input_file", DataError, lambda: read_texts(str(path))),
         ("data_file", DataError, lambda: read_labelled(path, ("ham", "spam"))),
         ("checkpoint", CheckpointError, lambda: load_predictor(ckpt_path=str(path))),
     ]

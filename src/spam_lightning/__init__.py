@@ -8,6 +8,9 @@ As a library (README: Using it as a library):
     predictor.predict(["Free entry! Win a prize"])                 # [Prediction(label="spam", ...)]
 
 The names below are imported when first used: `import spam_lightning` alone loads neither torch nor Lightning.
+
+The package follows the two flows, each subpackage opening with what it owns; a lower one never imports an upper one
+(tests/test_layout.py): errors, files, paths (plumbing) < model < data < inference < training < cli.
 """
 
 import logging
@@ -22,17 +25,17 @@ except PackageNotFoundError:  # the source tree on PYTHONPATH, not installed
 
 # Public name -> the module that defines it.
 _PUBLIC = {
-    "GPTConfig": "gpt",  # GPT-2's architecture (presets: gpt2, gpt2-medium, gpt2-large, gpt2-xl)
-    "GPTModel": "gpt",  # the GPT-2 network
-    "build_gpt": "weights",  # a GPTModel with OpenAI's pretrained weights (from the Hub) or a .safetensors file
-    "SpamNet": "net",  # GPT-2 + the classification head: what training, prediction and export share
-    "SpamClassifier": "classifier",  # the LightningModule: frozen lower layers, last-token loss, metrics
-    "SmsSpamDataModule": "data",  # the LightningDataModule: download, balance, split, tokenize, pad
-    "get_tokenizer": "tokenizer",  # tiktoken's GPT-2 encoding from a local or cached ranks file
-    "load_trained": "checkpoint",  # a checkpoint's SpamNet and preprocessing record
-    "load_predictor": "inference",  # a Predictor from a checkpoint or an exported folder
-    "Predictor": "inference",
-    "Prediction": "inference",
+    "GPTConfig": "model.gpt",  # GPT-2's architecture (presets: gpt2, gpt2-medium, gpt2-large, gpt2-xl)
+    "GPTModel": "model.gpt",  # the GPT-2 network
+    "build_gpt": "model.weights",  # a GPTModel with OpenAI's pretrained weights (from the Hub) or a .safetensors file
+    "SpamNet": "model.net",  # GPT-2 + the classification head: what training, prediction and export share
+    "SpamClassifier": "training.module",  # the LightningModule: frozen lower layers, last-token loss, metrics
+    "SmsSpamDataModule": "data.modules",  # the LightningDataModule: download, balance, split, tokenize, pad
+    "get_tokenizer": "data.preprocess",  # tiktoken's GPT-2 encoding from a local or cached ranks file
+    "load_trained": "inference.checkpoint",  # a checkpoint's SpamNet and preprocessing record
+    "load_predictor": "inference.predictor",  # a Predictor from a checkpoint or an exported folder
+    "Predictor": "inference.predictor",
+    "Prediction": "inference.predictor",
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -104,8 +104,8 @@ def train() -> None:
     """Fine-tune (python train.py / spam-train): one run, a grid (-m a=1,2) or a search (-m hparams_search=optuna).
 
     In a sweep a job that raises is recorded as failed (failed.json in its folder) and the sweep goes on; the exit
-    status says whether the sweep failed (hydra.callbacks.sweep_summary.fail_on; see spam_lightning.training.sweeps). A user
-    error (config value, data file, failed download) is one `error:` line and exit status 1; a run that fails
+    status says whether the sweep failed (hydra.callbacks.sweep_summary.fail_on; see spam_lightning.training.sweeps).
+    A user error (config value, data file, failed download) is one `error:` line and exit status 1; a run that fails
     before it starts leaves no run directory.
     """
     from spam_lightning.training.sweeps import exit_code

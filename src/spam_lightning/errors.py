@@ -7,9 +7,11 @@ traceback; any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class UserError(Exception):
@@ -95,3 +97,43 @@ def one_line_errors(also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         if cause is None:
             raise  # a bug: keep the traceback
         raise SystemExit(f"error: {cause}") from None
+
+
+# The checks of config values (Hydra passes `threshold=nan` as float nan, `threshold=abc` as a string,
+# `batch_size=true` as a bool): each raises a ConfigError naming the key, e.g.
+# `threshold=nan: expected a number in [0, 1]`.
+
+
+def check_number(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """A finite int or float in [low, high] ((low, high] with low_open), else a ConfigError naming the key."""
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not (low < value if low_open else low <= value) or value > high:
+        raise ConfigError(
+            f"{key}={show_value(value)}: expected a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        )
+    return float(value)
+
+
+def check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """An int in [minimum, maximum] (not a bool, not a float), else a ConfigError naming the key."""
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if not integer or value < minimum or (maximum is not None and value > maximum):
+        expected = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{key}={show_value(value)}: expected an integer {expected}")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    """One of `choices`, compared as text (`precision=32` arrives as the int 32), else a ConfigError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or str(value) not in choices:
+        raise ConfigError(f"{key}={show_value(value)}: expected one of {', '.join(choices)}")
+    return str(value)
+
+
+def show_value(value: Any) -> str:
+    """A value as it would be written on the command line: nan, 2.5, true, null, 'abc'."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value)

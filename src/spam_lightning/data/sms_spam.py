@@ -10,7 +10,6 @@ Layout of a data folder: the zip and the extracted `SMSSpamCollection` in `data_
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import zipfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from spam_lightning.data.tables import SPLITS, split_by_fractions, undersample
+from spam_lightning.data.tables import SPLITS, decode_utf8, read_table, split_by_fractions, split_lines, undersample
 from spam_lightning.errors import DataError
 from spam_lightning.files import fetch, file_sha256, write_if_changed
 
@@ -100,16 +99,9 @@ def parse_sms_collection(path: str | Path, data: bytes | None = None) -> pd.Data
     already read (and checked) by the caller; `path` then only names them in errors.
     """
     path = Path(path)
-    raw = (path.read_bytes() if data is None else data).removeprefix(b"\xef\xbb\xbf")
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the trailing newline
+    raw = path.read_bytes() if data is None else data
     labels, texts = [], []
-    for number, line in enumerate(lines, start=1):
-        try:
-            decoded = line.removesuffix(b"\r").decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}, line {number}: invalid UTF-8 at byte {err.start}") from err
+    for number, decoded in enumerate(split_lines(decode_utf8(raw, str(path))), start=1):
         label, tab, text = decoded.partition("\t")
         if not tab:
             raise DataError(f"{path}, line {number}: expected 'label<TAB>text', found no tab")
@@ -285,8 +277,9 @@ def parse_split_csv(data: bytes, path: Path) -> pd.DataFrame:
     """The columns label (int) and text of a split file's bytes; `path` names them in errors."""
     try:
         # keep_default_na=False: a message like "NA" or "null" is text, not a missing value.
-        frame = pd.read_csv(io.BytesIO(data), dtype={"label": int, "text": str}, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as err:
+        frame = read_table(decode_utf8(data, str(path)), str(path), ",")
+        frame["label"] = frame["label"].astype(int)
+    except (ValueError, KeyError, DataError) as err:
         raise DataError(f"{path}: not a split file with columns label, text ({' '.join(str(err).split())})") from err
     if list(frame.columns) != ["label", "text"]:
         raise DataError(f"{path}: expected the columns label, text, found {list(frame.columns)}")

@@ -12,32 +12,26 @@ label is read as a class id (`0`, `1`, ...: ASCII digits) only when the class na
 (data.classes, or a trained model's classes) and none of them is a number; classes found in the data are names only,
 so one file and the same rows in three files give the same class ids.
 
-Texts in, predictions out: input files (one text per line, CSV/TSV columns, stdin) and output writers
-(a table for people, JSON lines for programs). Invalid UTF-8 in a file is refused naming file, line, column.
+One reader for every text file the package takes in (training data, evaluation files, prediction inputs): strict
+UTF-8 (`decode_utf8`: the error names the file, line and column), the delimiter from the suffix or given
+(`delimiter_for`), and `read_table` (pandas, every cell a string). A bad file is a `DataError` naming file and row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
-import shutil
-import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import pandas as pd
 
-from spam_lightning.errors import DataError, UserError
-from spam_lightning.files import require_file
-from spam_lightning.inference.predictor import Prediction
+from spam_lightning.errors import DataError
 
-# ---- from text_csv.py ----
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
@@ -67,18 +61,6 @@ def delimiter_for(path: Path, delimiter: str | None = None) -> str:
         ) from None
 
 
-def decode(data: bytes, path: Path) -> str:
-    """Strict UTF-8 (a BOM is dropped); the error names the file, row and byte."""
-    data = data.removeprefix(b"\xef\xbb\xbf")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"{path}, row {line}: invalid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8"
-        ) from err
-
-
 def read_labelled_table(
     path: Path, text_column: str, label_column: str, delimiter: str | None = None, data: bytes | None = None
 ) -> pd.DataFrame:
@@ -92,17 +74,11 @@ def read_labelled_table(
             data = path.read_bytes()
         except FileNotFoundError:
             raise DataError(f"{path} does not exist") from None
-    text = decode(data, path)
+    text = decode_utf8(data, str(path))
     sep = delimiter_for(path, delimiter)
-    try:
-        # dtype=str, keep_default_na=False: a text "NA" or "null" stays text; empty cells become "".
-        table = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            f"{path}: empty file, expected a header row naming {text_column!r} and {label_column!r}"
-        ) from None
-    except pd.errors.ParserError as err:
-        raise DataError(f"{path}: not a valid {'TSV' if sep == chr(9) else 'CSV'} table ({err})".strip()) from err
+    if not text.strip():
+        raise DataError(f"{path}: empty file, expected a header row naming {text_column!r} and {label_column!r}")
+    table = read_table(text, str(path), sep)
     missing = [c for c in (text_column, label_column) if c not in table.columns]
     if missing:
         raise DataError(
@@ -265,14 +241,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# ---- from textio.py ----
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
-
-
-class InputError(UserError, ValueError):
-    """Unusable input texts: the message names the file and line."""
-
-
 def decode_utf8(data: bytes, name: str) -> str:
     """Strict UTF-8 (a BOM is dropped); the error names the file, line and column."""
     data = data.removeprefix(b"\xef\xbb\xbf")
@@ -281,8 +249,9 @@ def decode_utf8(data: bytes, name: str) -> str:
     except UnicodeDecodeError as err:
         line_start = data.rfind(b"\n", 0, err.start) + 1
         line = data.count(b"\n", 0, err.start) + 1
-        raise InputError(
-            f"{name}, line {line}: invalid UTF-8 (byte 0x{data[err.start]:02x} at column {err.start - line_start + 1})"
+        raise DataError(
+            f"{name}, line {line}: invalid UTF-8 (byte 0x{data[err.start]:02x} at column "
+            f"{err.start - line_start + 1}); save the file as UTF-8"
         ) from err
 
 
@@ -295,59 +264,9 @@ def split_lines(text: str) -> list[str]:
 
 
 def read_table(text: str, name: str, sep: str) -> pd.DataFrame:
+    """A decoded CSV/TSV table with a header row; every cell a string."""
     try:
         # dtype=str and keep_default_na=False: a message "NA" or "null" stays text (as the data module reads).
         return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise InputError(f"{name}: not a valid {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err
-
-
-def read_texts(path: str, column: str | None = None) -> list[str]:
-    """Texts from a file ('-' for stdin): a .csv/.tsv table's `column` (default 'text'), or one per line.
-
-    stdin is read as a CSV table when `column` is given, else one text per line.
-    """
-    if path == "-":
-        name, data, suffix = "<stdin>", sys.stdin.buffer.read(), ".csv" if column else ""
-    else:
-        file = require_file(path, "input_file", InputError, "give a file of texts (one per line, or a CSV/TSV)")
-        name, data, suffix = str(file), file.read_bytes(), file.suffix.lower()
-    text = decode_utf8(data, name)
-    if suffix not in TABLE_SUFFIXES:
-        return split_lines(text)
-    column = column or "text"
-    table = read_table(text, name, TABLE_SUFFIXES[suffix])
-    if column not in table.columns:
-        raise InputError(f"{name}: no column {column!r} (columns: {list(table.columns)}); set column=NAME")
-    return table[column].tolist()
-
-
-def write_jsonl(predictions: Sequence[Prediction], stream: TextIO) -> None:
-    for p in predictions:
-        # allow_nan=False: a non-finite probability is a bug to surface, never invalid JSON (NaN) in the output
-        stream.write(json.dumps(p.to_json(), ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def write_table(predictions: Sequence[Prediction], stream: TextIO, token_limit: int) -> None:
-    """Two classes: each text's P(<positive class>); more classes: P(label), the probability of its class."""
-    width = shutil.get_terminal_size((120, 24)).columns
-    positive_class = next((p.positive_class for p in predictions), None)
-    stream.write(f"{'label':<6} {f'P({positive_class})' if positive_class else 'P(label)':>8}  {'note':<17} text\n")
-    for p in predictions:
-        score = p.positive_probability if positive_class else p.probabilities[p.label] if p.probabilities else None
-        prob = f"{score:8.4f}" if score is not None else f"{'-':>8}"
-        note = f"error: {p.error}" if p.error else (f"truncated to {token_limit}" if p.truncated else "")
-        text = p.text.encode("utf-8", "replace").decode("utf-8").replace("\n", " ").replace("\t", " ")
-        room = max(20, width - 35)
-        text = text if len(text) <= room else text[: room - 1] + "…"
-        stream.write(f"{p.label or '-':<6} {prob}  {note:<17} {text}\n")
-
-
-def write_predictions(predictions: Sequence[Prediction], stream: TextIO, fmt: str, token_limit: int) -> None:
-    """fmt: table | jsonl | auto (a table on a terminal, JSON lines otherwise)."""
-    if fmt not in ("auto", "table", "jsonl"):
-        raise ValueError(f"format must be auto, table or jsonl, got {fmt!r}")
-    if fmt == "table" or (fmt == "auto" and stream.isatty()):
-        write_table(predictions, stream, token_limit)
-    else:
-        write_jsonl(predictions, stream)
+        raise DataError(f"{name}: not a valid {'TSV' if sep == chr(9) else 'CSV'} table ({err})") from err

@@ -23,13 +23,19 @@ from omegaconf import DictConfig
 
 from spam_lightning.data.modules import CsvDataModule, SmsSpamDataModule
 from spam_lightning.data.sms_spam import SPLITS, parse_split_csv, read_split_file, splits_dir
-from spam_lightning.data.tables import decode_utf8, encode_labels, read_labelled_table, read_table, split_lines
+from spam_lightning.data.tables import (
+    DELIMITERS,
+    decode_utf8,
+    encode_labels,
+    read_labelled_table,
+    read_table,
+    split_lines,
+)
 from spam_lightning.errors import DataError
 from spam_lightning.files import read_json_object, refuse_replacing, require_file
 from spam_lightning.inference.checkpoint import run_dir_of
 from spam_lightning.inference.metrics import binary_metrics, multiclass_metrics, predicted_ids
-from spam_lightning.inference.options import check_options
-from spam_lightning.inference.predictor import Predictor, load_predictor
+from spam_lightning.inference.predictor import Predictor, check_options, load_predictor
 from spam_lightning.inference.report import (
     plot_confusion_matrix,
     plot_pr_curve,
@@ -100,7 +106,7 @@ def read_labelled(
     values = label_ids(names)
     file = require_file(path, "data_file", DataError, "give a labelled CSV/TSV file")
     text = decode_utf8(file.read_bytes(), str(file))
-    sep = "," if file.suffix.lower() == ".csv" else "\t"
+    sep = DELIMITERS.get(file.suffix.lower(), "\t")  # a headerless UCI file has no suffix
     header = text.split("\n", 1)[0].removesuffix("\r").split(sep)
     if column in header and label_column in header:
         table = read_table(text, str(file), sep)

@@ -15,7 +15,7 @@ Rules for inputs:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,9 @@ import tiktoken
 import torch
 
 from spam_lightning.data.preprocess import get_tokenizer
-from spam_lightning.errors import CheckpointError, ConfigError
+from spam_lightning.errors import CheckpointError, ConfigError, check_choice, check_int, check_number
 from spam_lightning.inference.checkpoint import TrainedModel, load_trained
-from spam_lightning.inference.export import read_export
+from spam_lightning.inference.exported import read_export
 from spam_lightning.inference.onnx import OnnxNet
 
 # Inference arithmetic: float32, or bfloat16 weights and activations (faster on GPUs; slower on CPUs without
@@ -290,3 +290,25 @@ def load_predictor(
     if ckpt_path is not None:
         return Predictor.from_checkpoint(ckpt_path, tokenizer_file, device, precision)
     return Predictor.from_dir(str(model_dir), tokenizer_file, device, precision, backend)
+
+
+FORMATS = ("auto", "table", "jsonl")
+
+
+def check_options(cfg: Mapping[str, Any]) -> None:
+    """Check those of the prediction/evaluation options that `cfg` has (predict.yaml, evaluate.yaml)."""
+    if cfg.get("threshold") is not None:  # null: the model's default (0.5 for two classes; none for more)
+        check_number("threshold", cfg["threshold"], 0.0, 1.0)
+    if "batch_size" in cfg:
+        check_int("batch_size", cfg["batch_size"], 1)
+    if cfg.get("target_precision") not in (None, "auto"):
+        check_number("target_precision", cfg["target_precision"], 0.0, 1.0, low_open=True)
+    if "show_misclassified" in cfg:
+        check_int("show_misclassified", cfg["show_misclassified"], 0)
+    if "precision" in cfg:
+        check_choice("precision", cfg["precision"], PRECISIONS)
+    if "format" in cfg:
+        check_choice("format", cfg["format"], FORMATS)
+    if "backend" in cfg:
+        backend = check_choice("backend", cfg["backend"], BACKENDS)
+        check_backend(backend, str(cfg.get("device", "auto")), str(cfg.get("precision", "32")))

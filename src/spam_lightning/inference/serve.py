@@ -44,12 +44,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from omegaconf import DictConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spam_lightning.errors import ConfigError
+from spam_lightning.errors import ConfigError, check_int, check_number
 from spam_lightning.inference.checkpoint import run_dir_of
-from spam_lightning.inference.export import portable, run_metrics
+from spam_lightning.inference.exported import portable, run_metrics
 from spam_lightning.inference.hf import METRICS
-from spam_lightning.inference.options import check_int, check_number, check_options
-from spam_lightning.inference.predictor import Prediction, Predictor, load_predictor, text_error, two_class_only
+from spam_lightning.inference.predictor import (
+    Prediction,
+    Predictor,
+    check_options,
+    load_predictor,
+    text_error,
+    two_class_only,
+)
 
 # ---- from serve.py ----
 API_PATH = "/predict"

@@ -1,7 +1,7 @@
 """The book's non-LLM baseline (ch06 IMDb bonus): TF-IDF features and logistic regression (scikit-learn), trained on
-the splits a data config gives train.py, evaluated with the training metrics (`spam_lightning.inference.metrics`), so its
-table reads like train.py's. Two classes: the data's positive class iff its probability > 0.5, and the metrics are
-that class's; more classes: the most probable class."""
+the splits a data config gives train.py, evaluated with the training metrics (`spam_lightning.inference.metrics`),
+so its table reads like train.py's. Two classes: the data's positive class iff its probability > 0.5, and the
+metrics are that class's; more classes: the most probable class."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ computed them. A trunk folder holds segments, safetensors files named by their o
   then reads what the first wrote.
 
 After each write the cache is pruned to `max_bytes`, dropping whole trunks least recently used first (never one
-that a job holds the lock of). `python -m spam_lightning.training.feature_cache [--clean] [FOLDER]` lists the trunks with their
-sizes and last use, or deletes them.
+that a job holds the lock of). `python -m spam_lightning.training.feature_cache [--clean] [FOLDER]`
+lists the trunks with their sizes and last use, or deletes them.
 
 The cache deletes only what it can prove it wrote. A trunk is a folder with a key-shaped name (64 hex digits) holding
 our trunk.json; in it only our own file names are deleted (segments, trunk.json, last_used, temporaries), and the

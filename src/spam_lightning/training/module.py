@@ -44,12 +44,11 @@ from spam_lightning.inference.metrics import (
     predicted_ids,
     update_metrics,
 )
-from spam_lightning.inference.options import check_model_options
-from spam_lightning.model.gpt import make_config
+from spam_lightning.model.gpt import POOLS, make_config
 from spam_lightning.model.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
 from spam_lightning.model.net import SpamNet
 from spam_lightning.model.weights import build_gpt, provenance, random_provenance
-from spam_lightning.training.feature_cache import FROZEN_FEATURES, FrozenFeatureCache
+from spam_lightning.training.feature_cache import FROZEN_FEATURES, FrozenFeatureCache, check_cache_dir
 
 log = logging.getLogger("spam_lightning")
 info = rank_zero_only(log.info)
@@ -431,3 +430,76 @@ class SpamClassifier(L.LightningModule):
         schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=int(total_steps))
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
+
+
+NAMED_TRAINABLE = ("head", "last_block", "last_two_blocks", "all")  # model.trainable_layers, besides a block count
+SCHEDULERS = ("none", "cosine")
+FINETUNE = ("layers", "lora")  # model.finetune
+
+
+def check_model_options(args: Mapping[str, Any]) -> None:
+    """The `model` config group's values (SpamClassifier's arguments), before anything is built."""
+    pretrained, dropout, num_classes, trainable_layers = (
+        args[k] for k in ("pretrained", "dropout", "num_classes", "trainable_layers")
+    )
+    pool, lr, weight_decay, scheduler, warmup_steps = (
+        args[k] for k in ("pool", "lr", "weight_decay", "scheduler", "warmup_steps")
+    )
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
+    init_seed = args.get("init_seed")
+    if init_seed is not None and not is_int(init_seed):
+        raise ConfigError(f"model.init_seed must be null or an integer, got {init_seed!r}")
+    if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
+        raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
+    if not (is_int(num_classes) and num_classes >= 2):
+        raise ConfigError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+    if is_int(trainable_layers):
+        if trainable_layers < 0:
+            raise ConfigError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
+    elif trainable_layers not in NAMED_TRAINABLE:
+        raise ConfigError(
+            f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
+            f"(0..n_layers), got {trainable_layers!r}"
+        )
+    if pool not in POOLS:
+        raise ConfigError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
+    if not (is_number(lr) and lr > 0):
+        raise ConfigError(f"model.lr must be a number > 0, got {lr!r}")
+    if not (is_number(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"model.scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
+    if not (is_int(warmup_steps) and warmup_steps >= 0):
+        raise ConfigError(f"model.warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    cache_frozen, cache_dir = args["cache_frozen"], args["cache_dir"]
+    if not (cache_frozen == "auto" or isinstance(cache_frozen, bool)):
+        raise ConfigError(f"model.cache_frozen must be auto, true or false, got {cache_frozen!r}")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise ConfigError(f"model.cache_dir must be null or a folder, got {cache_dir!r}")
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)  # train.py also checks it against runs_dir
+    cache_max_gb = args.get("cache_max_gb")
+    if cache_max_gb is not None and not (is_number(cache_max_gb) and cache_max_gb > 0):
+        raise ConfigError(f"model.cache_max_gb must be null or a number > 0, got {cache_max_gb!r}")
+    for name in ("compile", "tf32"):
+        value = args[name]
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.{name} must be true or false, got {value!r}")
+    finetune, lora = args.get("finetune", "layers"), args.get("lora")
+    if finetune not in FINETUNE:
+        raise ConfigError(f"model.finetune must be one of {list(FINETUNE)}, got {finetune!r}")
+    if finetune == "lora":
+        if lora is not None and not isinstance(lora, Mapping):
+            raise ConfigError(f"model.lora must be a mapping of rank, alpha, dropout, targets, got {lora!r}")
+        try:
+            LoRAConfig.from_dict(lora or {})
+        except ValueError as err:
+            raise ConfigError(f"model.{err}") from err

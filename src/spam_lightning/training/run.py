@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 import spam_lightning.paths  # noqa: F401  (registers the ${project_dir:} resolver that conf/train.yaml uses)
 from spam_lightning.data.modules import TextDataModule
 from spam_lightning.data.sms_spam import SPLITS
-from spam_lightning.errors import ConfigError, DivergedError, DownloadError, user_error
+from spam_lightning.errors import ConfigError, DivergedError, DownloadError, check_int, user_error
 from spam_lightning.files import DiskFullError, atomic_write_bytes, require_file
 from spam_lightning.inference.checkpoint import check_finite, read_checkpoint, read_record
-from spam_lightning.inference.options import check_seeds
 from spam_lightning.inference.report import write_test_scores, write_training_report
 from spam_lightning.model.gpt import PRESETS, make_config
 from spam_lightning.training.ddp import use_resolved_config_launcher
@@ -394,3 +394,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+MAX_SEED = 2**32 - 1  # numpy's (and so pandas' sampling) seed range; Lightning would pick another seed silently
+
+
+def check_seeds(cfg: Mapping[str, Any]) -> None:
+    """train.py's `seed` and `data.seed`."""
+    check_int("seed", cfg.get("seed"), 0, MAX_SEED)
+    check_int("data.seed", (cfg.get("data") or {}).get("seed", 0), 0, MAX_SEED)
