@@ -123,5 +123,5 @@ def test_one_owner_for_each_concept() -> None:
     assert where(r'removeprefix\(b"\\xef\\xbb\\xbf"\)') == {"data.tables"}  # strict UTF-8 of input files, BOM dropped
     assert where(r"pd\.read_csv\(") == {"data.tables"}  # one table reader
     assert where(r'"\.tsv": "\\t"') == {"data.tables"}  # suffix -> delimiter
-    assert where(r"class \w+\(UserError, ValueError\)") == {"errors"}  # a bad input file: DataError, nothing else
+    assert where(r"class (InputError|DataError)\b") == {"errors"}  # a bad input file is a DataError, wherever read
     assert where(r"def read_export\(") == {"inference.exported"}
