@@ -265,8 +265,14 @@ def test_read_labelled_files(sms_tsv: Path, tmp_path: Path) -> None:
     csv.write_text("label,text\nspam,WIN NOW\nham,see you\n1,prize\n")
     assert read_labelled(csv, ("ham", "spam")) == (["WIN NOW", "see you", "prize"], [1, 0, 1])
     csv.write_text("label,text\nspam,WIN NOW\nmaybe,hmm\n")
-    with pytest.raises(ValueError, match="line 3: label 'maybe' is not one of ham, spam, 0, 1"):
+    with pytest.raises(ValueError, match=r"mine\.csv, row 3: unknown label 'maybe' \(not a class of the model"):
         read_labelled(csv, ("ham", "spam"))
+    csv.write_text("label,text\nHam,see you\n")  # the rule of data=csv: one spelling per class, no silent merge
+    with pytest.raises(ValueError, match=r"row 2: unknown label 'Ham' .*the class 'ham' and it differ only in case"):
+        read_labelled(csv, ("ham", "spam"))
+    # One reader for any number of classes: names, or ids where no class is named by a number.
+    csv.write_text("text,label\na,other\nb,2\nc,ham\n")
+    assert read_labelled(csv, ("ham", "other", "spam")) == (["a", "b", "c"], [1, 2, 0])
 
 
 def test_evaluate_a_labelled_file(smoke: dict, tmp_path: Path) -> None:

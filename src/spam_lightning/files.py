@@ -22,7 +22,6 @@ import pooch
 
 from spam_lightning.errors import DownloadError, UserError
 
-# ---- from files.py ----
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -196,7 +195,6 @@ def write_if_changed(path: str | Path, data: bytes) -> bool:
     return True
 
 
-# ---- from downloads.py ----
 log = logging.getLogger(__name__)
 
 

@@ -59,7 +59,6 @@ from spam_lightning.data.tables import (
 )
 from spam_lightning.errors import ConfigError, DataError, DownloadError
 
-# ---- from data.py ----
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)  # one summary, not one per DDP rank
 
@@ -438,9 +437,6 @@ class SmsSpamDataModule(TextDataModule):
             "verify_checksum": self.verify_checksum,
             "splits_sha256": self.state_dict()["splits_sha256"],
         }
-
-
-# ---- from csv_data.py ----
 
 
 class CsvDataModule(TextDataModule):

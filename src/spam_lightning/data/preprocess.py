@@ -30,7 +30,6 @@ from spam_lightning.errors import UserError
 from spam_lightning.files import atomic_write_bytes, cache_dir, fetch, file_sha256
 from spam_lightning.model.gpt import POOLS, GPTConfig
 
-# ---- from tokenizer.py ----
 PAD_TOKEN_ID = 50256  # <|endoftext|>, the book's padding token
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"  # tiktoken's own source
@@ -84,7 +83,6 @@ def get_tokenizer(tokenizer_file: str | None = None, url: str = TIKTOKEN_URL) ->
     )
 
 
-# ---- from preprocess.py ----
 class PreprocessingError(UserError, ValueError):
     """A recorded preprocessing that is incomplete or that this version cannot replay."""
 

@@ -62,12 +62,18 @@ def delimiter_for(path: Path, delimiter: str | None = None) -> str:
 
 
 def read_labelled_table(
-    path: Path, text_column: str, label_column: str, delimiter: str | None = None, data: bytes | None = None
+    path: Path,
+    text_column: str,
+    label_column: str,
+    delimiter: str | None = None,
+    data: bytes | None = None,
+    empty_texts: bool = False,
 ) -> pd.DataFrame:
     """The columns text and label (both str, as written) of a CSV/TSV file with a header row.
 
-    `data`: the file's bytes when the caller has read (and hashed) them. A row with an empty text or label
-    raises a DataError naming the file and row."""
+    `data`: the file's bytes when the caller has read (and hashed) them. A row with an empty label raises a
+    DataError naming the file and row; so does an empty text, unless `empty_texts` (evaluation skips them as
+    prediction does, and counts them)."""
     path = Path(path)
     if data is None:
         try:
@@ -91,7 +97,7 @@ def read_labelled_table(
         if (count := header.iloc[0].tolist().count(column)) > 1:
             raise DataError(f"{path}, row 1: the header has {count} columns named {column!r}; keep one")
     frame = pd.DataFrame({"text": table[text_column], "label": table[label_column].str.strip()})
-    for column, what in (("text", "text"), ("label", "label")):
+    for column, what in (("text", "text"), ("label", "label"))[1 if empty_texts else 0 :]:
         empty = np.flatnonzero(frame[column].str.strip() == "")
         if len(empty):
             raise DataError(f"{path}, row {int(empty[0]) + 2}: missing {what} ({len(empty)} such rows in all)")
@@ -138,14 +144,16 @@ def class_names(train_labels: Sequence[str], classes: Sequence[str] | None = Non
     return tuple(sorted(found))
 
 
-def encode_labels(labels: pd.Series, classes: Sequence[str], path: Path, split: str, accept_ids: bool) -> list[int]:
+def encode_labels(
+    labels: pd.Series, classes: Sequence[str], path: Path, split: str, accept_ids: bool, first_row: int = 2
+) -> list[int]:
     """Class ids of the labels: a class name, or, with `accept_ids` (the classes were named before the data was read:
     data.classes, a trained model's) and no class named by a number, its id in ASCII digits. An unknown label raises
     a DataError naming the file, row and the known classes."""
     ids = {name: i for i, name in enumerate(classes)}
     accept_ids = accept_ids and not any(INTEGER.fullmatch(name) for name in classes)
     out = []
-    for row, label in enumerate(labels.tolist(), start=2):
+    for row, label in enumerate(labels.tolist(), start=first_row):
         class_id = ids.get(label)
         if class_id is None and accept_ids and CLASS_ID.fullmatch(label) and int(label) < len(classes):
             class_id = int(label)

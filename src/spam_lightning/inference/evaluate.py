@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig
 
@@ -28,7 +29,6 @@ from spam_lightning.data.tables import (
     decode_utf8,
     encode_labels,
     read_labelled_table,
-    read_table,
     split_lines,
 )
 from spam_lightning.errors import DataError
@@ -90,47 +90,35 @@ def load_split(predictor: Predictor, split: str, data_dir: str | None = None) ->
     return df["text"].tolist(), df["label"].tolist()
 
 
-def label_ids(names: Sequence[str]) -> dict[str, int]:
-    """A labelled file's labels (lower-cased) -> class ids: the model's class names, and their ids written as integers
-    (unless the names are themselves integers)."""
-    ids = {} if all(name.lstrip("-").isdigit() for name in names) else {str(i): i for i in range(len(names))}
-    return {**{name.lower(): i for i, name in enumerate(names)}, **ids}
-
-
 def read_labelled(
     path: str | Path, names: Sequence[str], column: str = "text", label_column: str = "label"
 ) -> tuple[list[str], list[int]]:
-    """Texts and class ids from a CSV/TSV with a header naming `column` and `label_column`, or from a headerless
-    UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection). Labels are the model's class `names` (any case)
-    or their ids (ham/spam or 0/1 for the SMS model)."""
-    values = label_ids(names)
+    """Texts and class ids of a labelled file: a CSV/TSV with a header naming `column` and `label_column` (read as
+    data=csv reads its files), or a headerless UCI-style file of `label<TAB>text` lines (e.g. SMSSpamCollection).
+    Labels are the model's class `names`, or their ids (data.tables.encode_labels). Empty texts are kept: scoring
+    skips them and the evaluation counts them."""
     file = require_file(path, "data_file", DataError, "give a labelled CSV/TSV file")
-    text = decode_utf8(file.read_bytes(), str(file))
-    sep = DELIMITERS.get(file.suffix.lower(), "\t")  # a headerless UCI file has no suffix
-    header = text.split("\n", 1)[0].removesuffix("\r").split(sep)
+    data = file.read_bytes()
+    text = decode_utf8(data, str(file))
+    sep = DELIMITERS.get(file.suffix.lower(), "\t")  # a UCI file has no suffix
+    first_line = text.split("\n", 1)[0].removesuffix("\r")
+    header = first_line.split(sep)
     if column in header and label_column in header:
-        table = read_table(text, str(file), sep)
-        rows = zip(table[label_column].tolist(), table[column].tolist(), strict=True)
-        first_line = 2
-    elif header[0].strip().lower() in values and "\t" in text.split("\n", 1)[0]:
-        rows = (line.partition("\t")[::2] for line in split_lines(text))
-        first_line = 1
+        table = read_labelled_table(file, column, label_column, sep, data, empty_texts=True)
+        first_row = 2
+    elif "\t" in first_line and first_line.partition("\t")[0].strip() in {*names, *map(str, range(len(names)))}:
+        rows = [line.partition("\t")[::2] for line in split_lines(text)]
+        table = pd.DataFrame(rows, columns=["label", "text"]).assign(label=lambda t: t["label"].str.strip())
+        first_row = 1
     else:
         raise DataError(
             f"{file}: expected a header with columns {column!r} and {label_column!r} (set column=, label_column=) "
             f"or 'label<TAB>text' lines; the first line is {header!r}"
         )
-    texts, labels = [], []
-    for number, (label, message) in enumerate(rows, start=first_line):
-        value = values.get(str(label).strip().lower())
-        if value is None:
-            allowed = ", ".join(dict.fromkeys([*names, *(key for key in values if key.isdigit())]))
-            raise DataError(f"{file}, line {number}: label {label!r} is not one of {allowed}")
-        texts.append(message)
-        labels.append(value)
-    if not texts:
+    if table.empty:
         raise DataError(f"{file}: no labelled texts")
-    return texts, labels
+    labels = encode_labels(table["label"], names, file, "evaluated", accept_ids=True, first_row=first_row)
+    return table["text"].tolist(), labels
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,6 +185,8 @@ def misclassified_records(
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """One evaluation for any number of classes; two classes add the threshold on P(positive class), its choice on
+    the validation split and the PR curve."""
     check_options(cfg)
     name = Path(cfg.data_file).stem if cfg.get("data_file") else cfg.split
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else default_out_dir(cfg, name)
@@ -213,12 +203,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         target = 0.99 if predictor.binary else None
     elif target is not None:
         target = predictor.decision_threshold(float(target), "target_precision")
-    if not predictor.binary:
-        return _run_multiclass(predictor, cfg, out_dir)
-    assert threshold is not None
     names, positive = predictor.preprocessing.labels, predictor.preprocessing.positive_index
-    assert positive is not None
-    positive_class = names[positive]
     if cfg.get("data_file"):
         data_name = str(cfg.data_file)
         texts, labels = read_labelled(cfg.data_file, names, cfg.column, cfg.label_column)
@@ -228,42 +213,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows, probs, truncated = score_texts(predictor, texts, cfg.batch_size)
     y = [labels[i] for i in rows]
     prob_t = torch.tensor(probs, dtype=torch.float64).reshape(-1, len(names))
-    score_t, label_t = prob_t[:, positive], torch.tensor(y, dtype=torch.long)
-    scores, targets = score_t.tolist(), [int(label == positive) for label in y]
-    metrics = binary_metrics(score_t, label_t, threshold, positive)
-    selection = _select_threshold(predictor, cfg, name, target, scores, y) if target is not None else None
-    misclassified = misclassified_records(texts, labels, rows, prob_t, names, positive, threshold)
-    model = str(cfg.get("ckpt_path") or cfg.get("model_dir"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    label_t = torch.tensor(y, dtype=torch.long)
+    misclassified = misclassified_records(texts, labels, rows, prob_t, names, positive, threshold or 0.5)
     result: dict[str, Any] = {
-        "model": model,
+        "model": str(cfg.get("ckpt_path") or cfg.get("model_dir")),
         "data": data_name,
         "labels": list(names),
-        "positive_class": positive_class,  # the threshold, precision, recall, F1 and AUROC are this class's
+        # two classes: the threshold, precision, recall, F1 and AUROC are this class's; more: none, macro metrics
+        "positive_class": names[positive] if positive is not None else None,
         "n": len(texts),
         "n_skipped": len(texts) - len(rows),
         "n_truncated": truncated,
-        "threshold": threshold,
-        "metrics": metrics,
-        "threshold_selection": selection,
-        "n_misclassified": len(misclassified),
     }
+    if positive is None:
+        result["metrics"] = multiclass_metrics(prob_t, label_t, names)
+    else:
+        assert threshold is not None
+        score_t = prob_t[:, positive]
+        result["threshold"] = threshold
+        result["metrics"] = binary_metrics(score_t, label_t, threshold, positive)
+        result["threshold_selection"] = (
+            _select_threshold(predictor, cfg, name, target, score_t.tolist(), y) if target is not None else None
+        )
+    result["n_misclassified"] = len(misclassified)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(m, ensure_ascii=False, allow_nan=False) + "\n" for m in misclassified)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    points = {f"threshold {threshold:g}": precision_recall_at(scores, targets, threshold)}
-    if selection and selection["threshold"] is not None:
-        points[f"chosen on validation (target {selection['target_precision']:g})"] = (
-            selection["evaluated"]["precision"], selection["evaluated"]["recall"],
-        )  # fmt: skip
+    title = f"{name} (t={threshold:g})" if threshold is not None else name
     plots = [
-        plot_confusion_matrix(
-            metrics["confusion_matrix"], out_dir / "confusion_matrix.png", f"{name} (t={threshold:g})", names
-        ),
-        plot_pr_curve(
-            score_t, torch.tensor(targets), out_dir / "pr_curve.png", points, title=name, positive_class=positive_class
-        ),
+        plot_confusion_matrix(result["metrics"]["confusion_matrix"], out_dir / "confusion_matrix.png", title, names)
     ]
+    if positive is not None:
+        plots.append(_pr_curve(result, score_t, y, positive, out_dir / "pr_curve.png", name))
     if cfg.get("ckpt_path"):  # the run's training curves, into the run directory
         run_dir = _model_home(cfg)
         if (run_dir / "logs" / "metrics.csv").is_file():
@@ -272,53 +254,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _run_multiclass(predictor: Predictor, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """evaluate for more than 2 classes: no threshold (the most probable class is predicted), no PR curve."""
-    names = predictor.preprocessing.labels
-    if cfg.get("data_file"):
-        name, data_name = Path(cfg.data_file).stem, str(cfg.data_file)
-        file = require_file(cfg.data_file, "data_file", DataError, "give a labelled CSV/TSV file")
-        table = read_labelled_table(file, cfg.column, cfg.label_column)
-        texts, labels = table["text"].tolist(), encode_labels(table["label"], names, file, "evaluated", accept_ids=True)
-    else:
-        name = data_name = cfg.split
-        texts, labels = load_split(predictor, cfg.split, cfg.get("data_dir"))
-    rows, probs, truncated = score_texts(predictor, texts, cfg.batch_size)
-    prob_t = torch.tensor(probs, dtype=torch.float64).reshape(-1, len(names))
-    label_t = torch.tensor([labels[i] for i in rows], dtype=torch.long)
-    metrics = multiclass_metrics(prob_t, label_t, names)
-    misclassified = misclassified_records(texts, labels, rows, prob_t, names, None)
-    result: dict[str, Any] = {
-        "model": str(cfg.get("ckpt_path") or cfg.get("model_dir")),
-        "data": data_name,
-        "labels": list(names),
-        "positive_class": None,  # more than two classes: no threshold, macro metrics
-        "n": len(texts),
-        "n_skipped": len(texts) - len(rows),
-        "n_truncated": truncated,
-        "metrics": metrics,
-        "n_misclassified": len(misclassified),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "misclassified.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(m, ensure_ascii=False, allow_nan=False) + "\n" for m in misclassified)
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    plot = plot_confusion_matrix(metrics["confusion_matrix"], out_dir / "confusion_matrix.png", name, names)
-    width = max(10, *(len(n) + 2 for n in names))
-    lines = [
-        f"{result['model']} on {data_name}: {len(texts)} texts, {len(names)} classes",
-        f"macro: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  "
-        f"recall {metrics['recall']:.4f}  f1 {metrics['f1']:.4f}  auroc (one-vs-rest) {metrics['auroc']:.4f}",
-        f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}",
-        *(
-            f"{n:<{width}}" + "".join(f"{metrics[f'{m}_{n}']:>10.4f}" for m in ("precision", "recall", "f1"))
-            for n in (x.replace("/", "_") for x in names)
-        ),
-        *matrix_lines(names, metrics["confusion_matrix"]),
-        f"{len(misclassified)} misclassified; wrote evaluation.json, misclassified.jsonl, {plot.name} to {out_dir}",
-    ]
-    print("\n".join(lines), flush=True)
-    return result
+def _pr_curve(
+    result: dict[str, Any], scores: torch.Tensor, labels: list[int], positive: int, path: Path, name: str
+) -> Path:
+    """The PR curve of P(positive class), marking the decision threshold and the one chosen on validation."""
+    threshold, selection = result["threshold"], result["threshold_selection"]
+    targets = [int(label == positive) for label in labels]
+    points = {f"threshold {threshold:g}": precision_recall_at(scores.tolist(), targets, threshold)}
+    if selection and selection["threshold"] is not None:
+        points[f"chosen on validation (target {selection['target_precision']:g})"] = (
+            selection["evaluated"]["precision"], selection["evaluated"]["recall"],
+        )  # fmt: skip
+    return plot_pr_curve(
+        scores, torch.tensor(targets), path, points, title=name, positive_class=result["positive_class"]
+    )
 
 
 def matrix_lines(names: Sequence[str], matrix: Sequence[Sequence[int]]) -> list[str]:
@@ -386,17 +335,33 @@ def _model_home(cfg: DictConfig) -> Path:
 def _print_summary(
     result: dict[str, Any], name: str, misclassified: list[dict[str, Any]], out_dir: Path, plots: list[Path]
 ) -> None:
-    m, positive = result["metrics"], result["positive_class"]
-    auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
+    m, positive, names = result["metrics"], result["positive_class"], result["labels"]
     lines = [
         f"{result['model']} on {result['data']}: {result['n']} texts"
+        + (f", {len(names)} classes" if positive is None else "")
         + (f" ({result['n_skipped']} not classified)" if result["n_skipped"] else "")
         + (f", {result['n_truncated']} truncated as in training" if result["n_truncated"] else ""),
-        f"positive class {positive}, threshold {result['threshold']:g} on P({positive}): accuracy {m['accuracy']:.4f}  "
-        f"precision {m['precision']:.4f}  recall {m['recall']:.4f}  f1 {m['f1']:.4f}  auroc {auroc}",
-        *matrix_lines(result["labels"], m["confusion_matrix"]),
     ]
-    sel = result["threshold_selection"]
+    if positive is None:
+        width = max(10, *(len(n) + 2 for n in names))
+        lines += [
+            f"macro: accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
+            f"recall {m['recall']:.4f}  f1 {m['f1']:.4f}  auroc (one-vs-rest) {m['auroc']:.4f}",
+            f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}",
+            *(
+                f"{n:<{width}}" + "".join(f"{m[f'{k}_{n}']:>10.4f}" for k in ("precision", "recall", "f1"))
+                for n in (x.replace("/", "_") for x in names)
+            ),
+        ]
+    else:
+        auroc = f"{m['auroc']:.4f}" if m["auroc"] is not None else "n/a"
+        lines.append(
+            f"positive class {positive}, threshold {result['threshold']:g} on P({positive}): "
+            f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+            f"f1 {m['f1']:.4f}  auroc {auroc}"
+        )
+    lines += matrix_lines(names, m["confusion_matrix"])
+    sel = result.get("threshold_selection")
     if sel is not None and sel["threshold"] is not None:
         lines += [
             f"threshold for {positive} precision >= {sel['target_precision']:g} on validation: {sel['threshold']!r} "
@@ -410,9 +375,12 @@ def _print_summary(
     for mis in misclassified:
         text = " ".join(mis["text"].split())
         text = text if len(text) <= 90 else text[:89] + "…"
-        lines.append(
-            f"  {mis['label']:>4} -> {mis['predicted']:<4} P({positive})={mis['positive_probability']:.3f}  {text}"
+        score = (
+            f"P({positive})={mis['positive_probability']:.3f}"
+            if positive
+            else f"P={max(mis['probabilities'].values()):.3f}"
         )
+        lines.append(f"  {mis['label']:>4} -> {mis['predicted']:<4} {score}  {text}")
     ours = ", ".join(p.name for p in plots if p.parent == out_dir)
     lines.append(f"wrote evaluation.json, misclassified.jsonl, {ours} to {out_dir}")
     curves = [p for p in plots if p.parent != out_dir]

@@ -146,7 +146,7 @@ def write_export(
 ) -> list[Path]:
     """Write the folder in transformers' layout (format=hf, or auto when transformers can compute the model) or
     our own (spam_lightning; onnx: with model.onnx too). `metrics` (the run's metrics.json) go into the model card.
-    out_dir: new, empty, or (overwrite) holding an export of ours, whose files alone are replaced (export_folder.py).
+    out_dir: new, empty, or (overwrite) holding an export of ours, whose files alone are replaced (inference/export.py).
     Returns the paths written."""
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}, got {format!r}")

@@ -2,9 +2,9 @@
 
 For transformers (format=hf, and format=auto's choice when transformers can compute the model: pool=last_token):
     config.json          a GPT2Config of GPT2ForSequenceClassification, and our record under "spam_lightning"
-    model.safetensors    GPT2ForSequenceClassification's tensors (transformer.*, score.weight; hf_export.py)
-    tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json   (hf_tokenizer.py)
-    README.md            the model card (model_card.py)
+    model.safetensors    GPT2ForSequenceClassification's tensors (transformer.*, score.weight; inference/hf.py)
+    tokenizer.json, vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json   (inference/hf.py)
+    README.md            the model card (inference/hf.py)
     gpt2.tiktoken        the GPT-2 BPE ranks file (sha256-pinned), so predict.py needs no download
 
 spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|first|mean):
@@ -12,7 +12,7 @@ spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|fir
     spam_lightning.safetensors  every weight of the SpamNet (keys gpt.*), frozen ones included
     gpt2.tiktoken
   It has no config.json and no model.safetensors, so transformers refuses it instead of loading random weights.
-  format=onnx (any pooling) adds model.onnx (onnx_model.py), recorded under "onnx" with its sha256; predict.py
+  format=onnx (any pooling) adds model.onnx (inference/onnx.py), recorded under "onnx" with its sha256; predict.py
   backend=onnxruntime runs it, backend=torch the safetensors weights of the same folder.
 
 The record: format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), training (where it came from:
@@ -23,7 +23,7 @@ before its "onnx" entry, which covers the weights' sha256: a graph from another 
 refused even where its sha256 is edited into the record.
 
 out_dir: new, empty, or holding an export of ours, whose files alone overwrite=true replaces; a folder of the user's
-is refused (export_folder.py).
+is refused (inference/export.py).
 
 `write_export` and `read_export` are the format's only writer and reader; `inference.Predictor.from_dir`
 (`python predict.py model_dir=FOLDER`) loads a folder of either layout through `read_export`, which treats it as

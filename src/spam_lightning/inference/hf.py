@@ -52,7 +52,6 @@ from spam_lightning.model.gpt import PRESETS, GPTConfig, make_config
 from spam_lightning.model.net import SpamNet
 from spam_lightning.model.weights import PretrainedWeightsError, convert_hf_state_dict, hf_repo_id, to_hf_state_dict
 
-# ---- from hf_export.py ----
 PREFIX = "transformer."  # GPT2ForSequenceClassification's trunk; its head is `score`
 FOLD_TOLERANCE = 1e-5  # the folded network's logits may differ from the trained one's by this x max(1, |logits|)
 PROBE_TEXTS = (  # what check_fold runs both networks on
@@ -192,7 +191,6 @@ def config_differences(config: Mapping[str, Any], net_args: Mapping[str, Any], p
     return [key for key, value in expected.items() if config.get(key) != value]
 
 
-# ---- from hf_tokenizer.py ----
 SPECIAL = "<|endoftext|>"  # GPT-2's only special token: end of text, and our padding
 FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -342,7 +340,6 @@ def write_hf_tokenizer(tokenizer: tiktoken.Encoding, out_dir: Path, model_max_le
     return paths
 
 
-# ---- from model_card.py ----
 UCI_DATASET = "ucirvine/sms_spam"  # the SMS Spam Collection on the Hub
 METRICS = {"accuracy": "accuracy", "f1": "f1", "precision": "precision", "recall": "recall", "auroc": "roc_auc"}
 

@@ -57,7 +57,6 @@ from spam_lightning.inference.predictor import (
     two_class_only,
 )
 
-# ---- from serve.py ----
 API_PATH = "/predict"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 DEVICES = ("auto", "cpu", "cuda", "mps")  # LitServer's accelerators
@@ -322,7 +321,6 @@ def run(cfg: DictConfig) -> None:
     )
 
 
-# ---- from serve_requests.py ----
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -78,7 +78,6 @@ from spam_lightning.files import file_sha256
 from spam_lightning.model.weights import tensors_sha256
 from spam_lightning.paths import project_dir
 
-# ---- from trunk_store.py ----
 log = logging.getLogger("spam_lightning")
 
 FORMAT = "1"  # the segment layout below; part of every trunk key
@@ -393,7 +392,6 @@ if __name__ == "__main__":
     main()
 
 
-# ---- from feature_cache.py ----
 info = rank_zero_only(log.info)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) frozen hidden states

@@ -36,7 +36,6 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgre
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE  # here in Lightning 2.4-2.6
 from omegaconf import DictConfig, OmegaConf, read_write
 
-# ---- from rundir.py ----
 # What a run writes once it has started; a folder holding one of these holds a run.
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json")
 # What Hydra writes into a run directory before our code runs.
@@ -213,7 +212,6 @@ class RunDirGuard(Callback):
         unlock_dir(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))))
 
 
-# ---- from logs.py ----
 # Loggers that add their own console handler at import time when nobody has configured logging yet (this
 # package's __init__, Lightning's), and stop propagating: under Hydra their records would miss train.log.
 _SELF_HANDLED = ("spam_lightning", "lightning", "lightning.pytorch", "lightning.fabric")
@@ -235,10 +233,10 @@ def log_through_root() -> None:
 
 # Lightning warnings that are false for this project, each with the reason.
 FALSE_WARNINGS = (
-    r".*your dataloader is not resumable",  # the data module skips the batches already trained (data.py)
+    r".*your dataloader is not resumable",  # the data module skips the batches already trained (data/modules.py)
     r"Experiment logs directory .* will be deleted",  # ResumableCSVLogger appends to metrics.csv
-    r"Checkpoint directory .* exists and is not empty",  # a run directory holds one run only (rundir.py)
-    r"Found \d+ module\(s\) in eval mode",  # the frozen part runs in eval mode on purpose (classifier.py)
+    r"Checkpoint directory .* exists and is not empty",  # a run directory holds one run only (training/runs.py)
+    r"Found \d+ module\(s\) in eval mode",  # the frozen part runs in eval mode on purpose (training/module.py)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, about torch; nothing to act on
 )
 
@@ -264,7 +262,6 @@ def config_tree(cfg: DictConfig) -> str:
     return "\n".join(lines)
 
 
-# ---- from progress.py ----
 class _NamedTestPass:
     label = "Testing"
 

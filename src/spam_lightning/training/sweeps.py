@@ -58,7 +58,6 @@ from omegaconf import DictConfig, OmegaConf
 from spam_lightning.errors import MissingExtraError, require_extra
 from spam_lightning.files import atomic_write_bytes
 
-# ---- from sweep.py ----
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
@@ -304,8 +303,6 @@ def exit_code() -> int:
         return int(failed == len(_last_summary))
     return 0
 
-
-# ---- from optuna_sweeper.py ----
 
 DB_FILE = "optuna.db"
 RESULTS_FILE = "optimization_results.yaml"

@@ -37,7 +37,6 @@ from spam_lightning.errors import require_extra
 from spam_lightning.files import atomic_write_bytes
 
 
-# ---- from csv_logger.py ----
 class ResumableCSVLogger(CSVLogger):
     """Lightning's CSVLogger deletes an existing metrics.csv; this one keeps its rows and appends."""
 
@@ -55,7 +54,6 @@ class ResumableCSVLogger(CSVLogger):
         return experiment
 
 
-# ---- from trackers.py ----
 log = logging.getLogger(__name__)
 
 IDS_FILE = "trackers.json"  # in the run directory: {"mlflow": {...run_id}, "wandb": {...id}}
