@@ -432,7 +432,7 @@ def weights_fingerprint(arch: str | dict[str, int], seed: int, weights: str | No
     """(a) and (b) start from the same weights: compare both models' parameter sums."""
     book = book_model(arch, seed, weights)
     L.seed_everything(seed, verbose=False)
-    ours = SpamClassifier(arch=arch, pretrained=weights, init_seed=None if weights else seed, cache_frozen=False)
+    ours = SpamClassifier.from_options(arch=arch, pretrained=weights, init_seed=None if weights else seed, cache_frozen=False)
     return (
         float(sum(p.double().sum() for p in book.parameters())),
         float(sum(p.double().sum() for p in ours.net.gpt.parameters())),

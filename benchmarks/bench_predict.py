@@ -66,7 +66,7 @@ ONNX_GOAL = 1.3  # onnxruntime messages/s over torch's (issue 19)
 
 def classifier(arch: str | dict[str, int], pool: str, device: torch.device) -> SpamClassifier:
     L.seed_everything(123, verbose=False)
-    return SpamClassifier(arch=arch, pretrained=None, pool=pool, cache_frozen=False).to(device).eval()
+    return SpamClassifier.from_options(arch=arch, pretrained=None, pool=pool, cache_frozen=False).to(device).eval()
 
 
 def book_scorer(model: SpamClassifier, tokenizer_file: str | None, max_length: int) -> Scorer:

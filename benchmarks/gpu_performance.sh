@@ -22,9 +22,9 @@ python - <<'EOF'
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spam_lightning.training.module import SpamClassifier
+from spam_lightning.model.net import build_net
 
-net = SpamClassifier(arch="gpt2", pretrained=None, init_seed=0, pool="last_token").net.cuda().eval()
+net = build_net(arch="gpt2", pretrained=None, init_seed=0, pool="last_token").cuda().eval()
 lengths = list(range(8, 72, 4))  # a new sequence length per batch, as length-grouped prediction makes
 with torch.no_grad(), torch.autocast("cuda", torch.bfloat16), profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
     for t in lengths:

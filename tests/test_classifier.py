@@ -23,7 +23,7 @@ TINY = {"emb_dim": 32, "n_layers": 3, "n_heads": 2, "context_length": 128}
 
 def tiny(**kwargs) -> SpamClassifier:
     torch.manual_seed(0)
-    return SpamClassifier(**{"arch": TINY, "pretrained": None, **kwargs})
+    return SpamClassifier.from_options(**{"arch": TINY, "pretrained": None, **kwargs})
 
 
 def pad(rows: list[list[int]], length: int) -> dict[str, torch.Tensor]:
@@ -78,7 +78,7 @@ def test_freezing(trainable_layers: str | int) -> None:
 
 
 def test_gpt2_124m_counts_match_the_book() -> None:
-    model = SpamClassifier(arch="gpt2", pretrained=None)
+    model = SpamClassifier.from_options(arch="gpt2", pretrained=None)
     assert model.num_trainable_parameters == 7_090_946
     assert model.num_total_parameters == 124_441_346
 
@@ -149,7 +149,7 @@ def test_hyperparameters_are_plain_and_rebuild_the_model() -> None:
     model = tiny(arch=OmegaConf.create(TINY), trainable_layers=2, pool="mean", dropout=0.1)
     assert type(model.hparams["arch"]) is dict
     assert model.net.gpt.cfg.dropout == 0.1
-    rebuilt = SpamClassifier(**model.hparams)
+    rebuilt = SpamClassifier.from_options(**model.hparams)
     rebuilt.load_state_dict(model.state_dict())
     batch = pad([[5, 6, 7]], 4)
     torch.testing.assert_close(rebuilt.eval()(**batch), model.eval()(**batch))
@@ -214,7 +214,7 @@ def test_tiny_model_overfits_real_messages(
     sixteen_messages: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
 ) -> None:
     torch.manual_seed(0)
-    model = SpamClassifier(
+    model = SpamClassifier.from_options(
         arch={"emb_dim": 64, "n_layers": 2, "n_heads": 4, "context_length": 64},
         pretrained=None,
         trainable_layers="all",

@@ -114,7 +114,7 @@ def test_truncated_texts_are_counted_and_recorded(tmp_path: Path, tokenizer_file
     [
         (b"text,label\nhello,a\n,b\n", r"d\.csv, row 3: missing text"),
         (b"text,label\nhello,a\nworld,\n", r"d\.csv, row 3: missing label"),
-        (b"text,label\nhello,a\nw\xe9rld,b\n", r"d\.csv, row 3: invalid UTF-8 \(byte 0xe9\)"),
+        (b"text,label\nhello,a\nw\xe9rld,b\n", r"d\.csv, line 3: invalid UTF-8 \(byte 0xe9 at column 2\)"),
         (b"message,label\nhello,a\n", r"d\.csv: no column 'text' \(columns: \['message', 'label'\]\)"),
         (b"", r"d\.csv: empty file"),
     ],

@@ -277,10 +277,12 @@ def test_the_books_trainable_count_for_124m() -> None:
     ],
 )
 def test_targets_choose_what_trains(targets: list[str], trainable: int, cache: bool) -> None:
-    model = SpamClassifier(arch=TINY, pretrained=None, finetune="lora", lora={"rank": 2, "targets": targets})
+    model = SpamClassifier.from_options(
+        arch=TINY, pretrained=None, finetune="lora", lora={"rank": 2, "targets": targets}
+    )
     assert model.num_trainable_parameters == trainable
     assert (model.feature_cache is not None) == cache
-    assert SpamClassifier(arch=TINY, pretrained=None, finetune="lora").lora == LoRAConfig()  # the book's
+    assert SpamClassifier.from_options(arch=TINY, pretrained=None, finetune="lora").lora == LoRAConfig()  # the book's
 
 
 @pytest.mark.parametrize(

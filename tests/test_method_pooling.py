@@ -92,7 +92,7 @@ def test_pooled_vector_after_the_blocks(pool: str, start: int, one_position_top:
 
 def classifier(pool: str, **kwargs: Any) -> SpamClassifier:
     torch.manual_seed(0)
-    return SpamClassifier(arch=TINY, pretrained=None, pool=pool, trainable_layers="last_block", **kwargs)
+    return SpamClassifier.from_options(arch=TINY, pretrained=None, pool=pool, trainable_layers="last_block", **kwargs)
 
 
 def padded(rows: list[list[int]], width: int) -> dict[str, torch.Tensor]:

@@ -92,7 +92,7 @@ def fit(
     data_dir: str, tokenizer_file: str, callbacks: list[Callback], bucket_by_length: bool, ckpt_path: Path | None = None
 ) -> None:
     L.seed_everything(123)
-    model = SpamClassifier(
+    model = SpamClassifier.from_options(
         arch={"emb_dim": 16, "n_layers": 1, "n_heads": 2, "context_length": 128},
         pretrained=None,
         trainable_layers="all",

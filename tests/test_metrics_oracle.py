@@ -166,7 +166,7 @@ def test_evaluate_binary_metrics_equal_sklearn() -> None:
 
 def tiny_classifier(num_classes: int) -> SpamClassifier:
     torch.manual_seed(0)
-    model = SpamClassifier(
+    model = SpamClassifier.from_options(
         arch={"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 32},
         pretrained=None,
         num_classes=num_classes,

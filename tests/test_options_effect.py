@@ -360,6 +360,52 @@ def test_lr_and_weight_decay_make_the_optimizer_step(finetune: str, inputs: Inpu
         assert max(float((after[n] - wrong[n]).abs().max()) for n in trained) > 1e-6, key
 
 
+def test_the_optimizer_node_is_any_torch_optimizer(inputs: Inputs) -> None:
+    """model.optimizer: its class and its own arguments make the step (SGD with momentum, against torch's SGD on
+    copies), the short names reach it (model.lr), and the checkpoint's hyper_parameters record it."""
+    built = build(
+        inputs, "model.optimizer._target_=torch.optim.SGD", "model.lr=0.05", "model.weight_decay=0.0",
+        "+model.optimizer.momentum=0.9",
+    )  # fmt: skip
+    assert built.model.hparams.optimizer == "torch.optim.SGD" and built.model.hparams.lr == 0.05
+    model = built.model
+    batch = train_batch(built)
+    before, after = one_step(model, batch)
+    params = {n: torch.nn.Parameter(before[n].clone()) for n, p in model.named_parameters() if p.requires_grad}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            params[n].grad = p.grad.clone()
+    torch.optim.SGD(params.values(), lr=0.05, momentum=0.9).step()
+    for name, param in params.items():
+        torch.testing.assert_close(after[name], param.detach(), rtol=1e-5, atol=1e-7)
+    adamw = adamw_oracle(before, model, 0.05, 0.0)
+    assert max(float((after[n] - adamw[n]).abs().max()) for n in params) > 1e-6  # not AdamW's step
+    with pytest.raises(ConfigError, match=r"model\.lr must be a number > 0"):
+        build(inputs, "model.optimizer.lr=0")  # the node's own value, checked where the short name is
+
+
+@pytest.mark.parametrize("key", ["arch", "pretrained", "init_seed", "dropout", "num_classes", "pool"])
+def test_the_net_node_builds_the_network(key: str, inputs: Inputs, weights_file: Path) -> None:
+    """model.net: each of its values, set on the node itself, shapes the network handed to the module (the short
+    names are only what the node reads by default)."""
+    net = build(inputs).model.net
+    changed = {
+        "arch": ("model.net.arch.n_layers=3", lambda n: len(n.gpt.trf_blocks) == 3),
+        "pretrained": (f"model.net.pretrained={weights_file}", lambda n: n.origin["pretrained"] == str(weights_file)),
+        "init_seed": (
+            "model.net.init_seed=99",
+            lambda n: not torch.equal(n.gpt.trf_blocks[0].att.W_query.weight, net.gpt.trf_blocks[0].att.W_query.weight),
+        ),
+        "dropout": ("model.net.dropout=0.25", lambda n: n.gpt.cfg.dropout == 0.25),
+        "num_classes": ("model.net.num_classes=2", lambda n: n.num_classes == 2),
+        "pool": ("model.net.pool=first", lambda n: n.pool == "first"),
+    }[key]
+    override, holds = changed
+    assert holds(build(inputs, override).model.net), key
+    if key != "num_classes":  # the data's count is the default too
+        assert not holds(net), key
+
+
 def test_arch_shapes_the_network(inputs: Inputs) -> None:
     gpt = build(inputs, "model.arch.emb_dim=32", "model.arch.n_layers=3").model.net.gpt
     assert gpt.tok_emb.weight.shape[1] == 32 and len(gpt.trf_blocks) == 3
@@ -1115,6 +1161,7 @@ def both_sources(test: str) -> tuple[str, ...]:
     return inference(f"{test}[ckpt]", f"{test}[model_dir]")
 
 
+NET_KEYS = ("arch", "pretrained", "init_seed", "dropout", "num_classes", "pool")  # model.net's, as the short names
 OPTIONS: dict[str, str | tuple[str, ...]] = {
     # conf/train.yaml
     "train.yaml:seed": here("test_seed_draws_the_new_head_and_is_the_default_data_seed_and_init_seed"),
@@ -1144,6 +1191,13 @@ OPTIONS: dict[str, str | tuple[str, ...]] = {
         here("test_lr_and_weight_decay_make_the_optimizer_step[lora]"),
     ),
     "model/gpt2.yaml:weight_decay": (
+        here("test_lr_and_weight_decay_make_the_optimizer_step[layers]"),
+        here("test_lr_and_weight_decay_make_the_optimizer_step[lora]"),
+    ),
+    **{f"model/gpt2.yaml:net.{key}": here(f"test_the_net_node_builds_the_network[{key}]") for key in NET_KEYS},
+    "model/gpt2.yaml:optimizer._partial_": here("test_the_optimizer_node_is_any_torch_optimizer"),
+    "model/gpt2.yaml:optimizer.lr": here("test_the_optimizer_node_is_any_torch_optimizer"),
+    "model/gpt2.yaml:optimizer.weight_decay": (
         here("test_lr_and_weight_decay_make_the_optimizer_step[layers]"),
         here("test_lr_and_weight_decay_make_the_optimizer_step[lora]"),
     ),

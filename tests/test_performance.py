@@ -32,7 +32,9 @@ def datamodule(data_dir: str, tokenizer_file: str, **kwargs: Any) -> SmsSpamData
 
 def model(**kwargs: Any) -> SpamClassifier:
     L.seed_everything(123)
-    return SpamClassifier(**{"arch": TINY, "pretrained": None, "trainable_layers": 1, "lr": 1e-3, **kwargs})
+    return SpamClassifier.from_options(
+        **{"arch": TINY, "pretrained": None, "trainable_layers": 1, "lr": 1e-3, **kwargs}
+    )
 
 
 def trainer(**kwargs: Any) -> L.Trainer:

@@ -101,7 +101,7 @@ def test_fixed_padding_and_pool_last_match_the_datamodule(smoke: dict, tokenizer
         data_dir=record["data"]["data_dir"], tokenizer_file=tokenizer_file, padding=pad, context_length=128
     )
     dm.setup("test")
-    model = SpamClassifier(**{**ckpt["hyper_parameters"], "pretrained": None}).eval()
+    model = SpamClassifier.from_options(**{**ckpt["hyper_parameters"], "pretrained": None}).eval()
     model.load_state_dict(ckpt["state_dict"])
     with torch.no_grad():
         batches = list(dm.test_dataloader())

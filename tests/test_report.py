@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-import spam_lightning.inference.predictor.report as report
+import spam_lightning.inference.report as report
 import torch
 from helpers.smoke import compose_cfg, train_smoke
 from matplotlib.figure import Figure

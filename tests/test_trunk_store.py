@@ -30,7 +30,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 def model(**kwargs: Any) -> SpamClassifier:
     L.seed_everything(123)
     args = {"arch": TINY, "pretrained": None, "init_seed": 5, "trainable_layers": 1, "pool": "last_token"}
-    return SpamClassifier(**{**args, "lr": 1e-3, **kwargs})
+    return SpamClassifier.from_options(**{**args, "lr": 1e-3, **kwargs})
 
 
 class Losses(Callback):

@@ -197,8 +197,10 @@ def test_a_cache_folder_of_its_own_is_accepted(places: dict[str, Path], tmp_path
 @pytest.mark.parametrize("place", ["home", "project"])
 def test_the_model_refuses_such_a_cache_folder(places: dict[str, Path], place: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"model.cache_dir={places[place]} is the {place} folder")):
-        SpamClassifier(arch={"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 64}, pretrained=None,
-                       trainable_layers=1, cache_dir=str(places[place]))  # fmt: skip
+        SpamClassifier.from_options(
+            arch={"emb_dim": 32, "n_layers": 2, "n_heads": 2, "context_length": 64}, pretrained=None,
+            trainable_layers=1, cache_dir=str(places[place]),
+        )  # fmt: skip
 
 
 def test_train_refuses_the_runs_folder_as_cache_before_writing(tmp_path: Path, sms_zip: Path, tokenizer_file: str):

@@ -388,10 +388,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"freed {clean(args.folder, trunks) / 2**20:.1f} MiB")
 
 
-if __name__ == "__main__":
-    main()
-
-
 info = rank_zero_only(log.info)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, D) frozen hidden states
@@ -640,3 +636,7 @@ def _fingerprint(tensors: Sequence[torch.Tensor]) -> str | tuple[int, ...]:
         bits = t.detach().reshape(-1).view(integer[t.element_size()]).to(torch.int64)
         sums += [bits.numel(), int(bits.sum()), int((bits * bits).sum())]
     return tuple(sums)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,9 +10,10 @@ features, and the step runs only the trainable top.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -44,10 +45,9 @@ from spam_lightning.inference.metrics import (
     predicted_ids,
     update_metrics,
 )
-from spam_lightning.model.gpt import POOLS, make_config
 from spam_lightning.model.lora import LoRAConfig, apply_lora, first_adapted_block, is_adapter
-from spam_lightning.model.net import SpamNet
-from spam_lightning.model.weights import build_gpt, provenance, random_provenance
+from spam_lightning.model.net import SpamNet, build_net
+from spam_lightning.model.weights import provenance
 from spam_lightning.training.feature_cache import FROZEN_FEATURES, FrozenFeatureCache, check_cache_dir
 
 log = logging.getLogger("spam_lightning")
@@ -65,19 +65,31 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+# The model config's short names (conf/model/gpt2.yaml): the values its `net` and `optimizer` nodes read, so that
+# `model.lr=1e-4` or `model.pool=mean` set them; not SpamClassifier's arguments (training.run leaves them out).
+SHORT_NAMES = ("arch", "pretrained", "init_seed", "dropout", "num_classes", "pool", "lr", "weight_decay")
+
+
+def import_module_attr(path: str) -> Any:
+    """`torch.optim.SGD` -> the class."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def optimizer_name(optimizer: Callable[..., Any]) -> str:
+    """The optimizer class a partial makes, as its import path (torch.optim.AdamW), for the run's record."""
+    made = getattr(optimizer, "func", optimizer)
+    module = "torch.optim" if made.__module__.startswith("torch.optim.") else made.__module__
+    return f"{module}.{made.__qualname__}"
+
+
 class SpamClassifier(L.LightningModule):
     def __init__(
         self,
-        arch: str | dict[str, Any] = "gpt2",  # GPT-2 preset name or a mapping of GPTConfig fields
-        pretrained: str | None = "gpt2",  # None: random init; preset name: OpenAI weights; or a .safetensors path
-        init_seed: int | None = None,  # pretrained=None: seed of the init (small checkpoints), else the global RNG
-        dropout: float | None = None,  # overrides the arch's dropout when set
-        num_classes: int | None = 2,  # None: 2 (train.py passes the data's class count); the positive class of two
-        # is the data's (preprocessing.positive_class), else class id 1
+        net: SpamNet | None = None,  # the network (model.net: build_net); None: build_net()'s GPT-2 124M, pretrained
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,  # a partial taking the trainable parameters
+        # (model.optimizer, `_partial_: true`); None: AdamW with the book's lr 5e-5 and weight decay 0.1
         trainable_layers: str | int = "last_block",  # head | last_block | last_two_blocks | all | k last blocks
-        pool: str = "last",  # last (position T-1, the book) | last_token (lengths-1) | first | mean
-        lr: float = 5e-5,  # AdamW learning rate
-        weight_decay: float = 0.1,  # AdamW weight decay
         scheduler: str = "none",  # none | cosine (linear warmup, then cosine decay to 0, per step)
         warmup_steps: int = 0,  # warmup optimizer steps for the cosine scheduler
         cache_frozen: bool | str = "auto",  # frozen-trunk feature cache: auto (on when exact) | true | false
@@ -89,27 +101,32 @@ class SpamClassifier(L.LightningModule):
         lora: Mapping[str, Any] | None = None,  # LoRAConfig's fields (rank, alpha, dropout, targets) for finetune=lora
     ) -> None:
         super().__init__()
-        if isinstance(arch, DictConfig):
-            arch = OmegaConf.to_container(arch, resolve=True)  # type: ignore[assignment]
-        elif isinstance(arch, Mapping):
-            arch = dict(arch)
         if isinstance(lora, DictConfig):
             lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
-        if num_classes is None:
-            num_classes = 2
+        net = build_net() if net is None else net
+        optimizer = partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1) if optimizer is None else optimizer
         check_model_options(locals())  # every argument, by name
-        cfg = make_config(arch, dropout=dropout)
+        cfg = net.gpt.cfg
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
             raise ConfigError(
                 f"model.trainable_layers as a block count must be in [0, {cfg.n_layers}], got {trainable_layers}"
             )
-        self.save_hyperparameters()
-
-        gpt, self._provenance = build_gpt(cfg, pretrained, init_seed), None
-        if pretrained is None and init_seed is not None and (trainable_layers != "all" or finetune == "lora"):
-            self._provenance = random_provenance(init_seed, gpt.state_dict())  # before training
-        self.net = SpamNet(gpt, num_classes, pool)
-        self.num_classes = num_classes
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        # What checkpoints record of the net and the optimizer, flat as the model config's short names are.
+        origin = net.origin or {"arch": cfg.to_dict(), "pretrained": None, "init_seed": None, "dropout": None}
+        hparams = {key: origin[key] for key in ("arch", "pretrained", "init_seed", "dropout")}
+        hparams |= {"num_classes": net.num_classes, "trainable_layers": trainable_layers, "pool": net.pool}
+        hparams |= {key: getattr(optimizer, "keywords", {}).get(key) for key in ("lr", "weight_decay")}
+        hparams["optimizer"] = optimizer_name(optimizer)
+        own = {key: value for key, value in self.hparams.items() if key not in hparams}
+        self.hparams.clear()
+        self.hparams.update({**hparams, **own})
+        self.make_optimizer = optimizer
+        pretrained = origin["pretrained"]
+        self._provenance = origin.get("frozen_weights")
+        self.net = net
+        self.num_classes = num_classes = net.num_classes
+        pool = net.pool
 
         # finetune=lora: every original weight is frozen; the adapters train, and the head in full when it has none.
         self.lora = LoRAConfig.from_dict(lora or {}) if finetune == "lora" else None
@@ -179,6 +196,18 @@ class SpamClassifier(L.LightningModule):
         # init_seed; checked by sha256). Random init without a seed and trainable_layers=all keep every weight.
         can_remake = pretrained is not None or self._provenance is not None
         self.small_checkpoints = can_remake and not self.embeddings_trainable
+
+    @classmethod
+    def from_options(cls, **options: Any) -> SpamClassifier:
+        """A SpamClassifier from flat options, as the model config's short names and a checkpoint's hyper_parameters
+        give them: arch, pretrained, init_seed, dropout, num_classes, pool (the net), lr, weight_decay and optimizer
+        (its import path; AdamW with the book's settings by default), and SpamClassifier's own arguments."""
+        net = build_net(**{key: options.pop(key) for key in SHORT_NAMES[:6] if key in options})
+        made = import_module_attr(options.pop("optimizer", None) or "torch.optim.AdamW")
+        settings = {"lr": 5e-5, "weight_decay": 0.1} | {
+            key: options.pop(key) for key in SHORT_NAMES[6:] if key in options
+        }
+        return cls(net, partial(made, **{k: v for k, v in settings.items() if v is not None}), **options)
 
     # --- freezing -------------------------------------------------------------------------------
 
@@ -323,7 +352,7 @@ class SpamClassifier(L.LightningModule):
         hint = "" if precision.startswith(("32", "64")) else " or in 32-bit precision (trainer.precision=32)"
         raise DivergedError(
             f"{whose} at epoch {self.current_epoch}, batch {batch_idx} (after {self.global_step} optimizer steps): the "
-            f"run diverged (model.lr={self.hparams.lr:g}, trainer.precision={precision}); no weight was updated from "
+            f"run diverged (model.lr={self.hparams.lr}, trainer.precision={precision}); no weight was updated from "
             f"this batch. Start again with a lower model.lr{hint}"
         )
 
@@ -421,7 +450,11 @@ class SpamClassifier(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         # Fused: one launch on a GPU, one pass per tensor on a CPU (5.7x faster for the last block; within 1.2e-7).
         fused = self.device.type in ("cuda", "cpu")
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
+        fused_ok = (
+            getattr(self.make_optimizer, "func", None) is torch.optim.AdamW
+            and "fused" not in self.make_optimizer.keywords
+        )
+        optimizer = self.make_optimizer(params, fused=fused) if fused_ok else self.make_optimizer(params)
         if hp.scheduler == "none":
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
@@ -438,13 +471,12 @@ FINETUNE = ("layers", "lora")  # model.finetune
 
 
 def check_model_options(args: Mapping[str, Any]) -> None:
-    """The `model` config group's values (SpamClassifier's arguments), before anything is built."""
-    pretrained, dropout, num_classes, trainable_layers = (
-        args[k] for k in ("pretrained", "dropout", "num_classes", "trainable_layers")
-    )
-    pool, lr, weight_decay, scheduler, warmup_steps = (
-        args[k] for k in ("pool", "lr", "weight_decay", "scheduler", "warmup_steps")
-    )
+    """SpamClassifier's own arguments, before anything is built (build_net checks the net's; the optimizer its
+    own, besides the learning rate and weight decay the book's knobs set)."""
+    trainable_layers, scheduler, warmup_steps = (args[k] for k in ("trainable_layers", "scheduler", "warmup_steps"))
+    optimizer = args["optimizer"]
+    keywords = getattr(optimizer, "keywords", {})
+    lr, weight_decay = keywords.get("lr", 1.0), keywords.get("weight_decay", 0.0)
 
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -452,15 +484,10 @@ def check_model_options(args: Mapping[str, Any]) -> None:
     def is_number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
-    if pretrained is not None and not isinstance(pretrained, str):
-        raise ConfigError(f"model.pretrained must be None, a preset name or a path, got {pretrained!r}")
-    init_seed = args.get("init_seed")
-    if init_seed is not None and not is_int(init_seed):
-        raise ConfigError(f"model.init_seed must be null or an integer, got {init_seed!r}")
-    if dropout is not None and not (is_number(dropout) and 0.0 <= dropout < 1.0):
-        raise ConfigError(f"model.dropout must be None or in [0, 1), got {dropout!r}")
-    if not (is_int(num_classes) and num_classes >= 2):
-        raise ConfigError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+    if not callable(optimizer):
+        raise ConfigError(
+            f"model.optimizer must be a torch optimizer as a partial (_partial_: true), got {optimizer!r}"
+        )
     if is_int(trainable_layers):
         if trainable_layers < 0:
             raise ConfigError(f"model.trainable_layers as a block count must be >= 0, got {trainable_layers}")
@@ -469,8 +496,6 @@ def check_model_options(args: Mapping[str, Any]) -> None:
             f"model.trainable_layers must be one of {list(NAMED_TRAINABLE)} or a number of last blocks "
             f"(0..n_layers), got {trainable_layers!r}"
         )
-    if pool not in POOLS:
-        raise ConfigError(f"model.pool must be one of {list(POOLS)}, got {pool!r}")
     if not (is_number(lr) and lr > 0):
         raise ConfigError(f"model.lr must be a number > 0, got {lr!r}")
     if not (is_number(weight_decay) and weight_decay >= 0):

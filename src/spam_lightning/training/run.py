@@ -33,7 +33,7 @@ from spam_lightning.inference.report import write_test_scores, write_training_re
 from spam_lightning.model.gpt import PRESETS, make_config
 from spam_lightning.training.ddp import use_resolved_config_launcher
 from spam_lightning.training.feature_cache import check_cache_dir
-from spam_lightning.training.module import SpamClassifier
+from spam_lightning.training.module import SHORT_NAMES, SpamClassifier
 from spam_lightning.training.runs import (
     config_tree,
     keep_staged,
@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_cache_dir(cfg.model.cache_dir, runs_dir=cfg.get("runs_dir"))
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
-    context_length = make_config(cfg.model.arch).context_length
+    context_length = make_config(cfg.model.net.arch).context_length
     datamodule: TextDataModule = instantiate(cfg.data, context_length=context_length)
     ckpt_path = _checkpoint_to_continue(cfg, run_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -206,7 +206,8 @@ def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: TextDataModule
     failed: list[DownloadError] = []
     model = None
     try:
-        model = instantiate(model_cfg, num_classes=_num_classes(model_cfg, datamodule))
+        _num_classes(model_cfg, datamodule)
+        model = instantiate(module_config(model_cfg))
     except Exception as err:
         cause = user_error(err)
         if not isinstance(cause, DownloadError):
@@ -221,6 +222,14 @@ def build_model_and_fetch_data(model_cfg: DictConfig, datamodule: TextDataModule
         raise DownloadError.combine(failed)
     assert model is not None
     return model
+
+
+def module_config(model_cfg: DictConfig) -> dict[str, Any]:
+    """The model group resolved, without its short names: SpamClassifier's arguments, the net and the optimizer
+    among them (the nodes read the short names through `${..lr}` interpolations)."""
+    resolved = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return {key: value for key, value in resolved.items() if key not in SHORT_NAMES}
 
 
 def _num_classes(model_cfg: DictConfig, datamodule: TextDataModule) -> int:
@@ -384,6 +393,15 @@ def _best_checkpoint(trainer: L.Trainer, run_dir: Path) -> str | None:
     return str(recorded)
 
 
+MAX_SEED = 2**32 - 1  # numpy's (and so pandas' sampling) seed range; Lightning would pick another seed silently
+
+
+def check_seeds(cfg: Mapping[str, Any]) -> None:
+    """train.py's `seed` and `data.seed`."""
+    check_int("seed", cfg.get("seed"), 0, MAX_SEED)
+    check_int("data.seed", (cfg.get("data") or {}).get("seed", 0), 0, MAX_SEED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m spam_lightning.training.run CONFIG.yaml`: run a resolved config (how extra DDP ranks start)."""
     args = sys.argv[1:] if argv is None else argv
@@ -394,12 +412,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-MAX_SEED = 2**32 - 1  # numpy's (and so pandas' sampling) seed range; Lightning would pick another seed silently
-
-
-def check_seeds(cfg: Mapping[str, Any]) -> None:
-    """train.py's `seed` and `data.seed`."""
-    check_int("seed", cfg.get("seed"), 0, MAX_SEED)
-    check_int("data.seed", (cfg.get("data") or {}).get("seed", 0), 0, MAX_SEED)
