@@ -57,6 +57,7 @@ from spam_lightning.data.modules import SmsSpamDataModule, TokenizedSplit, pad_c
 from spam_lightning.model.gpt import PRESETS, GPTModel, make_config
 from spam_lightning.model.weights import build_gpt
 from spam_lightning.training.module import SpamClassifier
+from spam_lightning.training.run import module_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPAM_LIGHTNING_SHARED", REPO.parent / "shared"))
@@ -399,7 +400,7 @@ def run_project(
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer], logger=loggers or False)
     L.seed_everything(cfg.seed, verbose=False)
-    model: SpamClassifier = instantiate(cfg.model)
+    model: SpamClassifier = instantiate(module_config(cfg.model))
     model.pooled_top_block = not full_top_block
     with PeakMemory(device) as memory:
         sync(device)
@@ -432,7 +433,9 @@ def weights_fingerprint(arch: str | dict[str, int], seed: int, weights: str | No
     """(a) and (b) start from the same weights: compare both models' parameter sums."""
     book = book_model(arch, seed, weights)
     L.seed_everything(seed, verbose=False)
-    ours = SpamClassifier.from_options(arch=arch, pretrained=weights, init_seed=None if weights else seed, cache_frozen=False)
+    ours = SpamClassifier.from_options(
+        arch=arch, pretrained=weights, init_seed=None if weights else seed, cache_frozen=False
+    )
     return (
         float(sum(p.double().sum() for p in book.parameters())),
         float(sum(p.double().sum() for p in ours.net.gpt.parameters())),

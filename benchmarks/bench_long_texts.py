@@ -158,7 +158,9 @@ def epoch_seconds(dm: CsvDataModule, bucket: bool, batches: int) -> tuple[float,
 
 def cache_peak(dm: CsvDataModule, directory: str | None) -> tuple[dict[str, int], float, float]:
     torch.manual_seed(0)
-    model = SpamClassifier.from_options(arch=ARCH, pretrained=None, trainable_layers="last_block", pool="last_token").eval()
+    model = SpamClassifier.from_options(
+        arch=ARCH, pretrained=None, trainable_layers="last_block", pool="last_token"
+    ).eval()
     cache = FrozenFeatureCache(keep_padding=False, directory=directory)
     cache.check(model.frozen_parameters())  # as training does: with a directory, rows go to disk under the trunk's key
     cache.open_store(torch.device("cpu"))

@@ -44,6 +44,7 @@ from spam_lightning.model.lora import BOOK_TARGETS, LoRAConfig, LoRALinear, appl
 from spam_lightning.model.net import SpamNet
 from spam_lightning.model.weights import convert_hf_state_dict, read_safetensors, to_hf_state_dict
 from spam_lightning.training.module import SpamClassifier
+from spam_lightning.training.run import module_config
 from spam_lightning.training.run import run as train_run
 
 transformers = pytest.importorskip("transformers")
@@ -258,7 +259,7 @@ def test_merging_the_adapters_gives_the_same_outputs(test_texts: list[str], toke
 
 def test_the_books_trainable_count_for_124m() -> None:
     """Appendix E: 2,666,528 trainable parameters (rank 16 on every Linear of GPT-2 124M and the 2-class head)."""
-    model = instantiate(compose_cfg("train", "experiment=book-lora", "model.pretrained=null").model)
+    model = instantiate(module_config(compose_cfg("train", "experiment=book-lora", "model.pretrained=null").model))
     assert model.num_trainable_parameters == 2_666_528
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert model.feature_cache is None and "every block has adapters" in model.cache_off_reason

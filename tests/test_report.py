@@ -6,11 +6,11 @@ import csv
 from pathlib import Path
 
 import pytest
-import spam_lightning.inference.report as report
 import torch
 from helpers.smoke import compose_cfg, train_smoke
 from matplotlib.figure import Figure
 
+import spam_lightning.inference.report as report
 from spam_lightning.inference.evaluate import run as evaluate_run
 from spam_lightning.inference.export import export_checkpoint
 
