@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The browser for tests/test_serve.py's page test: Debian's chromium (as root, or with sudo). Playwright drives it
+# The browser for tests/inference/test_serve.py's page test: Debian's chromium (as root, or with sudo). Playwright drives it
 # from the dev extra; `playwright install`'s own browser download is not needed.
 install-ui:
 	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium

@@ -138,7 +138,7 @@ TWO_NODES = (
 MAIN_JOB = "tests/test_main_job.py::"
 GPU = "needs GPUs; our machines have none"
 BENCHMARK = "a benchmark of minutes to hours on our machines"
-CSV_COMMANDS = "tests/test_csv_data.py::test_readme_commands_train_and_baseline_on_a_csv_file"
+CSV_COMMANDS = "tests/data/test_csv_data.py::test_readme_commands_train_and_baseline_on_a_csv_file"
 LORA_ON_CPU = "python benchmarks/bench_finetune.py --model gpt2 --epochs 2 --runs b --threads 1 --weights-file random"
 LORA_VARIANT = '--variant "lora=model.finetune=lora model.lr=8e-4"'
 
@@ -307,15 +307,15 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py logger=none": Run("trackers", TRACKED),
     # LoRA fine-tuning
     "python train.py experiment=book-lora model.pretrained=null": Covered(
-        "tests/test_lora.py::test_book_lora_command_reports_the_books_trainable_count"
+        "tests/model/test_lora.py::test_book_lora_command_reports_the_books_trainable_count"
     ),
     "python train.py -m experiment=smoke model.finetune=lora model.lora.rank=4,8,16 run_name=lora_ranks": Covered(
-        "tests/test_lora.py::test_lora_sweeps"
+        "tests/model/test_lora.py::test_lora_sweeps"
     ),
     (
         "python train.py -m hparams_search=optuna run_name=lora_search experiment=smoke model.finetune=lora "
         "model.trainable_layers=last_block 'model.lora.rank=choice(4,8,16)'"
-    ): Covered("tests/test_lora.py::test_lora_sweeps"),
+    ): Covered("tests/model/test_lora.py::test_lora_sweeps"),
     # -- docs/using-a-model.md: the quickstart group, after the README's commands (runs/smoke, $CKPT, its export) ---
     r"printf 'See you at 6\nFree entry! Text WIN to 80086\n' > messages.txt": Run("quickstart"),
     """python predict.py ckpt_path=$CKPT 'text=["See you at 6","Free entry! Text WIN to 80086"]'""": Run("quickstart"),

@@ -110,7 +110,7 @@ def check_imports(copy: Path, env: dict[str, str]) -> None:
     original = canary.read_text()
     canary.write_text(original + '\nraise RuntimeError("mutation-canary")\n')
     try:
-        done = run_pytest(copy, env, ["--collect-only", "tests/test_classifier.py"], timeout=300)
+        done = run_pytest(copy, env, ["--collect-only", "tests/training/test_classifier.py"], timeout=300)
     finally:
         canary.write_text(original)
     if "mutation-canary" not in done[1]:

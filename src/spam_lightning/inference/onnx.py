@@ -47,7 +47,7 @@ INPUTS, OUTPUT = ("input_ids", "lengths"), "logits"
 METADATA_KEY = "spam_lightning.record_sha256"
 # At export: |logits onnxruntime - torch| <= this x max(1, |logits|) on the probe texts, else refused. A guard against
 # a wrong graph (which is off by orders of magnitude more), with room for float rounding in larger pretrained models;
-# tests/test_export_onnx.py holds exports to 1e-5 on the test split.
+# tests/inference/test_export_onnx.py holds exports to 1e-5 on the test split.
 CHECK_TOLERANCE = 1e-4
 INSTALL = 'pip install ".[onnx]"'
 

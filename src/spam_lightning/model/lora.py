@@ -9,7 +9,7 @@ ordinary SpamNet.
 
 Scaling differs from PEFT's: the book multiplies by `alpha`; PEFT by `lora_alpha / r` (`lora_alpha / sqrt(r)`
 with use_rslora), and PEFT stores the transposes (lora_A.weight (r, in), lora_B.weight (out, r)). The book's
-alpha=16 at rank 16 is PEFT's lora_alpha=256 (tests/test_lora.py checks the mapping against PEFT).
+alpha=16 at rank 16 is PEFT's lora_alpha=256 (tests/model/test_lora.py checks the mapping against PEFT).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from helpers.smoke import final_weights, train_cli
 from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
 from spam_lightning.training.run import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 LORA = ("model.finetune=lora", "model.lora.rank=4")  # the tiny model with rank-4 adapters on every Linear

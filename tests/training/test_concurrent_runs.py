@@ -1,5 +1,5 @@
 """Two runs with one run_name at once: the second is refused while the first is alive, and a killed run frees its
-folder at once (issue "Reliability II"; concurrent runs sharing one data_dir: tests/test_shared_data_dir.py)."""
+folder at once (issue "Reliability II"; concurrent runs sharing one data_dir: tests/data/test_shared_data_dir.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the fields of a POST /predict request, each observed in its effect: the predictions and their labels, the texts
 classified, the files written, the forward passes' batch sizes, the device and dtype the model runs in, the metrics
 against their computation from the model's own probabilities. The table of every option is
-tests/test_options_effect.py's OPTIONS.
+tests/training/test_options_effect.py's OPTIONS.
 
 Two models: a 3-step smoke run's checkpoint (ckpt_path), and a random tiny network exported by export.py (model_dir):
 their probabilities differ, so each source is seen to be the one read. predict.py and evaluate.py run in-process

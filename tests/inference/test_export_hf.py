@@ -120,7 +120,7 @@ def test_no_local_paths_in_any_exported_file(smoke: dict[str, Any], tokenizer_fi
     """Not the checkpoint's folder, the data folder (both under smoke["tmp"]), the repository or the shared data."""
     pool_mean = with_pool(load_trained(smoke["ckpt"]), "mean")
     write_export(pool_mean, smoke["tmp"] / "own", get_tokenizer(tokenizer_file), format="auto")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for folder in (smoke["hf"], smoke["tmp"] / "own"):
         for path in folder.iterdir():
             data = path.read_bytes()

@@ -12,7 +12,8 @@ are (trainer.*, Lightning's own callbacks and logger) are checked on the Lightni
 Lightning then does with a value is Lightning's to test. A few tests train for 2-3 steps.
 
 predict.py, evaluate.py and serve.py (their options and request fields) are tested in
-tests/test_options_predict_evaluate_serve.py; export.py's and baseline.py's in tests/test_options_export_baseline.py."""
+tests/inference/test_options_predict_evaluate_serve.py; export.py's and baseline.py's in
+tests/training/test_options_export_baseline.py."""
 
 from __future__ import annotations
 
@@ -56,9 +57,9 @@ from spam_lightning.training.module import SpamClassifier
 from spam_lightning.training.run import run as train_run
 from spam_lightning.training.trackers import ResumableCSVLogger
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
-THIS = "tests/test_options_effect.py"
+THIS = "tests/training/test_options_effect.py"
 TINY_ARCH = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 128, "dropout": 0.0, "qkv_bias": True}
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1139,7 +1140,8 @@ def test_tracker_keys_reach_the_loggers(
     key: str, inputs: Inputs, default_trackers: tuple[DictConfig, dict[str, Any]]
 ) -> None:
     """Each key's value is in the logger built from it, and not in the one built with the defaults
-    (tests/test_trackers.py runs MLflow and W&B for real: the run, its name, its artifacts, a continued run)."""
+    (tests/training/test_trackers.py runs MLflow and W&B for real: the run, its name, its artifacts, a continued
+    run)."""
     override, holds = TRACKERS[key]
     assert holds(*tracker_loggers(inputs, override)), override
     assert not holds(*default_trackers), key
@@ -1149,8 +1151,8 @@ def test_tracker_keys_reach_the_loggers(
 # The table: every option and the test that fails when it is ignored
 # ---------------------------------------------------------------------------------------------------------------
 
-EXPORT_BASELINE = "tests/test_options_export_baseline.py"
-INFERENCE = "tests/test_options_predict_evaluate_serve.py"
+EXPORT_BASELINE = "tests/training/test_options_export_baseline.py"
+INFERENCE = "tests/inference/test_options_predict_evaluate_serve.py"
 
 
 def here(test: str) -> str:
@@ -1169,9 +1171,10 @@ NET_KEYS = ("arch", "pretrained", "init_seed", "dropout", "num_classes", "pool")
 OPTIONS: dict[str, str | tuple[str, ...]] = {
     # conf/train.yaml
     "train.yaml:seed": here("test_seed_draws_the_new_head_and_is_the_default_data_seed_and_init_seed"),
-    "train.yaml:run_name": "tests/test_train.py::test_run_log_refused_rerun_and_clean_resume",  # runs/r/train.log
+    # runs/r/train.log
+    "train.yaml:run_name": "tests/training/test_train.py::test_run_log_refused_rerun_and_clean_resume",
     "train.yaml:root_dir": here("test_root_dir_holds_the_data_by_default"),
-    "train.yaml:runs_dir": "tests/test_train.py::test_run_log_refused_rerun_and_clean_resume",  # tmp/runs/r
+    "train.yaml:runs_dir": "tests/training/test_train.py::test_run_log_refused_rerun_and_clean_resume",  # tmp/runs/r
     "train.yaml:run_dir": here("test_run_dir_receives_config_yaml_and_is_lightnings_root"),
     "train.yaml:ckpt_path": here("test_a_run_continues_from_the_checkpoint[ckpt_path]"),
     "train.yaml:resume": here("test_a_run_continues_from_the_checkpoint[resume]"),
@@ -1205,13 +1208,15 @@ OPTIONS: dict[str, str | tuple[str, ...]] = {
         here("test_lr_and_weight_decay_make_the_optimizer_step[layers]"),
         here("test_lr_and_weight_decay_make_the_optimizer_step[lora]"),
     ),
-    "model/gpt2.yaml:scheduler": "tests/test_classifier.py::test_cosine_scheduler_steps_per_optimizer_step",
-    "model/gpt2.yaml:warmup_steps": "tests/test_classifier.py::test_cosine_scheduler_steps_per_optimizer_step",
+    "model/gpt2.yaml:scheduler": "tests/training/test_classifier.py::test_cosine_scheduler_steps_per_optimizer_step",
+    "model/gpt2.yaml:warmup_steps": "tests/training/test_classifier.py::test_cosine_scheduler_steps_per_optimizer_step",
     "model/gpt2.yaml:cache_frozen": here("test_cache_frozen_false_attaches_no_feature_cache"),
     "model/gpt2.yaml:cache_dir": (
-        "tests/test_trunk_store.py::test_a_second_run_reads_the_trunk_from_disk_and_trains_identically"
+        "tests/training/test_trunk_store.py::test_a_second_run_reads_the_trunk_from_disk_and_trains_identically"
     ),
-    "model/gpt2.yaml:cache_max_gb": "tests/test_trunk_store.py::test_the_size_limit_drops_least_recently_used_trunks",
+    "model/gpt2.yaml:cache_max_gb": (
+        "tests/training/test_trunk_store.py::test_the_size_limit_drops_least_recently_used_trunks"
+    ),
     "model/gpt2.yaml:compile": here("test_compile_compiles_the_blocks"),
     # runs where CUDA is (skipped on CPUs: TF32 is a CUDA matmul mode, nothing to observe elsewhere)
     "model/gpt2.yaml:tf32": (
@@ -1240,7 +1245,9 @@ OPTIONS: dict[str, str | tuple[str, ...]] = {
     "data/csv.yaml:fractions": here("test_csv_fractions_stratify_and_balance"),
     "data/csv.yaml:stratify": here("test_csv_fractions_stratify_and_balance"),
     "data/csv.yaml:balance": here("test_csv_fractions_stratify_and_balance"),
-    "data/csv.yaml:positive_class": "tests/test_positive_class.py::test_training_metrics_are_the_positive_class_s",
+    "data/csv.yaml:positive_class": (
+        "tests/inference/test_positive_class.py::test_training_metrics_are_the_positive_class_s"
+    ),
     # the trainer, callbacks and logger keys that LIGHTNING does not hold
     "trainer/default.yaml:accelerator": here("test_accelerator"),
     "trainer/default.yaml:fast_dev_run": here("test_fast_dev_run"),
@@ -1296,12 +1303,13 @@ OPTIONS["data/csv.yaml:seed"] = (
     here("test_data_seed_makes_the_split[csv]"),
     here("test_data_seed_makes_the_training_order"),
 )
-# the trackers' logger configs (logger/many.yaml only combines them), and the runs tests/test_trackers.py reads back
+# the trackers' logger configs (logger/many.yaml only combines them), and the runs tests/training/test_trackers.py
+# reads back
 OPTIONS |= {key: here(f"test_tracker_keys_reach_the_loggers[{key}]") for key in TRACKERS}
 for tracker in ("mlflow", "wandb"):
     OPTIONS[f"logger/{tracker}.yaml:{tracker}.continue_run"] = (
         here(f"test_tracker_keys_reach_the_loggers[logger/{tracker}.yaml:{tracker}.continue_run]"),
-        "tests/test_trackers.py::test_a_combination_logs_to_both_and_resume_continues_their_runs",
+        "tests/training/test_trackers.py::test_a_combination_logs_to_both_and_resume_continues_their_runs",
     )
 # conf/predict.yaml
 OPTIONS |= {
@@ -1316,7 +1324,7 @@ OPTIONS |= {
     "predict.yaml:threshold": inference("test_predict_threshold_gives_the_labels"),
     "predict.yaml:device": inference("test_predict_device"),  # on the GPU where there is one
     "predict.yaml:precision": inference("test_predict_precision_bf16_runs_in_bfloat16"),
-    "predict.yaml:backend": "tests/test_export_onnx.py::test_predict_py_with_onnxruntime",
+    "predict.yaml:backend": "tests/inference/test_export_onnx.py::test_predict_py_with_onnxruntime",
     "predict.yaml:tokenizer_file": both_sources("test_predict_tokenizer_file_is_the_vocabulary_read"),
 }
 # conf/evaluate.yaml
@@ -1378,7 +1386,7 @@ OPTIONS |= {
     **{
         f"POST /predict:threshold[{form}]": (
             *inference(f"test_request_text_texts_and_threshold[{form}]"),
-            "tests/test_serve.py::test_threshold_and_per_text_errors",
+            "tests/inference/test_serve.py::test_threshold_and_per_text_errors",
         )
         for form in ("text", "texts")
     },

@@ -18,7 +18,7 @@ from spam_lightning.errors import CheckpointError
 from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
 from spam_lightning.training.run import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 
 

@@ -20,7 +20,7 @@ import spam_lightning.training.sweeps as sweep
 from spam_lightning.training.ddp import WorldSizeError
 from spam_lightning.training.run import run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 # Jobs of a few seconds: the smoke model, 1 epoch of 3 batches, 1 validation and 1 test batch per split.
 TINY = (

@@ -34,7 +34,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 TOLERANCE = 1e-5  # max |logits onnxruntime - torch| and max |P(spam) onnxruntime - torch|
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # pool -> padded length: last (the book's) pads every text to 120 tokens; the others pad each batch to its longest
 POOLS = {"last_token": None, "last": 120, "first": None, "mean": None}
 

@@ -1,7 +1,7 @@
 """The options of export.py (conf/export.yaml) and baseline.py (conf/baseline.yaml), each observed in its effect: the
 files an export writes and the weights in them; the baseline's metrics against scikit-learn fitted independently on
 the training split with the same settings (and unequal to the fit with any one setting at its default, or on
-another split). The table of every option is tests/test_options_effect.py's OPTIONS."""
+another split). The table of every option is tests/training/test_options_effect.py's OPTIONS."""
 
 from __future__ import annotations
 
