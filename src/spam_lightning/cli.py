@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.errors import MissingExtraError, one_line_cause, one_line_errors, require_extra
+from spam_lightning.errors import MissingExtraError, one_line_errors, require_extra
 from spam_lightning.paths import config_dir
 
 
@@ -57,13 +57,12 @@ def _train(cfg: DictConfig) -> float | None:
         metrics = run_job_in_sweep(lambda: run(cfg), Path(cfg.run_dir))
     else:
         try:
-            metrics = run(cfg)
-        except Exception as err:
-            remove_unstarted(Path(cfg.run_dir))  # a run that failed before it started leaves no folder
-            cause = one_line_cause(err)
-            if cause is None:
-                raise  # a bug: keep the traceback
-            raise SystemExit(f"error: {cause}") from None
+            with one_line_errors():
+                try:
+                    metrics = run(cfg)
+                except Exception:
+                    remove_unstarted(Path(cfg.run_dir))  # a run that failed before it started leaves no folder
+                    raise
         finally:
             drop_staged()  # a refused resume: its Hydra files never joined the run
     # Returned for sweepers: the monitored metric of this job (None: failed, or no metrics).

@@ -76,13 +76,13 @@ def test_long_titles_fit_the_figure(smoke: dict, sms_tsv: Path, tmp_path: Path, 
         assert "\n" in title and stem in "".join(title.split())  # wrapped, nothing left out
 
     path = str(tmp_path / "a" / "much" / "longer" / "folder" / "path" / f"{stem}.tsv")
-    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", f"{path} (t=0.5)")
+    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", f"{path} (t=0.5)", ("ham", "spam"))
     scores, labels = torch.linspace(0, 1, 20, dtype=torch.float64), torch.tensor([0, 1] * 10)
     report.plot_pr_curve(scores, labels, tmp_path / "pr.png", {"threshold 0.5": (0.5, 0.5)}, path, positive_class="a")
     for name in ("cm.png", "pr.png"):
         assert path in "".join(title_of(figures[name]).split())
 
-    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", "test (t=0.5)")
+    report.plot_confusion_matrix([[120, 3], [9, 168]], tmp_path / "cm.png", "test (t=0.5)", ("ham", "spam"))
     assert title_of(figures["cm.png"]) == "Confusion matrix test (t=0.5)"  # a short title stays one line
 
 

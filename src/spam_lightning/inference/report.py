@@ -64,9 +64,7 @@ def plot_training_curves(metrics_csv: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
-def plot_confusion_matrix(
-    matrix: Sequence[Sequence[int]], path: Path, title: str = "", labels: Sequence[str] = ("ham", "spam")
-) -> Path:
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: str, labels: Sequence[str]) -> Path:
     """CxC counts; rows are the true class, columns the predicted class (`labels`, in class-id order)."""
     size = max(3.2, 0.6 * len(labels) + 2)
     fig = Figure(figsize=(size + 0.4, size))
