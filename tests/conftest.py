@@ -57,3 +57,14 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def smoke_source(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> Path:
+    """The default smoke run (helpers.smoke.train_smoke: tiny model, one epoch of 20 steps on the real data), trained
+    once per test worker; modules take a copy of it (helpers.smoke.copy_smoke) instead of training their own."""
+    from helpers.smoke import train_smoke  # here: importing it at collection would import training for every test
+
+    tmp = tmp_path_factory.mktemp("smoke_source")
+    train_smoke(tmp, sms_zip, tokenizer_file)
+    return tmp

@@ -3,7 +3,9 @@ tests start from (tiny model, one epoch of 20 steps, the real data)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +65,17 @@ def train_smoke(tmp: Path, sms_zip: Path, tokenizer_file: str, *overrides: str) 
         *overrides,
     )
     return train_run(cfg)
+
+
+def copy_smoke(source: Path, tmp: Path) -> dict[str, Any]:
+    """A copy into tmp of the default smoke run made once per test worker (conftest's `smoke_source`: train_smoke's
+    tmp/run and tmp/data), for a test module to use as its own; returns its metrics.json content with the best
+    checkpoint's path in the copy. The copy's checkpoint records the source's data folder (read only)."""
+    for name in ("run", "data"):
+        shutil.copytree(source / name, tmp / name)
+    metrics = json.loads((tmp / "run" / "metrics.json").read_text())
+    metrics["best_checkpoint"] = str(tmp / "run" / "checkpoints" / Path(metrics["best_checkpoint"]).name)
+    return metrics
 
 
 def train_command(tmp: Path, *overrides: str, sms_zip: Path, tokenizer_file: str) -> tuple[list[str], dict[str, str]]:

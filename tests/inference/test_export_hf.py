@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from helpers.scripts import run_script
-from helpers.smoke import random_124m, train_smoke
+from helpers.smoke import copy_smoke, random_124m
 
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError
@@ -46,10 +46,10 @@ TRICKY = [
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+def smoke(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict[str, Any]:
     """A smoke run (tiny model, pool=last_token) exported with format=hf, and its test split."""
     tmp = tmp_path_factory.mktemp("hf")
-    metrics = train_smoke(tmp, sms_zip, tokenizer_file)
+    metrics = copy_smoke(smoke_source, tmp)
     ckpt = Path(metrics["best_checkpoint"])
     done = run_script("export.py", f"ckpt_path={ckpt}", "format=hf", f"out_dir={tmp / 'hf'}", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers.records import with_each_field_edited
 from helpers.scripts import run_script
-from helpers.smoke import compose_cfg, random_124m, train_smoke
+from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError, UserError
@@ -40,10 +40,10 @@ POOLS = {"last_token": None, "last": 120, "first": None, "mean": None}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+def smoke(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict[str, Any]:
     """A smoke run (pool=last_token) exported by `python export.py ... format=onnx`, and the test split's texts."""
     tmp = tmp_path_factory.mktemp("onnx")
-    ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
+    ckpt = Path(copy_smoke(smoke_source, tmp)["best_checkpoint"])
     done = run_script("export.py", f"ckpt_path={ckpt}", "format=onnx", f"out_dir={tmp / 'last_token'}", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Warning" not in done.stderr and "[torch.onnx]" not in done.stdout + done.stderr, done.stderr

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers.records import resave_checkpoint, with_each_field_edited
 from helpers.scripts import run_script
-from helpers.smoke import train_smoke
+from helpers.smoke import copy_smoke
 
 from spam_lightning.data.preprocess import PreprocessingError
 from spam_lightning.errors import CheckpointError, UserError
@@ -31,9 +31,9 @@ RECORD_FILE = {"hf": "config.json", "spam_lightning": "spam_lightning.json"}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+def exported(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("trust")
-    ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
+    ckpt = Path(copy_smoke(smoke_source, tmp)["best_checkpoint"])
     for layout in RECORD_FILE:
         export_checkpoint(ckpt, tmp / layout, format=layout)
     return {"ckpt": ckpt, **{layout: tmp / layout for layout in RECORD_FILE}}

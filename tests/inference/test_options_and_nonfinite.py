@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers.records import resave_checkpoint
 from helpers.scripts import run_script
-from helpers.smoke import compose_cfg, train_smoke
+from helpers.smoke import compose_cfg, copy_smoke
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -31,9 +31,9 @@ BAD_KEY = "gpt.trf_blocks.1.att.W_query.weight"  # the tiny smoke model's last b
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
+def smoke(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict:
     tmp = tmp_path_factory.mktemp("smoke")
-    metrics = train_smoke(tmp, sms_zip, tokenizer_file)
+    metrics = copy_smoke(smoke_source, tmp)
     return {"tmp": tmp, "ckpt": Path(metrics["best_checkpoint"])}
 
 

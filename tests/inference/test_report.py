@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.smoke import compose_cfg, train_smoke
+from helpers.smoke import compose_cfg, copy_smoke
 from matplotlib.figure import Figure
 
 import spam_lightning.inference.report as report
@@ -18,10 +18,10 @@ EVALUATION_FILES = {"evaluation.json", "misclassified.jsonl", "confusion_matrix.
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict:
+def smoke(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict:
     """A one-epoch smoke run (tiny model, 20 steps) and its export: run dir, best ckpt, export folder."""
     tmp = tmp_path_factory.mktemp("smoke")
-    ckpt = Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])
+    ckpt = Path(copy_smoke(smoke_source, tmp)["best_checkpoint"])
     export = tmp / "run" / "export"
     export_checkpoint(ckpt, export)
     return {"run_dir": tmp / "run", "ckpt": ckpt, "export": export, "tmp": tmp}

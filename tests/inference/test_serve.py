@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from helpers.serving import REPO, healthy, post, request, serving, start_serve_py, wait_until_healthy
-from helpers.smoke import compose_cfg, random_124m, train_smoke
+from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import ConfigError
@@ -36,10 +36,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+def model(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path, tokenizer_file: str) -> dict[str, Any]:
     """A smoke run exported by export.py (its model card carries the test metrics)."""
     tmp = tmp_path_factory.mktemp("serve")
-    metrics = train_smoke(tmp, sms_zip, tokenizer_file)
+    metrics = copy_smoke(smoke_source, tmp)
     export_checkpoint(metrics["best_checkpoint"], tmp / "export", tokenizer_file)
     return {"dir": tmp / "export", "metrics": metrics, "tmp": tmp}
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from helpers.scripts import run_script
-from helpers.smoke import compose_cfg, smoke_cfg, train_smoke
+from helpers.smoke import compose_cfg, copy_smoke, smoke_cfg
 
 from spam_lightning.errors import CheckpointError, ConfigError, DataError, UserError
 from spam_lightning.files import OutputPathError
@@ -32,9 +32,9 @@ OWN_FILES = {"spam_lightning.json", "spam_lightning.safetensors", "gpt2.tiktoken
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, sms_zip: Path, tokenizer_file: str) -> dict[str, Any]:
+def smoke(tmp_path_factory: pytest.TempPathFactory, smoke_source: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("user_files")
-    return {"tmp": tmp, "ckpt": Path(train_smoke(tmp, sms_zip, tokenizer_file)["best_checkpoint"])}
+    return {"tmp": tmp, "ckpt": Path(copy_smoke(smoke_source, tmp)["best_checkpoint"])}
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
