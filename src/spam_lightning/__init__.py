@@ -29,6 +29,7 @@ _PUBLIC = {
     "GPTModel": "model.gpt",  # the GPT-2 network
     "build_gpt": "model.weights",  # a GPTModel with OpenAI's pretrained weights (from the Hub) or a .safetensors file
     "SpamNet": "model.net",  # GPT-2 + the classification head: what training, prediction and export share
+    "build_net": "model.net",  # a SpamNet of a GPT-2 size, with OpenAI's weights or a seeded random init
     "SpamClassifier": "training.module",  # the LightningModule: frozen lower layers, last-token loss, metrics
     "SmsSpamDataModule": "data.modules",  # the LightningDataModule: download, balance, split, tokenize, pad
     "get_tokenizer": "data.preprocess",  # tiktoken's GPT-2 encoding from a local or cached ranks file

@@ -58,6 +58,40 @@ def test_resumed_epoch_continues_with_batch_k(kind: str, drop_last: bool) -> Non
             assert list(resumed) == epoch_order(make_batches(kind, drop_last), epoch + 1)
 
 
+@pytest.mark.parametrize("kind", ["plain", "buckets"])
+def test_each_epoch_has_its_own_order(kind: str) -> None:
+    """A new permutation every epoch (seed + epoch), with plain and length-bucketed batches: the same order in every
+    epoch would show the model the same batches in the same sequence."""
+    orders = [epoch_order(make_batches(kind, drop_last=False), epoch) for epoch in range(3)]
+    assert orders[0] != orders[1] != orders[2]
+    assert orders[1] == epoch_order(make_batches(kind, drop_last=False), 1)  # and it depends on the epoch alone
+
+
+class FixedOrder(Sampler[int]):
+    """The same items in the same order every epoch, with the seed and epoch a DistributedSampler has."""
+
+    def __init__(self) -> None:
+        self.seed, self.epoch = 7, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        return iter(range(N_ITEMS))
+
+    def __len__(self) -> int:
+        return N_ITEMS
+
+
+def test_length_buckets_are_drawn_anew_each_epoch() -> None:
+    """Bucketing shuffles its batches with (seed + epoch): from the same item order, each epoch's batches come in
+    another order (a generator seeded without the epoch would repeat it)."""
+    batches = LengthBucketBatchSampler(FixedOrder(), LENGTHS, batch_size=4, drop_last=False, window=3)
+    orders = [epoch_order(batches, epoch) for epoch in range(3)]
+    assert orders[0] != orders[1] != orders[2]
+    assert sorted(map(sorted, orders[0])) == sorted(map(sorted, orders[1]))  # the same buckets, in another order
+
+
 def test_no_skip_is_the_plain_order() -> None:
     full = epoch_order(make_batches("plain", True), 2)
     resumed = ResumableBatchSampler(make_batches("plain", True))

@@ -23,6 +23,7 @@ SAMPLING = "tests/data/test_method_sampling.py"
 OPTIONS = "tests/training/test_options_effect.py"
 EXPORT_BASELINE = "tests/training/test_options_export_baseline.py"
 ORACLE = "tests/inference/test_metrics_oracle.py"
+SERVING = "tests/inference/test_options_predict_evaluate_serve.py"
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PKG + "data/samplers.py",
         "generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)",
         "generator = torch.Generator().manual_seed(self.sampler.seed)",
-        (SAMPLING + " -k resumed_epoch", "tests/model/test_performance.py -k length_buckets"),
+        (SAMPLING + " -k resumed_epoch or own_order or anew", "tests/model/test_performance.py -k length_buckets"),
         "length-bucketed batches in the same order every epoch",
     ),
     # --- tokenizer ----------------------------------------------------------------------------------
@@ -392,7 +393,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         PKG + "training/sweeps.py",
         "return int(failed > 0)",
         "return int(failed > 1)",
-        ("tests/training/test_sweeps.py -k fabricated",),
+        ("tests/training/test_sweeps.py -k fabricated or exit_code",),
         "a sweep with one failed job exits 0",
     ),
     # --- issue 28: an option accepted and then not used, a metric with another definition -----------
@@ -556,6 +557,78 @@ MUTATIONS: tuple[Mutation, ...] = (
         "seed: 123",
         (OPTIONS + " -k seed_draws", "tests/data/test_csv_data.py"),
         "data=csv ignores the global seed (its splits and order stay seed 123's)",
+        "issue28",
+    ),
+    Mutation(
+        "serve-request-threshold-ignored",
+        PKG + "inference/serve.py",
+        'threshold = self.settings["threshold"] if job.threshold is None else job.threshold',
+        'threshold = self.settings["threshold"]',
+        (SERVING + " -k request_text_texts_and_threshold", "tests/inference/test_serve.py -k threshold"),
+        "serve: a request's own \"threshold\" is ignored (the server's is used)",
+        "issue28",
+    ),
+    Mutation(
+        "serve-max-texts-ignored",
+        PKG + "inference/serve.py",
+        "if len(texts) > limits.max_texts:",
+        "if len(texts) > 10_000:",
+        (SERVING + " -k limits", "tests/inference/test_serve.py"),
+        "serve: limits.max_texts is ignored (a fixed cap instead)",
+        "issue28",
+    ),
+    Mutation(
+        "trunk-key-without-padding",
+        PKG + "training/feature_cache.py",
+        '"keep_padding": keep_padding,\n        "device_type"',
+        '"keep_padding": False,\n        "device_type"',
+        ("tests/training/test_trunk_store_safety.py -k key", "tests/training/test_trunk_store.py"),
+        "the trunk store's key leaves out whether the padding is kept (pool=last and last_token rows share a key)",
+        "issue28",
+    ),
+    Mutation(
+        "trunk-prune-ignores-limit",
+        PKG + "training/feature_cache.py",
+        "            if total <= self.max_bytes:",
+        "            if total <= 2 * self.max_bytes:",
+        ("tests/training/test_trunk_store.py -k size_limit", "tests/training/test_trunk_store_safety.py"),
+        "model.cache_max_gb: the cache is pruned only beyond twice the limit",
+        "issue28",
+    ),
+    Mutation(
+        "csv-text-column-ignored",
+        PKG + "data/modules.py",
+        "read_labelled_table(self.files[key], self.text_column, self.label_column, self.delimiter, data)",
+        'read_labelled_table(self.files[key], "text", self.label_column, self.delimiter, data)',
+        (OPTIONS + " -k csv", "tests/data/test_csv_data.py"),
+        "data.text_column is ignored (the column named text is read)",
+        "issue28",
+    ),
+    Mutation(
+        "evaluate-label-column-ignored",
+        PKG + "inference/evaluate.py",
+        "table = read_labelled_table(file, column, label_column, sep, data, empty_texts=True)",
+        'table = read_labelled_table(file, column, "label", sep, data, empty_texts=True)',
+        (SERVING + " -k evaluate_model_dir_data_file_column_and_label_column", "tests/inference/test_predict.py"),
+        "evaluate.py's label_column is ignored (the column named label is read)",
+        "issue28",
+    ),
+    Mutation(
+        "predict-column-ignored",
+        PKG + "inference/predict.py",
+        'column = column or "text"',
+        'column = "text"',
+        (SERVING + " -k input_file_and_column", "tests/inference/test_predict.py"),
+        "predict.py's column= is ignored (the column named text is read)",
+        "issue28",
+    ),
+    Mutation(
+        "optimizer-class-ignored",
+        PKG + "training/module.py",
+        "optimizer = self.make_optimizer(params, fused=fused) if fused_ok else self.make_optimizer(params)",
+        "optimizer = torch.optim.AdamW(params, **self.make_optimizer.keywords)",
+        (OPTIONS + " -k optimizer", "tests/training/test_classifier.py -k optimizer"),
+        "model.optimizer._target_ is ignored (AdamW with the node's arguments)",
         "issue28",
     ),
 )

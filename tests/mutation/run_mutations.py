@@ -22,8 +22,9 @@ What it does:
    counts as survived too.
 4. Re-runs every test that killed a mutation on the unmutated copy: a test that fails there too would be a
    false kill, and its mutations are reported `invalid`.
-5. Prints a table (kind "issue": a bug listed in the issue; "item5": covered by item 5's tests) and the score,
-   killed / (killed + survived); stale and invalid mutations are left out of the score.
+5. Prints a table (kind "issue": a bug listed in the issue; "item5": covered by item 5's tests), the score per
+   mutated module and the score over all, killed / (killed + survived); stale and invalid mutations are left out of
+   the score (and counted).
 
 The repository itself is never modified. Runs one pytest at a time (2 shared cores: keep the `nice`).
 """
@@ -230,6 +231,19 @@ def check_killers(copy: Path, env: dict[str, str], results: list[Result], timeou
 # --------------------------------------------------------------------------------------------------
 
 
+def module_scores(results: list[Result]) -> dict[str, dict[str, int]]:
+    """Per mutated file (its path under src/spam_lightning or conf): killed, scored (killed + survived), stale."""
+    scores: dict[str, dict[str, int]] = {}
+    for r in results:
+        module = r.mutation.file.removeprefix("src/spam_lightning/")
+        entry = scores.setdefault(module, {"killed": 0, "scored": 0, "stale": 0})
+        killed = r.status in ("killed", "timeout")
+        entry["killed"] += killed
+        entry["scored"] += killed or r.status == "survived"
+        entry["stale"] += r.status == "stale"
+    return scores
+
+
 def report(results: list[Result], total_seconds: float) -> str:
     rows = [("id", "kind", "status", "time", "caught by / note", "mutation")]
     for r in results:
@@ -246,6 +260,12 @@ def report(results: list[Result], total_seconds: float) -> str:
     score = f"{killed}/{scored} = {killed / scored:.0%}" if scored else "n/a"
     issue = [r for r in results if r.mutation.kind == "issue"]
     issue_killed = sum(r.status in ("killed", "timeout") for r in issue)
+    lines += ["", "per module (killed / scored; stale and invalid left out):"]
+    for module, scores in sorted(module_scores(results).items()):
+        lines.append(
+            f"  {module:<32} {scores['killed']}/{scores['scored']}"
+            + (f"  ({scores['stale']} stale)" if scores["stale"] else "")
+        )
     lines += [
         "",
         f"score: {score} killed (timeouts count as killed); "
@@ -299,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(
                 json.dumps(
-                    [{"id": r.mutation.id, "kind": r.mutation.kind, "status": r.status, "seconds": round(r.seconds, 1),
-                      "killer": r.killer} for r in results],
+                    {"mutations": [{"id": r.mutation.id, "kind": r.mutation.kind, "file": r.mutation.file,
+                      "status": r.status, "seconds": round(r.seconds, 1), "killer": r.killer} for r in results],
+                     "modules": module_scores(results)},
                     indent=2,
                 )
             )  # fmt: skip

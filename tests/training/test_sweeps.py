@@ -392,3 +392,22 @@ def test_world_size_mismatch_is_refused_before_training(
     with pytest.raises(WorldSizeError, match=r"WORLD_SIZE=2\), but trainer.num_nodes=1 x trainer.devices=1 is 1"):
         run(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "statuses", "code"),
+    [
+        ("any", ["ok", "failed", "ok"], 1),  # one failed job of three fails the sweep
+        ("any", ["ok", "no metrics"], 0),
+        ("all", ["ok", "failed"], 0),
+        ("all", ["failed", "failed"], 1),
+        ("never", ["failed"], 0),
+    ],
+)
+def test_exit_code_counts_the_failed_jobs_as_fail_on_says(
+    fail_on: str, statuses: list[str], code: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    results = [sweep.JobResult(str(i), tmp_path / str(i), {}, status) for i, status in enumerate(statuses)]
+    monkeypatch.setattr(sweep, "_last_summary", results)
+    monkeypatch.setattr(sweep, "_last_fail_on", fail_on)
+    assert sweep.exit_code() == code
