@@ -279,6 +279,10 @@ HOW: dict[str, Run | Covered | NotRun] = {
     "python train.py experiment=book-lora": Run("training", ONE_BATCH_RUN),
     "python train.py model=gpt2-medium": Run("training", f"{RANDOM_INIT} {ONE_BATCH_RUN}"),
     "python train.py experiment=smoke --cfg job": Run("training"),
+    (
+        "python train.py experiment=smoke model.optimizer._target_=torch.optim.SGD model.lr=0.05 "
+        "+model.optimizer.momentum=0.9"
+    ): Run("training", f"{URLS} {SMOKE}"),
     # Continuing a run
     "python train.py run_name=book1": Run("continuing", ONE_BATCH_RUN),
     "python train.py run_name=book1 resume=true": Run("continuing", f"{ONE_BATCH_RUN} {TO_EPOCH_2}"),
