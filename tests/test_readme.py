@@ -764,10 +764,11 @@ def test_a_failing_command_fails_its_group(tmp_path: Path, monkeypatch: pytest.M
 def test_group_training(machine: UserMachine) -> None:
     done = run_group(machine, "training")
     runs = machine.run_dirs()
-    assert len(runs) == 3, runs  # the smoke run, GPT-2 medium and book-lora; --cfg job only prints
+    assert len(runs) == 4, runs  # the smoke run, the SGD smoke run, GPT-2 medium and book-lora; --cfg job only prints
     configs = [(run / "config.yaml").read_text() for run in runs]
     assert sum("arch: gpt2-medium\n" in c for c in configs) == 1, configs
     assert sum("finetune: lora\n" in c for c in configs) == 1, configs
+    assert sum("_target_: torch.optim.SGD\n" in c and "momentum: 0.9\n" in c for c in configs) == 1, configs
     for run in runs:
         assert metrics(run)["global_step"] in (1, 3)
     assert "trainable parameters: 2,666,528 of 127,107,874" in done.stdout("experiment=book-lora")
