@@ -333,8 +333,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "cache-drops-padding",
         PKG + "training/module.py",
-        'FrozenFeatureCache(pool == "last", cache_dir',
-        'FrozenFeatureCache(pool == "mean", cache_dir',
+        'FrozenFeatureCache(self.net.pool == "last", cache_dir',
+        'FrozenFeatureCache(self.net.pool == "mean", cache_dir',
         (POOLING + " -k training_loss", "tests/model/test_performance.py -k cache_gives"),
         "pool=last with the cache: the padded positions are zeros instead of the pad token's features",
     ),

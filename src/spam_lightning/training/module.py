@@ -112,68 +112,83 @@ class SpamClassifier(L.LightningModule):
                 f"model.trainable_layers as a block count must be in [0, {cfg.n_layers}], got {trainable_layers}"
             )
         self.save_hyperparameters(ignore=["net", "optimizer"])
-        # What checkpoints record of the net and the optimizer, flat as the model config's short names are.
-        origin = net.origin or {"arch": cfg.to_dict(), "pretrained": None, "init_seed": None, "dropout": None}
-        hparams = {key: origin[key] for key in ("arch", "pretrained", "init_seed", "dropout")}
-        hparams |= {"num_classes": net.num_classes, "trainable_layers": trainable_layers, "pool": net.pool}
-        hparams |= {key: getattr(optimizer, "keywords", {}).get(key) for key in ("lr", "weight_decay")}
-        hparams["optimizer"] = optimizer_name(optimizer)
-        own = {key: value for key, value in self.hparams.items() if key not in hparams}
-        self.hparams.clear()
-        self.hparams.update({**hparams, **own})
-        self.make_optimizer = optimizer
-        pretrained = origin["pretrained"]
-        self._provenance = origin.get("frozen_weights")
-        self.net = net
-        self.num_classes = num_classes = net.num_classes
-        pool = net.pool
-
-        # finetune=lora: every original weight is frozen; the adapters train, and the head in full when it has none.
-        self.lora = LoRAConfig.from_dict(lora or {}) if finetune == "lora" else None
-        if self.lora is not None:
-            apply_lora(self.net, self.lora)
-            self.first_trainable_block: int = first_adapted_block(cfg.n_layers, self.lora)
-            self.embeddings_trainable = self.final_norm_trainable = False
-        else:
-            named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": cfg.n_layers}
-            n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
-            self.first_trainable_block = cfg.n_layers - n_trainable_blocks
-            self.embeddings_trainable = trainable_layers == "all"
-            self.final_norm_trainable = trainable_layers != "head"
-
-        self.requires_grad_(False)
-        if self.lora is None:
-            for module in self._trainable_modules():
-                module.requires_grad_(True)
-        else:
-            for name, p in self.net.named_parameters():
-                p.requires_grad_(is_adapter(name))
-            if "head" not in self.lora.layers:
-                self.net.gpt.out_head.requires_grad_(True)
-        self.train(self.training)  # puts the frozen modules in eval mode
-
-        # Frozen modules always run in eval mode (no dropout), so their output per text is fixed and the
-        # cache is exact whenever something below the trainable blocks is frozen, dropout or not.
-        self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
-        if cache_frozen is True and self.cache_off_reason:
-            raise ConfigError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
-        self.feature_cache: FrozenFeatureCache | None = None  # a callback: see configure_callbacks
-        if self.cache_off_reason is None:
-            max_bytes = None if cache_max_gb is None else int(cache_max_gb * 2**30)
-            self.feature_cache = FrozenFeatureCache(pool == "last", cache_dir, max_bytes)
-            info(
-                "frozen-feature cache on: embeddings + blocks 0-%d run once per text (%s)",
-                self.first_trainable_block - 1, "in memory" if cache_dir is None else f"on disk in {cache_dir}",
-            )  # fmt: skip
-        else:
-            info("frozen-feature cache off: %s", self.cache_off_reason)
+        self._record_net_and_optimizer(net, optimizer)
+        self.net, self.make_optimizer, self.num_classes = net, optimizer, net.num_classes
+        self._provenance = (net.origin or {}).get("frozen_weights")  # a seeded random init's, else fetched lazily
+        self._freeze(trainable_layers, LoRAConfig.from_dict(lora or {}) if finetune == "lora" else None)
+        self._attach_cache(cache_frozen, cache_dir, cache_max_gb)
         # The top block computes only the pooled position (TransformerBlock.forward_at); False runs it
         # in full (benchmarks).
         self.pooled_top_block = True
         if compile:
             for block in self.net.gpt.trf_blocks:
                 block.compile()  # in place: parameter names (and checkpoints) stay the same
+        self._make_metrics(net.num_classes)
+        # What checkpoints record besides the weights: set from the data module in setup().
+        self.preprocessing: Preprocessing | None = None
+        self.data_record: dict[str, Any] | None = None
+        # Checkpoints hold only the trainable tensors when the frozen ones can be had again (pretrained weights, or
+        # init_seed; checked by sha256). Random init without a seed and trainable_layers=all keep every weight.
+        can_remake = self.hparams.pretrained is not None or self._provenance is not None
+        self.small_checkpoints = can_remake and not self.embeddings_trainable
 
+    def _record_net_and_optimizer(self, net: SpamNet, optimizer: Callable[..., Any]) -> None:
+        """The hyper_parameters checkpoints record: the net's and the optimizer's settings, flat as the model
+        config's short names are, then SpamClassifier's own arguments."""
+        origin = net.origin or {"arch": net.gpt.cfg.to_dict(), "pretrained": None, "init_seed": None, "dropout": None}
+        hparams = {key: origin[key] for key in ("arch", "pretrained", "init_seed", "dropout")}
+        hparams |= {"num_classes": net.num_classes, "trainable_layers": self.hparams.trainable_layers, "pool": net.pool}
+        hparams |= {key: getattr(optimizer, "keywords", {}).get(key) for key in ("lr", "weight_decay")}
+        hparams["optimizer"] = optimizer_name(optimizer)
+        own = {key: value for key, value in self.hparams.items() if key not in hparams}
+        self.hparams.clear()
+        self.hparams.update({**hparams, **own})
+
+    def _freeze(self, trainable_layers: str | int, lora: LoRAConfig | None) -> None:
+        """Everything frozen but the trainable part: the last blocks, final norm and head (trainable_layers), or,
+        with LoRA, the adapters (and the head in full when it has none). Frozen modules stay in eval mode."""
+        n_layers = self.net.gpt.cfg.n_layers
+        self.lora = lora
+        if lora is not None:
+            apply_lora(self.net, lora)
+            self.first_trainable_block: int = first_adapted_block(n_layers, lora)
+            self.embeddings_trainable = self.final_norm_trainable = False
+        else:
+            named = {"head": 0, "last_block": 1, "last_two_blocks": 2, "all": n_layers}
+            n_trainable_blocks = named[trainable_layers] if isinstance(trainable_layers, str) else trainable_layers
+            self.first_trainable_block = n_layers - n_trainable_blocks
+            self.embeddings_trainable = trainable_layers == "all"
+            self.final_norm_trainable = trainable_layers != "head"
+        self.requires_grad_(False)
+        if lora is None:
+            for module in self._trainable_modules():
+                module.requires_grad_(True)
+        else:
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(is_adapter(name))
+            if "head" not in lora.layers:
+                self.net.gpt.out_head.requires_grad_(True)
+        self.train(self.training)  # puts the frozen modules in eval mode
+
+    def _attach_cache(self, cache_frozen: bool | str, cache_dir: str | None, cache_max_gb: float | None) -> None:
+        """The frozen-feature cache (a callback: see configure_callbacks), where it is exact. Frozen modules always
+        run in eval mode (no dropout), so their output per text is fixed and the cache is exact whenever something
+        below the trainable blocks is frozen, dropout or not."""
+        self.cache_off_reason = self._cache_off_reason() if cache_frozen is not False else "model.cache_frozen=false"
+        if cache_frozen is True and self.cache_off_reason:
+            raise ConfigError(f"model.cache_frozen=true, but {self.cache_off_reason}; use auto or false")
+        self.feature_cache: FrozenFeatureCache | None = None
+        if self.cache_off_reason is None:
+            max_bytes = None if cache_max_gb is None else int(cache_max_gb * 2**30)
+            self.feature_cache = FrozenFeatureCache(self.net.pool == "last", cache_dir, max_bytes)
+            info(
+                "frozen-feature cache on: embeddings + blocks 0-%d run once per text (%s)",
+                self.first_trainable_block - 1, "in memory" if cache_dir is None else f"on disk in {cache_dir}",
+            )  # fmt: skip
+        else:
+            info("frozen-feature cache off: %s", self.cache_off_reason)
+
+    def _make_metrics(self, num_classes: int) -> None:
         self.train_metrics = classification_metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
@@ -188,14 +203,6 @@ class SpamClassifier(L.LightningModule):
         # nan_strategy=nan: a NaN stays NaN ("disable" would also drop the weights).
         self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy=math.nan) for _ in range(3))
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
-
-        # What checkpoints record besides the weights: set from the data module in setup().
-        self.preprocessing: Preprocessing | None = None
-        self.data_record: dict[str, Any] | None = None
-        # Checkpoints hold only the trainable tensors when the frozen ones can be had again (pretrained weights, or
-        # init_seed; checked by sha256). Random init without a seed and trainable_layers=all keep every weight.
-        can_remake = pretrained is not None or self._provenance is not None
-        self.small_checkpoints = can_remake and not self.embeddings_trainable
 
     @classmethod
     def from_options(cls, **options: Any) -> SpamClassifier:
