@@ -25,7 +25,7 @@ install-ui:
 	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
 
 # Two pytest workers (pytest-xdist): most tests wait on a subprocess's imports or on one thread, so two share
-# two cores well (about 9 min against 14 min in one process on our 2-core machine). TEST_WORKERS=0: one process.
+# two cores well (about 6 min on our 2-core machine: docs/testing.md). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 
 test: install
