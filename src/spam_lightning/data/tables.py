@@ -97,10 +97,10 @@ def read_labelled_table(
         if (count := header.iloc[0].tolist().count(column)) > 1:
             raise DataError(f"{path}, row 1: the header has {count} columns named {column!r}; keep one")
     frame = pd.DataFrame({"text": table[text_column], "label": table[label_column].str.strip()})
-    for column, what in (("text", "text"), ("label", "label"))[1 if empty_texts else 0 :]:
+    for column in ("label",) if empty_texts else ("text", "label"):
         empty = np.flatnonzero(frame[column].str.strip() == "")
         if len(empty):
-            raise DataError(f"{path}, row {int(empty[0]) + 2}: missing {what} ({len(empty)} such rows in all)")
+            raise DataError(f"{path}, row {int(empty[0]) + 2}: missing {column} ({len(empty)} such rows in all)")
     if frame.empty:
         raise DataError(f"{path}: no rows after the header")
     _refuse_respelt_labels(frame["label"], path)

@@ -67,7 +67,10 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 # The model config's short names (conf/model/gpt2.yaml): the values its `net` and `optimizer` nodes read, so that
 # `model.lr=1e-4` or `model.pool=mean` set them; not SpamClassifier's arguments (training.run leaves them out).
-SHORT_NAMES = ("arch", "pretrained", "init_seed", "dropout", "num_classes", "pool", "lr", "weight_decay")
+NET_NAMES = ("arch", "pretrained", "init_seed", "dropout", "num_classes", "pool")  # build_net's
+OPTIMIZER_NAMES = ("lr", "weight_decay")
+SHORT_NAMES = NET_NAMES + OPTIMIZER_NAMES
+BOOK_OPTIMIZER = {"lr": 5e-5, "weight_decay": 0.1}  # AdamW's settings in chapter 6: the default optimizer
 
 
 def import_module_attr(path: str) -> Any:
@@ -104,7 +107,7 @@ class SpamClassifier(L.LightningModule):
         if isinstance(lora, DictConfig):
             lora = OmegaConf.to_container(lora, resolve=True)  # type: ignore[assignment]
         net = build_net() if net is None else net
-        optimizer = partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.1) if optimizer is None else optimizer
+        optimizer = partial(torch.optim.AdamW, **BOOK_OPTIMIZER) if optimizer is None else optimizer
         check_model_options(locals())  # every argument, by name
         cfg = net.gpt.cfg
         if isinstance(trainable_layers, int) and trainable_layers > cfg.n_layers:
@@ -209,11 +212,9 @@ class SpamClassifier(L.LightningModule):
         """A SpamClassifier from flat options, as the model config's short names and a checkpoint's hyper_parameters
         give them: arch, pretrained, init_seed, dropout, num_classes, pool (the net), lr, weight_decay and optimizer
         (its import path; AdamW with the book's settings by default), and SpamClassifier's own arguments."""
-        net = build_net(**{key: options.pop(key) for key in SHORT_NAMES[:6] if key in options})
+        net = build_net(**{key: options.pop(key) for key in NET_NAMES if key in options})
         made = import_module_attr(options.pop("optimizer", None) or "torch.optim.AdamW")
-        settings = {"lr": 5e-5, "weight_decay": 0.1} | {
-            key: options.pop(key) for key in SHORT_NAMES[6:] if key in options
-        }
+        settings = BOOK_OPTIMIZER | {key: options.pop(key) for key in OPTIMIZER_NAMES if key in options}
         return cls(net, partial(made, **{k: v for k, v in settings.items() if v is not None}), **options)
 
     # --- freezing -------------------------------------------------------------------------------
