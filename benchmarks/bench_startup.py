@@ -142,11 +142,11 @@ def probe(overrides: list[str]) -> None:
 
     def _train(cfg: Any) -> Any:
         stamp("composed")
-        import spam_lightning.training.module as classifier
+        import spam_lightning.model.net as net
         import spam_lightning.training.run as train
 
         stamp("imports_train")
-        classifier.build_gpt = _around(classifier.build_gpt, "weights_start", "weights_loaded")
+        net.build_gpt = _around(net.build_gpt, "weights_start", "weights_loaded")
         train.build_model_and_fetch_data = _after(train.build_model_and_fetch_data, "model_ready")
         train._check_trains_something = _after(train._check_trains_something, "data_ready")
         train.evaluate = _after(train.evaluate, "tested")

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from helpers.smoke import compose_cfg, final_weights, smoke_cfg, train_cli, trai
 
 from spam_lightning.errors import CheckpointError, ConfigError
 from spam_lightning.files import file_sha256
-from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint
+from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint, record_sha256
 from spam_lightning.inference.export import export_checkpoint
 from spam_lightning.inference.predictor import Predictor
 from spam_lightning.model.gpt import make_config
@@ -188,3 +189,44 @@ def test_prediction_needs_no_lightning(small: dict) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def restorable_model(small: dict, sms_zip: Path) -> tuple[Any, Any]:
+    """The small run's model and data module, built again as train.py builds them (untrained head)."""
+    from hydra.utils import instantiate
+
+    from spam_lightning.training.run import build_model_and_fetch_data
+
+    tmp = small["tmp"]
+    cfg = compose_cfg(
+        "train", "experiment=smoke", f"data.data_dir={tmp / 'data'}", f"data.source={sms_zip}", *small["overrides"]
+    )
+    datamodule = instantiate(cfg.data, context_length=make_config(cfg.model.arch).context_length)
+    return build_model_and_fetch_data(cfg.model, datamodule), datamodule
+
+
+def test_restoring_a_small_checkpoint_leaves_the_frozen_tensors_alone(small: dict, sms_zip: Path) -> None:
+    """The best checkpoint restored for the test pass: the trained tensors are loaded, the frozen ones are neither
+    copied nor touched (their version counters stay), so the frozen-feature cache need not fingerprint them again."""
+    from helpers.trainers import quiet_trainer
+
+    model, datamodule = restorable_model(small, sms_zip)
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad and "out_head" not in n}
+    before = {n: (p.data_ptr(), p._version) for n, p in frozen.items()}
+    best = small["metrics"]["best_checkpoint"]
+    quiet_trainer(limit_val_batches=1).validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+    assert {n: (p.data_ptr(), p._version) for n, p in frozen.items()} == before
+    trained = read_checkpoint(best)["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_a_small_checkpoint_without_a_trained_tensor_is_refused(small: dict, sms_zip: Path, tmp_path: Path) -> None:
+    from helpers.trainers import quiet_trainer
+
+    model, datamodule = restorable_model(small, sms_zip)
+    ckpt = torch.load(small["metrics"]["best_checkpoint"], weights_only=False)
+    del ckpt["state_dict"]["net.gpt.final_norm.weight"]
+    ckpt[RECORD_KEY]["record_sha256"] = record_sha256(ckpt[RECORD_KEY], ckpt["state_dict"])
+    torch.save(ckpt, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match=r"missing \['net.gpt.final_norm.weight'\], unexpected none"):
+        quiet_trainer(limit_val_batches=1).validate(model, datamodule=datamodule, ckpt_path=tmp_path / "cut.ckpt")

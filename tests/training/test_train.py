@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,7 @@ FALSE_WARNING_TEXTS = (
     "exists and is not empty",
     "module(s) in eval mode",
     "`weights_only` was not set",
+    "does not have many workers",
 )
 
 
@@ -261,3 +263,50 @@ def test_logger_null_turns_logging_off(tmp_path: Path, sms_zip: Path) -> None:
     run_dir = tmp_path / "runs" / "quiet"
     assert not (run_dir / "logs").exists()
     assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_num_workers_advice_is_silenced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning advises DataLoader workers where a machine has cores to spare (not on our 2-core CI): our batches are
+    slices of token ids in memory, so the advice is false here and train.py filters it."""
+    import warnings
+
+    import lightning as L
+    from lightning.pytorch.trainer.connectors import data_connector
+    from torch.utils.data import DataLoader
+
+    from spam_lightning.training.runs import silence_false_warnings
+
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)  # a 16-core machine
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(list(range(4)), batch_size=2, num_workers=0)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        data_connector._worker_check(trainer, loader, "train_dataloader")
+        silence_false_warnings()
+        data_connector._worker_check(trainer, loader, "val_dataloader")
+    assert [str(w.message)[:45] for w in shown] == ["The 'train_dataloader' does not have many wor"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's Tensor Cores advice is about CUDA GPUs")
+def test_tf32_is_set_before_lightning_checks_it(tmp_path: Path, sms_zip: Path) -> None:
+    """model.tf32 (on by default) is applied before the fit, so Lightning sees it and gives no Tensor Cores advice."""
+    result = train_cli(tmp_path, sms_zip, "trainer.accelerator=gpu", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Tensor Cores" not in result.stdout + result.stderr
+
+
+def test_training_imports_no_metric_backend_it_never_uses() -> None:
+    """Lightning imports torchmetrics, which imports transformers and scipy.signal where installed (their text and
+    audio metrics): a training process leaves them out, and the availability checks it bent are restored."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(name) for name in ("transformers", "scipy")):
+        pytest.skip("transformers and scipy are not both installed: nothing to leave out")
+    probe = (
+        "import sys, spam_lightning.training.run\n"
+        "from lightning_utilities.core.imports import RequirementCache, package_available\n"
+        "print(sorted({'transformers', 'scipy'} & set(sys.modules)), package_available('scipy'),"
+        " bool(RequirementCache('transformers')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["[]", "True", "True"]

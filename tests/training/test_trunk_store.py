@@ -231,3 +231,21 @@ def test_a_long_fill_logs_its_progress(
         quiet_trainer().validate(model(), dm, verbose=False)
     lines = [r.message for r in caplog.records if r.message.startswith("frozen-feature cache (validation): ")]
     assert lines and lines[-1].startswith("frozen-feature cache (validation): 149 of 149 texts, about 0 min left")
+
+
+def test_a_progress_bar_only_for_a_fill_that_computes(
+    data_dir: str, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later epochs find their split cached: no bar for them (it printed two empty bars an epoch)."""
+    import spam_lightning.training.feature_cache as feature_cache
+
+    bars: list[str] = []
+    real_tqdm = feature_cache.tqdm
+
+    def recording_tqdm(*args: Any, **kwargs: Any) -> Any:
+        bars.append(kwargs["desc"])
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "tqdm", recording_tqdm)
+    fit(model(), data_dir, tokenizer_file)  # two epochs, then the test split
+    assert bars == [f"frozen-feature cache ({split})" for split in ("train", "validation", "test")]

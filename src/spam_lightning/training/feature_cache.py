@@ -595,12 +595,11 @@ class FrozenFeatureCache(Callback):
         with (
             store.lock if store is not None else contextlib.nullcontext(),
             trainer.precision_plugin.forward_context(),
-            tqdm(total=len(rows), desc=f"frozen-feature cache ({split})", unit="text", disable=not show) as bar,
         ):
             self.load_stored()
             if all(self._key(ids, preprocessing.pad_length or 0) in self.rows for ids in rows):
-                bar.update(len(rows))
-                return
+                return  # nothing to compute: no bar (later epochs, the test pass over cached splits)
+            bar = tqdm(total=len(rows), desc=f"frozen-feature cache ({split})", unit="text", disable=not show)
             began = last_log = time.monotonic()
             done_tokens, total_tokens = 0, sum(map(len, rows))
             while start < len(rows):
@@ -618,6 +617,7 @@ class FrozenFeatureCache(Callback):
                     minutes = (total_tokens - done_tokens) / (done_tokens / (last_log - began)) / 60  # longest last
                     info("frozen-feature cache (%s): %d of %d texts, about %.0f min left",
                          split, start, len(rows), minutes)  # fmt: skip
+            bar.close()
             self.flush()
         if new:
             info("frozen-feature cache: +%d texts, %d in all (%.1f MiB)", new, len(self), self.nbytes / 2**20)

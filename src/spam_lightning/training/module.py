@@ -73,6 +73,13 @@ SHORT_NAMES = NET_NAMES + OPTIMIZER_NAMES
 BOOK_OPTIMIZER = {"lr": 5e-5, "weight_decay": 0.1}  # AdamW's settings in chapter 6: the default optimizer
 
 
+def use_tf32(enabled: bool, device: torch.device) -> None:
+    """`model.tf32`: TF32 tensor cores for float32 matmuls on a CUDA device. train.py applies it before the fit, where
+    Lightning's accelerator set-up reads the setting (and warns about Tensor Cores when it is left at "highest")."""
+    if enabled and device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
 def import_module_attr(path: str) -> Any:
     """`torch.optim.SGD` -> the class."""
     module, _, name = path.rpartition(".")
@@ -390,8 +397,7 @@ class SpamClassifier(L.LightningModule):
                 self.log(f"{self.test_prefix}/{name}", float(value), sync_dist=True)  # equal on all ranks
 
     def setup(self, stage: str) -> None:
-        if self.hparams.tf32 and self.trainer.strategy.root_device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32 tensor cores for float32 matmuls
+        use_tf32(self.hparams.tf32, self.trainer.strategy.root_device)  # for trainers other than train.py's
         datamodule = self.trainer.datamodule
         if getattr(datamodule, "preprocessing", None) is not None:
             self.preprocessing = replace(datamodule.preprocessing, pool=self.net.pool)
@@ -418,21 +424,20 @@ class SpamClassifier(L.LightningModule):
             "lora": self.lora.to_dict() if self.lora is not None else None,
         }
         if frozen is not None:
-            # The head is new (not in the pretrained weights): kept even where frozen (a LoRA target).
-            kept = {
-                NET_PREFIX + name
-                for name, p in self.net.named_parameters()
-                if p.requires_grad or name.startswith("gpt.out_head.")
-            }
+            kept = self._small_checkpoint_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
         record = checkpoint[RECORD_KEY]
         record["record_sha256"] = record_sha256(record, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Before Lightning loads the state dict: a checkpoint of the trained tensors only gets the frozen ones
-        from this model, once their recorded provenance is checked to be this model's."""
+        """Before Lightning loads the state dict: a checkpoint of the trained tensors only keeps this model's frozen
+        ones, once their recorded provenance is checked to be this model's. Lightning then loads the checkpoint's
+        tensors alone: the frozen ones are neither copied onto themselves nor changed (so the frozen-feature cache
+        keeps its rows without fingerprinting the trunk again: seconds for GPT-2 XL when the best checkpoint is
+        restored for the test). The keys are checked here instead, as a strict load would."""
         source = f"checkpoint {str(self.trainer.ckpt_path)!r}" if self._trainer is not None else "the checkpoint"
         frozen = read_record(checkpoint, source).get("frozen_weights")
+        self.strict_loading = frozen is None
         if frozen is None:
             return
         ours = self.frozen_weights_provenance()
@@ -442,9 +447,22 @@ class SpamClassifier(L.LightningModule):
                 f"{ours or 'randomly initialised (model.pretrained=null)'}; use the same model.pretrained "
                 "(and model.init_seed)"
             )
-        state = checkpoint["state_dict"]
-        for key, value in self.state_dict().items():
-            state.setdefault(key, value)
+        own = set(self.state_dict())
+        kept = self._small_checkpoint_keys()
+        missing, unexpected = sorted(kept - set(checkpoint["state_dict"])), sorted(set(checkpoint["state_dict"]) - own)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source} does not hold this model's trained tensors: missing {missing or 'none'}, "
+                f"unexpected {unexpected or 'none'}"
+            )
+
+    def _small_checkpoint_keys(self) -> set[str]:
+        """What a small checkpoint holds: the trained tensors, and the new head even where frozen (a LoRA target)."""
+        return {
+            NET_PREFIX + name
+            for name, p in self.net.named_parameters()
+            if p.requires_grad or name.startswith("gpt.out_head.")
+        }
 
     def on_fit_start(self) -> None:
         trainable, total = self.num_trainable_parameters, self.num_total_parameters

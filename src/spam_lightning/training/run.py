@@ -33,7 +33,7 @@ from spam_lightning.inference.report import write_test_scores, write_training_re
 from spam_lightning.model.gpt import PRESETS, make_config
 from spam_lightning.training.ddp import use_resolved_config_launcher
 from spam_lightning.training.feature_cache import check_cache_dir
-from spam_lightning.training.module import SHORT_NAMES, SpamClassifier
+from spam_lightning.training.module import SHORT_NAMES, SpamClassifier, use_tf32
 from spam_lightning.training.runs import (
     config_tree,
     keep_staged,
@@ -96,6 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _remove_stale_temporaries(run_dir)
         atomic_write_bytes(config_file, OmegaConf.to_yaml(cfg, resolve=True).encode())
     launcher = use_resolved_config_launcher(trainer, config_file.resolve())
+    use_tf32(model.hparams.tf32, trainer.strategy.root_device)
     try:
         log_config(loggers, cfg)  # the whole resolved config as every logger's parameters (model.lr, data.seed, ...)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -238,6 +238,9 @@ FALSE_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",  # a run directory holds one run only (training/runs.py)
     r"Found \d+ module\(s\) in eval mode",  # the frozen part runs in eval mode on purpose (training/module.py)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, about torch; nothing to act on
+    # A batch is a slice of token ids already in memory, padded: worker processes would add their start-up (seconds
+    # per loader, per epoch without persistent workers) and save nothing (data.num_workers stays available).
+    r"The '\w+' does not have many workers",
 )
 
 
