@@ -617,6 +617,19 @@ def add_predict_route(
 
     app.add_exception_handler(RequestValidationError, refused)
 
+    # FastAPI writes /openapi.json without its null values (exclude_none; FastAPI issue 5559), which leaves the
+    # examples of the answer models without their null fields, invalid: they are put back from the models.
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            for model in (Answer, Answers, Refusal, Unclassifiable):
+                schemas[model.__name__]["examples"] = model.model_json_schema()["examples"]
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
 
 def offline_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc with fastapi-offline's packaged scripts and styles, in place of FastAPI's pages,
