@@ -588,6 +588,9 @@ def test_serve_limits_refuse_larger_requests(models: Models, served: Served) -> 
     status, error = built.guard(body({"text": "a"}, 101))
     assert status == 413 and "limits.max_request_bytes" in error["error"]
     assert served.guard(body({"text": "a"}, 101))[0] == 200
+    schemas = built.server.app.openapi()["components"]["schemas"]  # what /openapi.json tells clients
+    assert schemas["SeveralTexts"]["properties"]["texts"]["maxItems"] == 3
+    assert schemas["OneText"]["properties"]["text"]["maxLength"] == 10
 
 
 @pytest.mark.parametrize("form", ["text", "texts"])
