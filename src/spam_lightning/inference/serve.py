@@ -308,6 +308,8 @@ def refusal(errors: Sequence[Mapping[str, Any]], body: Any, limits: Limits) -> R
         )
     if kind == "too_many_bytes":
         return RequestError(413, f"{'the text' if field == 'text' else where} is {error['msg']}")
+    if kind == "two_class_only":
+        return RequestError(400, error["msg"])
     if kind == "unclassifiable":
         record = Prediction(body["text"], None, None, limits.positive_class, None, False, error["msg"])
         return RequestError(422, error["msg"], record.to_json())
