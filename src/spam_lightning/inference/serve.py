@@ -164,24 +164,25 @@ def _fits_in(max_bytes: int, text: str) -> str:
 def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
     """The two forms of a POST /predict body under these limits: OneText {"text": ...} and SeveralTexts
     {"texts": [...]}, each with an optional "threshold" and no other field."""
+    size = f"at most {limits.max_text_bytes} UTF-8 bytes (limits.max_text_bytes); over the training length: truncated"
+    # maxLength: a JSON Schema length counts characters, each at least one byte
     text = Annotated[
         str,
         AfterValidator(functools.partial(_fits_in, limits.max_text_bytes)),
-        # maxLength: a JSON Schema length counts characters, each at least one byte
-        Field(description=f"at most {limits.max_text_bytes} UTF-8 bytes (limits.max_text_bytes); longer than the "
-              "training length: truncated as in training", json_schema_extra={"maxLength": limits.max_text_bytes}),
-    ]  # fmt: skip
+        Field(description=size, json_schema_extra={"maxLength": limits.max_text_bytes}),
+    ]
+    count = Field(min_length=1, max_length=limits.max_texts, description=f"1 to {limits.max_texts} (limits.max_texts)")
     config = ConfigDict(extra="forbid", strict=True)
     one = create_model(
-        "OneText", __config__=config, __doc__="One text: answered with one prediction.",
-        text=(text, ...), threshold=_threshold(),
-    )  # fmt: skip
+        "OneText", __config__=config, __doc__="One text: one prediction.", text=(text, ...), threshold=_threshold()
+    )
     several = create_model(
-        "SeveralTexts", __config__=config, __doc__="Several texts: answered with their predictions, in order.",
-        texts=(list[text], Field(min_length=1, max_length=limits.max_texts, description=f"1 to {limits.max_texts} "
-               "texts (limits.max_texts)")),
+        "SeveralTexts",
+        __config__=config,
+        __doc__="Several texts: their predictions, in order.",
+        texts=(list[text], count),
         threshold=_threshold(),
-    )  # fmt: skip
+    )
     return one, several
 
 
