@@ -19,6 +19,11 @@ CASES = {
         ["serve.py", "model_dir=nowhere"],
         'serve.py needs litserve, which is not installed: pip install ".[serve]"',
     ),
+    "fastapi-offline": (
+        "fastapi_offline",
+        ["serve.py", "model_dir=nowhere"],
+        'serve.py needs fastapi_offline, which is not installed: pip install ".[serve]"',
+    ),
     "tensorboard": (
         "tensorboard,tensorboardX",
         ["train.py", *SMOKE, "logger=tensorboard"],

@@ -121,14 +121,17 @@ def train() -> None:
     sys.exit(code)
 
 
-def _one_line_errors(module: str, extra: tuple[str, str, str] | None = None) -> Callable[[DictConfig], None]:
+def _one_line_errors(module: str, extra: tuple[str, ...] = ()) -> Callable[[DictConfig], None]:
     """The task of predict, evaluate and export: `module.run(cfg)`, imported once Hydra has parsed the command line
-    (--help needs no torch), with one-line errors. `extra`: (command, extra, module) when the command needs an extra."""
+    (--help needs no torch), with one-line errors. `extra`: (command, extra, modules...) when the command needs an
+    extra: each of its modules."""
 
     def task(cfg: DictConfig) -> None:
         with one_line_errors(also=(OSError, ValueError)):  # bad paths, inputs, checkpoints: one line, no traceback
-            if extra is not None:
-                require_extra(*extra)
+            if extra:
+                command, name, *needed = extra
+                for needed_module in needed:
+                    require_extra(command, name, needed_module)
             import_module(module).run(cfg)
 
     return task
@@ -151,7 +154,8 @@ def export() -> None:
 
 def serve() -> None:
     """A trained model behind HTTP, with a web page (python serve.py / spam-serve; conf/serve.yaml)."""
-    _hydra_app("serve", _one_line_errors("spam_lightning.inference.serve", extra=("serve.py", "serve", "litserve")))()
+    needs = ("serve.py", "serve", "litserve", "fastapi_offline")
+    _hydra_app("serve", _one_line_errors("spam_lightning.inference.serve", extra=needs))()
 
 
 def baseline() -> None:

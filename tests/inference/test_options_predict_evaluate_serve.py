@@ -7,8 +7,9 @@ tests/training/test_options_effect.py's OPTIONS.
 Two models: a 3-step smoke run's checkpoint (ckpt_path), and a random tiny network exported by export.py (model_dir):
 their probabilities differ, so each source is seen to be the one read. predict.py and evaluate.py run in-process
 (`run(cfg)`); serve.py runs up to LitServer.run (`built_server`: the server and the arguments it would start with),
-and its request path in-process as LitServe runs it: the request guard the server installs (its middlewares), then the
-LitAPI unpickled as in a model process, set up, and decode_request / batch / predict / unbatch / encode_response."""
+and its request path in-process as LitServe runs it: the request guard the server installs (its middlewares) and its
+/predict route (the request models), then the LitAPI unpickled as in a model process, set up, and decode_request /
+batch / predict / unbatch / encode_response."""
 
 from __future__ import annotations
 
@@ -29,14 +30,11 @@ import litserve as ls
 import pandas as pd
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
 from helpers.serving import free_port
 from helpers.smoke import compose_cfg, make_nontrivial, train_smoke
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
 import spam_lightning.inference.evaluate as evaluate
 import spam_lightning.inference.predict as predict
@@ -46,7 +44,7 @@ from spam_lightning.errors import CheckpointError
 from spam_lightning.inference.checkpoint import TrainedModel, load_trained
 from spam_lightning.inference.export import write_export
 from spam_lightning.inference.predictor import Predictor
-from spam_lightning.inference.serve import API_PATH, SpamAPI
+from spam_lightning.inference.serve import API_PATH, Job, SpamAPI
 from spam_lightning.model.gpt import GPTModel, make_config
 from spam_lightning.model.net import SpamNet
 
@@ -402,13 +400,16 @@ class Served:
         return api
 
     def guard(self, body: bytes) -> tuple[int, Any]:
-        """A POST /predict through the middlewares the server installs, in front of an endpoint that accepts all."""
+        """A POST /predict through the middlewares the server installs and its /predict route (the request models
+        of its limits), in front of a hand-off to the model processes that accepts all."""
 
-        async def accepted(request: Request) -> JSONResponse:
+        async def accepted(job: Job) -> JSONResponse:
             return JSONResponse({"accepted": True})
 
-        middleware = [Middleware(cls, **kwargs) for cls, kwargs in self.server.middlewares]
-        app = Starlette(routes=[Route(API_PATH, accepted, methods=["POST"])], middleware=middleware)
+        app = FastAPI()
+        for cls, kwargs in self.server.middlewares:
+            app.add_middleware(cls, **kwargs)
+        serve.add_predict_route(app, self.server.lit_api.limits, accepted)
         response = TestClient(app).post(API_PATH, content=body, headers={"Content-Type": "application/json"})
         return response.status_code, response.json()
 
@@ -431,7 +432,7 @@ def built_server(*overrides: str) -> Served:
 
 def answers(api: SpamAPI, *payloads: dict[str, Any]) -> list[dict[str, Any]]:
     """The answers to requests that LitServe handed to `api` together (one batch when api.max_batch_size > 1)."""
-    jobs = [api.decode_request(payload) for payload in payloads]
+    jobs = [api.decode_request(serve.parse_request(json.dumps(payload).encode(), api.limits)) for payload in payloads]
     if api.max_batch_size > 1:
         outputs = api.unbatch(api.predict(api.batch(jobs)))
     else:
@@ -587,6 +588,9 @@ def test_serve_limits_refuse_larger_requests(models: Models, served: Served) -> 
     status, error = built.guard(body({"text": "a"}, 101))
     assert status == 413 and "limits.max_request_bytes" in error["error"]
     assert served.guard(body({"text": "a"}, 101))[0] == 200
+    schemas = built.server.app.openapi()["components"]["schemas"]  # what /openapi.json tells clients
+    assert schemas["SeveralTexts"]["properties"]["texts"]["maxItems"] == 3
+    assert schemas["OneText"]["properties"]["text"]["maxLength"] == 10
 
 
 @pytest.mark.parametrize("form", ["text", "texts"])

@@ -17,11 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
+import openapi_spec_validator
 import pytest
 from helpers.serving import REPO, healthy, post, request, serving, start_serve_py, wait_until_healthy
 from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
+import spam_lightning
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import ConfigError
 from spam_lightning.inference.checkpoint import TrainedModel
@@ -336,6 +340,137 @@ def test_readme_curl_commands(port: int) -> None:
         assert done.returncode == 0 and done.stdout, (line, done.stderr)
         if not line.endswith("/health"):
             json.loads(done.stdout)
+
+
+# -- the schema: /openapi.json, a client checked against it, /docs offline ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openapi(port: int) -> dict[str, Any]:
+    status, spec = request(port, "GET", "/openapi.json")
+    assert status == 200
+    return spec
+
+
+def schema_validator(spec: dict[str, Any], schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A JSON Schema validator of `schema`, whose $refs (#/components/schemas/...) resolve in the OpenAPI document
+    (OpenAPI 3.1's schemas are JSON Schema 2020-12)."""
+    return jsonschema.Draft202012Validator({**schema, "components": spec["components"]})
+
+
+def test_openapi_is_a_valid_document_naming_the_api(openapi: dict[str, Any]) -> None:
+    """openapi-spec-validator passes /openapi.json; it names and versions the API and describes POST /predict's body,
+    its answers and its errors with their models."""
+    openapi_spec_validator.validate(openapi)
+    assert openapi["info"]["title"] == "spam_lightning" and openapi["info"]["version"] == spam_lightning.__version__
+    post_predict = openapi["paths"]["/predict"]["post"]
+    body = post_predict["requestBody"]["content"]["application/json"]["schema"]
+    refs = {"#/components/schemas/OneText", "#/components/schemas/SeveralTexts"}
+    assert post_predict["requestBody"]["required"] and {ref["$ref"] for ref in body["oneOf"]} == refs
+    errors = {
+        code: answer["content"]["application/json"]["schema"] for code, answer in post_predict["responses"].items()
+    }
+    assert errors["400"] == errors["413"] == errors["504"] == {"$ref": "#/components/schemas/Refusal"}
+    assert errors["422"] == {"$ref": "#/components/schemas/Unclassifiable"}
+    answers = {ref["$ref"] for ref in errors["200"]["anyOf"]}
+    assert answers == {"#/components/schemas/Answer", "#/components/schemas/Answers"}
+    several = openapi["components"]["schemas"]["SeveralTexts"]
+    assert several["properties"]["texts"]["maxItems"] == 1000 and several["additionalProperties"] is False
+
+
+def test_openapi_examples_validate_against_it(openapi: dict[str, Any]) -> None:
+    """Every example in /openapi.json (the request bodies, and those of each component schema) is valid for its
+    schema."""
+    content = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    examples = [(content["schema"], example["value"]) for example in content["examples"].values()]
+    examples += [
+        (schema, value) for schema in openapi["components"]["schemas"].values() for value in schema.get("examples", [])
+    ]
+    assert len(content["examples"]) == 2 and len(examples) == 6
+    for schema, value in examples:
+        schema_validator(openapi, schema).validate(value)
+
+
+def test_a_client_checked_against_the_schema_round_trips(port: int, openapi: dict[str, Any]) -> None:
+    """The schema's request examples, sent to the server, are answered 200 with a body its response schema takes
+    (jsonschema, as a client generated from the schema checks it); each refusal matches its documented model. The
+    schema refuses what the server refuses with 400 or 413, but for the body size (limits.max_request_bytes)."""
+    post_predict = openapi["paths"]["/predict"]["post"]
+    request_schema = schema_validator(openapi, post_predict["requestBody"]["content"]["application/json"]["schema"])
+    answer = {
+        code: schema_validator(openapi, response["content"]["application/json"]["schema"])
+        for code, response in post_predict["responses"].items()
+    }
+    for example in post_predict["requestBody"]["content"]["application/json"]["examples"].values():
+        request_schema.validate(example["value"])
+        status, got = post(port, example["value"])
+        assert status == 200
+        answer["200"].validate(got)
+        texts = [p["text"] for p in got["predictions"]] if "texts" in example["value"] else [got["text"]]
+        assert texts == example["value"].get("texts", [example["value"].get("text")])
+    for case, (body, expected_status, _) in BAD.items():
+        status, got = request(port, "POST", "/predict", body, {"Content-Type": "application/json"})
+        assert status == expected_status
+        answer[str(status)].validate(got)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            continue
+        if status in (400, 413) and case != "a 9 MB body":
+            assert not request_schema.is_valid(payload), case
+
+
+def test_redoc_and_the_docs_assets_are_served_locally(port: int) -> None:
+    status, html = request(port, "GET", "/redoc")
+    assert status == 200 and 'src="/static-offline-docs/redoc.standalone.js"' in html and "https://" not in html
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        status, text = request(port, "GET", f"/static-offline-docs/{asset}")
+        assert status == 200 and len(text) > 10_000, asset
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("SPAM_LIGHTNING_REQUIRE_CHROMIUM"),  # CI sets it: there it must run
+    reason="no chromium on PATH: `make install-ui` installs Debian's chromium for this test",
+)
+def test_docs_render_in_headless_chromium_offline(port: int, tmp_path: Path) -> None:
+    """/docs with every request to a host other than 127.0.0.1 refused (no CDN reachable): Swagger UI shows the API's
+    title and version and POST /predict, and its "Try it out" sends the one-text example and shows a 200."""
+    assert CHROMIUM is not None, "SPAM_LIGHTNING_REQUIRE_CHROMIUM is set but there is no chromium on PATH"
+    from playwright import sync_api
+
+    blocked: list[str] = []
+
+    def local_only(route: sync_api.Route) -> None:
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
+            context.route("**/*", local_only)
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{port}/docs")
+            operation = page.locator("#operations-default-predict_predict_post")
+            operation.wait_for(timeout=30_000)
+            assert "spam_lightning" in page.locator(".info .title").inner_text()
+            assert spam_lightning.__version__ in page.locator(".info .title").inner_text()
+            assert operation.locator(".opblock-summary-method").inner_text() == "POST"
+            assert operation.locator(".opblock-summary-path").inner_text() == "/predict"
+            operation.locator(".opblock-summary").click()
+            page.get_by_role("button", name="Try it out").click()
+            page.get_by_role("button", name="Execute").click()
+            status = operation.locator(".live-responses-table tbody .response-col_status")
+            status.wait_for(timeout=30_000)
+            assert status.inner_text().strip() == "200"
+            page.screenshot(path=str(tmp_path / "docs.png"), full_page=True)
+        finally:
+            browser.close()
+    assert blocked == []  # nothing was even asked of another host
+    assert (tmp_path / "docs.png").stat().st_size > 10_000
 
 
 # -- stopping ------------------------------------------------------------------------------------------

@@ -571,8 +571,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "serve-max-texts-ignored",
         PKG + "inference/serve.py",
-        "if len(texts) > limits.max_texts:",
-        "if len(texts) > 10_000:",
+        "max_length=limits.max_texts,",
+        "max_length=10_000,",
         (SERVING + " -k limits", "tests/inference/test_serve.py"),
         "serve: limits.max_texts is ignored (a fixed cap instead)",
         "issue28",

@@ -3,7 +3,7 @@ configs define, the trackers' too), export.py, baseline.py, predict.py, evaluate
 POST /predict request, has a test that fails when the code accepts the option and then does not
 use it: the test observes its effect (the weights after a step, the batches, the splits, the files written), not
 its parsing. OPTIONS is the table, one entry per key; test_every_option_has_an_entry lists the keys from the YAML
-files and the request fields serve_requests.parse_payload accepts, so a new option or field without a test (or a
+files and the request fields of serve_requests.request_models, so a new option or field without a test (or a
 stated reason why it has none) fails the suite.
 
 The train-side tests run train.run as train.py does, in-process, stopped where it calls Trainer.fit (`build`): the
@@ -18,7 +18,6 @@ tests/training/test_options_export_baseline.py."""
 from __future__ import annotations
 
 import ast
-import inspect
 import json
 import logging
 import os
@@ -1425,16 +1424,10 @@ def option_keys(file: str) -> list[str]:
 
 
 def request_keys() -> list[str]:
-    """The fields serve_requests.parse_payload accepts (the set its unknown-field check subtracts): "text" and
-    "texts", and every other field once per form."""
-    tree = ast.parse(inspect.getsource(serve_requests.parse_payload))
-    (known,) = (
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Set)
-        and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
-    )
-    fields = sorted(e.value for e in known.elts)  # type: ignore[attr-defined]
+    """The fields of the request models FastAPI validates a POST /predict body with (serve_requests.request_models):
+    "text" and "texts", and every other field once per form."""
+    models = serve_requests.request_models(serve_requests.Limits(max_texts=1, max_text_bytes=1, max_request_bytes=1))
+    fields = sorted({name for model in models for name in model.model_fields})
     assert set(REQUEST_FORMS) <= set(fields)
     others = [f"{field}[{form}]" for field in fields if field not in REQUEST_FORMS for form in REQUEST_FORMS]
     return [f"POST /predict:{key}" for key in (*REQUEST_FORMS, *others)]
