@@ -80,9 +80,10 @@ ONNX_KEY = "onnx"  # format=onnx: the graph's files and their sha256 (onnx_model
 
 def layout_files(transformers: bool, onnx: bool = False) -> tuple[str, ...]:
     """Every file name an export of this layout may write (onnx: model.onnx and its weights beside it too)."""
+    graph = (ONNX_NAME, ONNX_DATA_NAME) if onnx else ()
     if transformers:
-        return (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES, CARD_NAME)
-    return (RECORD_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *((ONNX_NAME, ONNX_DATA_NAME) if onnx else ()))
+        return (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES, CARD_NAME, *graph)
+    return (RECORD_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *graph)
 
 
 EXPORT_FORMAT = FORMAT_PREFIX + "4"  # refused: /1 (no preprocessing record), /2 (config.json + model.safetensors of
