@@ -156,6 +156,8 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     assert entry["inputs"] == ["input_ids", "attention_mask"] and entry["output"] == "logits"
     assert set(entry["files"]) == {"model.onnx"} and entry["max_abs_logit_difference"] <= TOLERANCE
     assert str(smoke["tmp"]).encode() not in (folder / "model.onnx").read_bytes()  # no local paths
+    card = (folder / "README.md").read_text()
+    assert "ORTModelForSequenceClassification" in card and "\n- onnx\n" in card
     # pool=last: transformers cannot compute it, so our own layout, with the same graph inputs
     own = exported(smoke, "last", tokenizer_file)
     assert not (own / "config.json").exists()
@@ -221,6 +223,8 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     # format=auto for a last_token model: transformers' layout, no model.onnx: refused, saying how to get one
     write_export(load_trained(smoke["ckpt"]), tmp_path / "hf", get_tokenizer(tokenizer_file))
     refused(tmp_path / "hf", r"has no model\.onnx \(exported without format=onnx\).*format=onnx`; or predict with")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "ORTModelForSequenceClassification" not in card and "\n- onnx\n" not in card
     with pytest.raises(ConfigError, match="not ckpt_path"):
         load_predictor(ckpt_path=str(smoke["ckpt"]), backend="onnxruntime")
 
