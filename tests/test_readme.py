@@ -850,7 +850,7 @@ def test_group_quickstart(machine: UserMachine) -> None:
     assert json.loads(done.path("evaluations/smoke/export/test/evaluation.json").read_text())["n"] == 300
     snippet = done.stdout("from spam_lightning.inference.predictor import Predictor").split()
     assert snippet[0] in ("ham", "spam") and len(snippet) == 8
-    assert (smoke / "onnx" / "model.onnx").is_file() and (smoke / "onnx" / "spam_lightning.json").is_file()
+    assert (smoke / "onnx" / "model.onnx").is_file() and (smoke / "onnx" / "config.json").is_file()
     from_onnx = jsonl(done.stdout("model_dir=runs/smoke/onnx backend=onnxruntime"))
     from_torch = jsonl(done.stdout("model_dir=runs/smoke/export 'text="))
     assert [p["text"] for p in from_onnx] == ["Free entry! Text WIN to 80086"]

@@ -1,6 +1,8 @@
 """The ONNX export (export.py format=onnx): onnxruntime gives our torch model's logits and P(spam) on the whole test
 split for every pooling, one session takes batches of any size and length, the folder keeps our record and its
-trust checks (model.onnx's sha256 too), and predict.py backend=onnxruntime uses it, importing onnxruntime only then."""
+trust checks (model.onnx's sha256 too), and predict.py backend=onnxruntime uses it, importing onnxruntime only then.
+A pool=last_token export is in transformers' layout (config.json, tokenizer files), the folder Hugging Face Optimum's
+ORTModelForSequenceClassification loads, with transformers' tokenizer from the same folder."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError, UserError
-from spam_lightning.inference.checkpoint import TrainedModel, load_trained
+from spam_lightning.files import file_sha256
+from spam_lightning.inference.checkpoint import RECORD_KEY, TrainedModel, load_trained
 from spam_lightning.inference.evaluate import load_split
 from spam_lightning.inference.export import write_export
 from spam_lightning.inference.exported import read_export, record_sha256
@@ -31,6 +34,7 @@ from spam_lightning.inference.predict import run as predict_run
 from spam_lightning.inference.predictor import Predictor, load_predictor
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 TOLERANCE = 1e-5  # max |logits onnxruntime - torch| and max |P(spam) onnxruntime - torch|
@@ -102,9 +106,15 @@ def test_onnxruntime_equals_torch_on_the_whole_test_split(
     print(f"pool={pool}: max |dlogits| {logit_diff:.2g}, max |dP(spam)| {p_diff:.2g} on {len(texts)} test texts")
     assert logit_diff <= TOLERANCE and p_diff <= TOLERANCE
     assert expected.abs().max() > 0.5  # logits of a trained model, not all near zero
-    # the export's own weights are the checkpoint's
+    # the export's own weights are the checkpoint's; in transformers' layout (last_token) with the head's bias folded
+    # into the final LayerNorm's (inference/hf.py): equal up to float rounding
     from_ckpt = Predictor(with_pool(load_trained(smoke["ckpt"]), pool, POOLS[pool]), torch_predictor.tokenizer, "cpu")
-    assert from_ckpt.positive_probabilities(texts[:20])[0] == torch_predictor.positive_probabilities(texts[:20])[0]
+    p_ckpt = from_ckpt.positive_probabilities(texts[:20])[0]
+    p_export = torch_predictor.positive_probabilities(texts[:20])[0]
+    if pool == "last_token":
+        assert max(abs(a - b) for a, b in zip(p_ckpt, p_export, strict=True)) <= TOLERANCE  # type: ignore[operator]
+    else:
+        assert p_ckpt == p_export
 
 
 def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], tokenizer_file: str) -> None:
@@ -112,7 +122,7 @@ def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], toke
     model = read_export(folder)[0]
     onnx_net = read_export(folder, backend="onnxruntime")[0].net
     shapes = [i.shape for i in onnx_net.session.get_inputs()] + [o.shape for o in onnx_net.session.get_outputs()]
-    assert shapes == [["batch", "length"], ["batch"], ["batch", 2]]  # symbolic, not the export's example sizes
+    assert shapes == [["batch", "length"], ["batch", "length"], ["batch", 2]]  # symbolic, not the example's sizes
     torch.manual_seed(0)
     for batch, length in ((1, 1), (1, 128), (2, 8), (3, 5), (7, 1), (64, 37), (300, 128), (5, 2)):
         input_ids = torch.randint(0, 50257, (batch, length))
@@ -125,16 +135,33 @@ def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], toke
         assert float((got - expected).abs().max()) <= TOLERANCE, (batch, length)
 
 
+def config_of(folder: Path) -> dict[str, Any]:
+    """config.json of a transformers-layout export: transformers' fields and our record under RECORD_KEY."""
+    return json.loads((folder / "config.json").read_text())
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> None:
+    (folder / "config.json").unlink(missing_ok=True)  # a hard link: never write through it
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str) -> None:
     folder = exported(smoke, "last_token", tokenizer_file)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["gpt2.tiktoken", "model.onnx", "spam_lightning.json", "spam_lightning.safetensors"]
-    record = json.loads((folder / "spam_lightning.json").read_text())
+    hf_names = ["README.md", "config.json", "gpt2.tiktoken", "merges.txt", "model.safetensors", "tokenizer.json"]
+    assert names == sorted([*hf_names, "model.onnx", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"])
+    record = config_of(folder)[RECORD_KEY]
     assert record["preprocessing"]["pool"] == "last_token" and record["preprocessing"]["max_length"] == 128
-    onnx = record["onnx"]
-    assert onnx["inputs"] == ["input_ids", "lengths"] and onnx["output"] == "logits"
-    assert set(onnx["files"]) == {"model.onnx"} and onnx["max_abs_logit_difference"] <= TOLERANCE
+    entry = record["onnx"]
+    assert entry["inputs"] == ["input_ids", "attention_mask"] and entry["output"] == "logits"
+    assert set(entry["files"]) == {"model.onnx"} and entry["max_abs_logit_difference"] <= TOLERANCE
     assert str(smoke["tmp"]).encode() not in (folder / "model.onnx").read_bytes()  # no local paths
+    card = (folder / "README.md").read_text()
+    assert "ORTModelForSequenceClassification" in card and "\n- onnx\n" in card
+    # pool=last: transformers cannot compute it, so our own layout, with the same graph inputs
+    own = exported(smoke, "last", tokenizer_file)
+    assert not (own / "config.json").exists()
+    assert json.loads((own / "spam_lightning.json").read_text())["onnx"]["inputs"] == ["input_ids", "attention_mask"]
 
     def copy(name: str) -> Path:
         dest = tmp_path / name
@@ -150,7 +177,7 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     data = (corrupt / "model.onnx").read_bytes()
     (corrupt / "model.onnx").unlink()  # a hard link: never write through it
     (corrupt / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    refused(corrupt, r"model\.onnx: missing, or its sha256 differs from spam_lightning\.json's onnx\.files")
+    refused(corrupt, r"model\.onnx: missing, or its sha256 differs from config\.json's onnx\.files")
     missing = copy("missing")
     (missing / "model.onnx").unlink()
     refused(missing, r"model\.onnx: missing, or its sha256")
@@ -158,17 +185,30 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     # again too, the graph's own record_sha256 says it belongs to another model
     other = copy("other")
     (other / "model.onnx").unlink()
-    shutil.copy(exported(smoke, "last", tokenizer_file) / "model.onnx", other / "model.onnx")
-    edited = json.loads((other / "spam_lightning.json").read_text())
-    edited["onnx"]["files"]["model.onnx"] = json.loads((smoke["folders"]["last"] / "spam_lightning.json").read_text())[
-        "onnx"
-    ]["files"]["model.onnx"]
-    (other / "spam_lightning.json").unlink()
-    (other / "spam_lightning.json").write_text(json.dumps(edited))
-    refused(other, r"spam_lightning\.json was edited after export")
+    shutil.copy(own / "model.onnx", other / "model.onnx")
+    config = config_of(other)
+    edited = config[RECORD_KEY]
+    edited["onnx"]["files"]["model.onnx"] = json.loads((own / "spam_lightning.json").read_text())["onnx"]["files"][
+        "model.onnx"
+    ]
+    write_config(other, config)
+    refused(other, r"config\.json was edited after export")
     edited["record_sha256"] = record_sha256(edited)
-    (other / "spam_lightning.json").write_text(json.dumps(edited))
+    write_config(other, config)
     refused(other, r"exported for another model \(its spam_lightning\.record_sha256 is '[0-9a-f]{64}'")
+    # a graph with the inputs of an earlier version: export again
+    earlier = copy("earlier")
+    graph = onnx.load(earlier / "model.onnx")
+    for node in graph.graph.node:
+        node.input[:] = ["lengths" if name == "attention_mask" else name for name in node.input]
+    graph.graph.input[1].name = "lengths"
+    (earlier / "model.onnx").unlink()
+    onnx.save(graph, earlier / "model.onnx")
+    config = config_of(earlier)
+    config[RECORD_KEY]["onnx"]["files"]["model.onnx"] = file_sha256(earlier / "model.onnx")
+    config[RECORD_KEY]["record_sha256"] = record_sha256(config[RECORD_KEY])
+    write_config(earlier, config)
+    refused(earlier, r"inputs \['input_ids', 'lengths'\].*export the checkpoint again with format=onnx$")
     outside = copy("symlink")
     shutil.copy(folder / "model.onnx", tmp_path / "elsewhere.onnx")
     (outside / "model.onnx").unlink()
@@ -176,14 +216,15 @@ def test_the_folder_keeps_our_record_and_its_checks(smoke: dict[str, Any], tmp_p
     refused(outside, r"onnx\.files 'model\.onnx' is outside the model folder")
     # the record itself stays protected by record_sha256, for both backends
     pool = copy("pool")
-    edited = json.loads((pool / "spam_lightning.json").read_text())
-    edited["preprocessing"]["pool"] = edited["net"]["pool"] = "first"
-    (pool / "spam_lightning.json").unlink()
-    (pool / "spam_lightning.json").write_text(json.dumps(edited))
-    refused(pool, r"spam_lightning\.json was edited after export")
+    config = config_of(pool)
+    config[RECORD_KEY]["preprocessing"]["pool"] = config[RECORD_KEY]["net"]["pool"] = "first"
+    write_config(pool, config)
+    refused(pool, r"config\.json was edited after export")
     # format=auto for a last_token model: transformers' layout, no model.onnx: refused, saying how to get one
     write_export(load_trained(smoke["ckpt"]), tmp_path / "hf", get_tokenizer(tokenizer_file))
     refused(tmp_path / "hf", r"has no model\.onnx \(exported without format=onnx\).*format=onnx`; or predict with")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "ORTModelForSequenceClassification" not in card and "\n- onnx\n" not in card
     with pytest.raises(ConfigError, match="not ckpt_path"):
         load_predictor(ckpt_path=str(smoke["ckpt"]), backend="onnxruntime")
 
@@ -199,7 +240,8 @@ def test_a_graph_of_another_model_of_the_same_recipe_is_refused(
     with torch.no_grad():
         model.net.gpt.out_head.weight.neg_()  # another model: the same net and preprocessing, other weights
     write_export(model, tmp_path / "other", get_tokenizer(tokenizer_file), format="onnx")
-    ours, theirs = (json.loads((f / "spam_lightning.json").read_text()) for f in (folder, tmp_path / "other"))
+    config, their_config = config_of(folder), config_of(tmp_path / "other")
+    ours, theirs = config[RECORD_KEY], their_config[RECORD_KEY]
     assert (ours["net"], ours["preprocessing"]) == (theirs["net"], theirs["preprocessing"])
     assert ours["record_sha256"] != theirs["record_sha256"]
     swapped = tmp_path / "swapped"
@@ -207,9 +249,8 @@ def test_a_graph_of_another_model_of_the_same_recipe_is_refused(
     (swapped / "model.onnx").unlink()
     shutil.copy(tmp_path / "other" / "model.onnx", swapped / "model.onnx")
     ours["onnx"]["files"]["model.onnx"] = theirs["onnx"]["files"]["model.onnx"]
-    (swapped / "spam_lightning.json").unlink()
-    for expected in (r"spam_lightning\.json was edited after export", r"model\.onnx: exported for another model"):
-        (swapped / "spam_lightning.json").write_text(json.dumps(ours))
+    for expected in (r"config\.json was edited after export", r"model\.onnx: exported for another model"):
+        write_config(swapped, config)
         with pytest.raises(CheckpointError, match=expected):
             Predictor.from_dir(swapped, backend="onnxruntime")
         ours["record_sha256"] = record_sha256(ours)  # as a forger would
@@ -223,15 +264,16 @@ def test_every_field_of_an_onnx_record_is_bound_but_the_provenance(
     alone is refused (the "onnx" entry too), except the provenance (training)."""
     accepted, refused = [], []
     folder = exported(smoke, "last_token", tokenizer_file)
-    for field, edited in with_each_field_edited(folder, "spam_lightning.json", tmp_path):
+    for field, edited in with_each_field_edited(folder, "config.json", tmp_path):
         try:
             read_export(edited, backend)
         except UserError:
             refused.append(field)
             continue
         accepted.append(field)
-    assert accepted and [field for field in accepted if not field.startswith("training.")] == []
-    assert {"onnx.files.model.onnx", "onnx.opset", "weights_sha256", "net.arch.n_heads"} <= set(refused)
+    assert accepted and [field for field in accepted if not field.startswith(f"{RECORD_KEY}.training.")] == []
+    bound = {"onnx.files.model.onnx", "onnx.opset", "onnx.inputs", "weights_sha256", "net.arch.n_heads"}
+    assert {f"{RECORD_KEY}.{field}" for field in bound} | {"n_head", "id2label.0"} <= set(refused)
 
 
 def test_overwrite_removes_the_graph_with_the_format(
@@ -314,6 +356,66 @@ print(loaded())
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["[]", "['onnxruntime']"]  # never onnx or onnxscript (export only), Lightning
+
+
+def optimum_classifier() -> Any:
+    """Optimum's ORTModelForSequenceClassification, or a skip saying why it is not installed."""
+    try:
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+    except ImportError as err:  # every optimum-onnx release so far needs transformers < 4.58 (docs/using-a-model.md)
+        pytest.skip(f"Optimum's onnxruntime models cannot be imported here: {err}")
+    return ORTModelForSequenceClassification
+
+
+def optimum_contract_logits(folder: Path, inputs: dict[str, Any]) -> Any:
+    """What ORTModelForSequenceClassification.from_pretrained(folder)(**inputs).logits does (optimum-onnx 0.1.0's
+    modeling.py), with onnxruntime: AutoConfig from config.json, the folder's one *.onnx file, model.onnx (its glob
+    and standard file name), fed the tokenizer's outputs that the session names as inputs, the output "logits"."""
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(folder).model_type == "gpt2"
+    assert [p.name for p in folder.glob("**/*.onnx")] == ["model.onnx"]
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert names == ["input_ids", "attention_mask"] and [o.name for o in session.get_outputs()] == ["logits"]
+    assert {i.type for i in session.get_inputs()} == {"tensor(int64)"}
+    (logits,) = session.run(["logits"], {name: inputs[name] for name in names})
+    return logits
+
+
+@pytest.mark.parametrize("loader", ["optimum", "onnxruntime"])
+def test_optimum_loads_the_folder_with_its_tokenizer(
+    smoke: dict[str, Any], tmp_path: Path, tokenizer_file: str, loader: str
+) -> None:
+    """The format=onnx folder as Optimum's users load it (ORTModelForSequenceClassification and AutoTokenizer from the
+    folder; where Optimum cannot be installed, its loading path with onnxruntime): P(spam) of texts of different
+    lengths, one padded batch, within 1e-5 of predict.py's (both backends)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = exported(smoke, "last_token", tokenizer_file)
+    by_length = sorted(smoke["texts"], key=len)
+    texts = [*by_length[:: len(by_length) // 6], by_length[-1], "ok", "Sorry, I'll call later <|endoftext|>"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+    lengths = inputs["attention_mask"].sum(-1)
+    assert inputs["input_ids"].shape[1] == 128 and min(lengths) < 5  # one text truncated, others padded
+    if loader == "optimum":
+        model = optimum_classifier().from_pretrained(folder)
+        logits = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits.numpy()
+    else:
+        logits = optimum_contract_logits(folder, dict(inputs))
+    spam = AutoConfig.from_pretrained(folder).label2id["spam"]
+    theirs = torch.from_numpy(logits).softmax(-1)[:, spam].tolist()
+    messages = tmp_path / "messages.txt"
+    messages.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    for backend in ("torch", "onnxruntime"):
+        args = (f"model_dir={folder}", f"input_file={messages}", f"backend={backend}", "format=jsonl")
+        done = run_script("predict.py", *args, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        ours = [json.loads(line)["positive_probability"] for line in done.stdout.splitlines()]
+        difference = max(abs(a - b) for a, b in zip(ours, theirs, strict=True))
+        print(f"{loader} against predict.py backend={backend}: max |dP(spam)| {difference:.2g} on {len(texts)} texts")
+        assert difference <= TOLERANCE and max(ours) - min(ours) > 0.1  # the texts matter
 
 
 @pytest.mark.slow

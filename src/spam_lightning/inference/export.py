@@ -133,7 +133,7 @@ def staged(out_dir: Path, previous: set[str]) -> Iterator[Path]:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "hf", "spam_lightning", "onnx")  # onnx: our own layout + model.onnx
+FORMATS = ("auto", "hf", "spam_lightning", "onnx")  # onnx: auto's layout + model.onnx
 
 
 def write_export(
@@ -144,8 +144,9 @@ def write_export(
     format: str = "auto",
     metrics: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write the folder in transformers' layout (format=hf, or auto when transformers can compute the model) or
-    our own (spam_lightning; onnx: with model.onnx too). `metrics` (the run's metrics.json) go into the model card.
+    """Write the folder in transformers' layout (format=hf, or auto and onnx when transformers can compute the model)
+    or our own (spam_lightning, or auto and onnx when it cannot); onnx adds model.onnx. `metrics` (the run's
+    metrics.json) go into the model card.
     out_dir: new, empty, or (overwrite) holding an export of ours, whose files alone are replaced (inference/export.py).
     Returns the paths written."""
     if format not in FORMATS:
@@ -153,9 +154,9 @@ def write_export(
     reason = unsupported(model.net, model.preprocessing)
     if format == "hf" and reason:
         raise HFExportError(f"cannot export for transformers: {reason}; or export with format=spam_lightning")
-    hf = format == "hf" or (format == "auto" and reason is None)
-    if format == "auto" and reason:
-        log.info("format=auto: spam_lightning's own layout, not transformers' (%s)", reason)
+    hf = format == "hf" or (format in ("auto", "onnx") and reason is None)
+    if format in ("auto", "onnx") and reason:
+        log.info("format=%s: spam_lightning's own layout, not transformers' (%s)", format, reason)
     if format == "onnx":
         require_export_packages()  # before anything is written
     out_dir = Path(out_dir)
@@ -195,12 +196,13 @@ def _write_files(
         "tokenizer_file": TOKENIZER_NAME,
         "weights_sha256": file_sha256(weights_file),
     }
+    if hf:
+        hf_files = write_hf_tokenizer(tokenizer, out_dir, model.preprocessing.token_limit)
+        record[FILES_KEY] = {p.name: file_sha256(p) for p in hf_files}
     if format == "onnx":  # the graph carries the hash of this record so far: of its weights too
         record[ONNX_KEY] = write_onnx(model.net, out_dir, record_sha256(record), model.preprocessing, tokenizer)
         paths += [out_dir / name for name in record[ONNX_KEY]["files"]]
     if hf:
-        hf_files = write_hf_tokenizer(tokenizer, out_dir, model.preprocessing.token_limit)
-        record[FILES_KEY] = {p.name: file_sha256(p) for p in hf_files}
         record["record_sha256"] = record_sha256(record)
         card = out_dir / CARD_NAME
         card.write_text(model_card(model_name, record, metrics), encoding="utf-8")

@@ -12,12 +12,15 @@ spam_lightning's own (format=spam_lightning, and auto's choice for pool=last|fir
     spam_lightning.safetensors  every weight of the SpamNet (keys gpt.*), frozen ones included
     gpt2.tiktoken
   It has no config.json and no model.safetensors, so transformers refuses it instead of loading random weights.
-  format=onnx (any pooling) adds model.onnx (inference/onnx.py), recorded under "onnx" with its sha256; predict.py
-  backend=onnxruntime runs it, backend=torch the safetensors weights of the same folder.
+
+format=onnx (any pooling) is format=auto's layout plus model.onnx (inference/onnx.py), recorded under "onnx" with its
+sha256; predict.py backend=onnxruntime runs it, backend=torch the safetensors weights of the same folder. In
+transformers' layout (pool=last_token) that is the folder Hugging Face Optimum's ORTModelForSequenceClassification
+loads: config.json, the tokenizer files, model.onnx with inputs input_ids and attention_mask and output logits.
 
 The record: format, net (SpamNet.args()), preprocessing (Preprocessing.to_dict()), training (where it came from:
 checkpoint file name, hyper-parameters, data, frozen weights; no local paths), tokenizer_file, the weights' sha256
-(and the transformers files' or model.onnx's sha256), and record_sha256: the sha256 of all of it but training, so an
+(and the transformers files' and model.onnx's sha256), and record_sha256: the sha256 of all of it but training, so an
 edited record is refused rather than silently predicting otherwise. model.onnx carries the record_sha256 of the record
 before its "onnx" entry, which covers the weights' sha256: a graph from another export (of the same recipe too) is
 refused even where its sha256 is edited into the record.
@@ -80,9 +83,10 @@ ONNX_KEY = "onnx"  # format=onnx: the graph's files and their sha256 (onnx_model
 
 def layout_files(transformers: bool, onnx: bool = False) -> tuple[str, ...]:
     """Every file name an export of this layout may write (onnx: model.onnx and its weights beside it too)."""
+    graph = (ONNX_NAME, ONNX_DATA_NAME) if onnx else ()
     if transformers:
-        return (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES, CARD_NAME)
-    return (RECORD_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *((ONNX_NAME, ONNX_DATA_NAME) if onnx else ()))
+        return (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, *HF_TOKENIZER_FILES, CARD_NAME, *graph)
+    return (RECORD_NAME, OWN_WEIGHTS_NAME, TOKENIZER_NAME, *graph)
 
 
 EXPORT_FORMAT = FORMAT_PREFIX + "4"  # refused: /1 (no preprocessing record), /2 (config.json + model.safetensors of

@@ -359,7 +359,8 @@ def metadata(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] | 
         meta |= {"license": "mit", "base_model": hf_repo_id(pretrained)}  # OpenAI's GPT-2 weights: MIT
     if uci:
         meta["datasets"] = [UCI_DATASET]
-    meta |= {"language": ["en"], "tags": ["spam-detection", "sms", "gpt2", "spam_lightning"]}
+    tags = ["spam-detection", "sms", "gpt2", "spam_lightning", *(["onnx"] if "onnx" in record else [])]
+    meta |= {"language": ["en"], "tags": tags}
     test = (metrics or {}).get("test") or {}
     results = [
         {"type": hub, "value": round(float(test[ours]), 6), "name": f"test {ours}"}
@@ -465,8 +466,19 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "`config.json` also holds spam_lightning's record (key `spam_lightning`, which transformers ignores): the "
         "network, the preprocessing and where the model came from.",
         "",
+        *(_onnx_use(name) if "onnx" in record else []),
     ]
     return "\n".join(lines)
+
+
+def _onnx_use(name: str) -> list[str]:
+    return [
+        "`model.onnx` is the same model as an ONNX graph (inputs `input_ids` and `attention_mask` of right-padded "
+        "texts, output `logits`): Hugging Face Optimum's `ORTModelForSequenceClassification.from_pretrained(model)` "
+        "loads it, with `AutoTokenizer.from_pretrained(model)` as above; with spam_lightning: "
+        f"`python predict.py model_dir={name} backend=onnxruntime`.",
+        "",
+    ]
 
 
 def _metrics_of(pre: Preprocessing) -> str:

@@ -1,17 +1,22 @@
 """A SpamNet as an ONNX graph (export.py format=onnx): written with torch.onnx.export, checked with onnxruntime
 before the export is accepted, and run by `predict.py backend=onnxruntime` (`OnnxNet`).
 
-The graph, model.onnx, beside the record of our own layout (export.py):
-    inputs   input_ids  (batch, length) int64: token ids right-padded with the record's pad token, as
-                        Preprocessing.pad makes them (the record says how: padded length, truncation, tokenizer)
-             lengths    (batch,) int64: each row's number of real tokens, 1..length
-    output   logits     (batch, num_classes) float32, in class-id order (the record's preprocessing.labels; its
-                        positive_class is the class a two-class model's threshold applies to: softmax's column of it)
-batch and length are dynamic (length up to the context length). It computes SpamNet.forward for every pooling:
-last_token reads position lengths-1, mean averages the first `lengths` positions, last reads the final (padded)
-position and first position 0; those two ignore `lengths`, which stays an input so that every export has the same
-signature. Why lengths and not an attention mask: rows are right-padded, so a row's length is all that a mask could
-say, and a mask with holes (which our model never saw) cannot be passed.
+The graph, model.onnx, beside the export's record and weights (export.py; transformers' layout when transformers can
+compute the model, with config.json and tokenizer.json: the folder Optimum loads):
+    inputs   input_ids       (batch, length) int64: token ids right-padded with the record's pad token, as
+                             Preprocessing.pad makes them (the record says how: padded length, truncation, tokenizer)
+             attention_mask  (batch, length) int64: 1 on each row's real tokens, 0 on its padding (right padding:
+                             a row's number of real tokens is its sum, 1..length)
+    output   logits          (batch, num_classes) float32, in class-id order (the record's preprocessing.labels;
+                             its positive_class is the class a two-class model's threshold applies to: softmax's
+                             column of it)
+batch and length are dynamic (length up to the context length). It computes SpamNet.forward(input_ids, lengths) with
+lengths = attention_mask.sum(-1), for every pooling: last_token reads position lengths-1, mean averages the first
+`lengths` positions, last reads the final (padded) position and first position 0; those two ignore the mask, which
+stays an input so that every export has the same signature. These are the names and shapes Hugging Face's tokenizers
+give and Optimum's ORTModelForSequenceClassification feeds; the mask's only use is each row's length, so it must be
+right padding (the exported tokenizer's padding_side), without holes: causal attention never lets a real token see
+the padding after it.
 
 The graph carries the record_sha256 of the export it belongs to, as it was before the "onnx" entry was added
 (metadata_props): it covers the weights' sha256, so a model.onnx copied in from another export, of the same recipe
@@ -43,7 +48,7 @@ from spam_lightning.model.net import SpamNet
 ONNX_NAME = "model.onnx"
 ONNX_DATA_NAME = "model.onnx.data"  # the weights beside the graph: torch's exporter writes it beyond 1.5 GiB of
 # weights (GPT-2 large and xl), protobuf's limit for one file being 2 GB
-INPUTS, OUTPUT = ("input_ids", "lengths"), "logits"
+INPUTS, OUTPUT = ("input_ids", "attention_mask"), "logits"
 METADATA_KEY = "spam_lightning.record_sha256"
 # At export: |logits onnxruntime - torch| <= this x max(1, |logits|) on the probe texts, else refused. A guard against
 # a wrong graph (which is off by orders of magnitude more), with room for float rounding in larger pretrained models;
@@ -90,15 +95,15 @@ def write_onnx(
     net = net.eval()
     context = net.gpt.cfg.context_length
     length = min(8, context)  # an example of at least 2 rows and 2 positions: sizes 0 and 1 would be specialised
-    example = (torch.full((2, length), preprocessing.pad_token_id), torch.tensor([length, max(1, length - 1)]))
-    batch = torch.export.Dim("batch")
-    dynamic = {"input_ids": {0: batch, 1: torch.export.Dim("length", max=context)}, "lengths": {0: batch}}
+    example = (torch.full((2, length), preprocessing.pad_token_id), attention_mask(torch.tensor([length, 1]), length))
+    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=context)}
+    dynamic = {"input_ids": axes, "attention_mask": axes}
     path = out_dir / ONNX_NAME
     with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's deprecation and axis-naming notes
         program = torch.onnx.export(
-            net, example, dynamo=True, input_names=list(INPUTS), output_names=[OUTPUT], dynamic_shapes=dynamic,
-            verbose=False, report=False,
+            MaskedNet(net), example, dynamo=True, input_names=list(INPUTS), output_names=[OUTPUT],
+            dynamic_shapes=dynamic, verbose=False, report=False,
         )  # fmt: skip
         program.model.metadata_props[METADATA_KEY] = record_sha256
         program.save(path)  # the weights go into model.onnx.data beyond 1.5 GiB
@@ -135,8 +140,25 @@ def check_onnx(onnx_net: OnnxNet, net: SpamNet, pre: Preprocessing, tokenizer: t
     return worst
 
 
+def attention_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, length) int64: 1 on the first lengths[i] positions of row i, 0 after (right padding)."""
+    return (torch.arange(length, device=lengths.device) < lengths[:, None]).long()
+
+
+class MaskedNet(torch.nn.Module):
+    """SpamNet with Hugging Face's inputs: (input_ids, attention_mask) of right-padded rows -> (B, C) logits."""
+
+    def __init__(self, net: SpamNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids, attention_mask.sum(-1))
+
+
 class OnnxNet:
-    """model.onnx in an onnxruntime session on the CPU, called like SpamNet: (input_ids, lengths) -> (B, C) logits.
+    """model.onnx in an onnxruntime session on the CPU, called like SpamNet: (input_ids, lengths) -> (B, C) logits
+    (it feeds the graph the attention mask of `lengths`).
 
     Its intra-op threads are torch's (torch.get_num_threads()), so that both backends use the same cores."""
 
@@ -152,8 +174,11 @@ class OnnxNet:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from err
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != list(INPUTS) or outputs != [OUTPUT]:
-            raise CheckpointError(f"{path}: inputs {inputs} and outputs {outputs}, expected {list(INPUTS)} -> {OUTPUT}")
+        if inputs != list(INPUTS) or outputs != [OUTPUT]:  # ["input_ids", "lengths"]: exported by an earlier version
+            raise CheckpointError(
+                f"{path}: inputs {inputs} and outputs {outputs}, expected {list(INPUTS)} -> {OUTPUT}; export the "
+                "checkpoint again with format=onnx"
+            )
         bound = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if bound != record_sha256:
             raise CheckpointError(
@@ -163,7 +188,8 @@ class OnnxNet:
         self.num_classes, self.pool = num_classes, pool
 
     def __call__(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        feeds = {"input_ids": input_ids.cpu().numpy(), "lengths": lengths.cpu().numpy()}
+        mask = attention_mask(lengths.cpu(), input_ids.shape[1])
+        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": mask.numpy()}
         (logits,) = self.session.run([OUTPUT], feeds)
         return torch.from_numpy(logits)
 
