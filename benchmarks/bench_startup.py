@@ -37,6 +37,7 @@ dropped as a warm-up (`--warmup`: page cache, data preparation).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -134,7 +135,9 @@ def __getattr__(name: str) -> Any:  # `+callbacks.startup_probe._target_=bench_s
 
 
 def probe(overrides: list[str]) -> None:
-    """What train.py does (`from spam_lightning.cli import train; train()`), with stamps."""
+    """What train.py does (`from spam_lightning.cli import train; train()`), with stamps. The stamps of the training
+    run are put in once `spam_lightning.training.run` is imported, where the task imports it (train.py may start work
+    before that import, which the probe must not move)."""
     import spam_lightning.cli as cli
 
     stamp("imports_cli")
@@ -142,23 +145,7 @@ def probe(overrides: list[str]) -> None:
 
     def _train(cfg: Any) -> Any:
         stamp("composed")
-        import spam_lightning.model.net as net
-        import spam_lightning.training.run as train
-
-        stamp("imports_train")
-        net.build_gpt = _around(net.build_gpt, "weights_start", "weights_loaded")
-        train.build_model_and_fetch_data = _after(train.build_model_and_fetch_data, "model_ready")
-        train._check_trains_something = _after(train._check_trains_something, "data_ready")
-        train.evaluate = _after(train.evaluate, "tested")
-        write = train.atomic_write_bytes
-
-        def atomic_write_bytes(path: Path, data: bytes, *args: Any, **kwargs: Any) -> Any:
-            result = write(path, data, *args, **kwargs)
-            if Path(path).name == "metrics.json":
-                stamp("metrics_json")
-            return result
-
-        train.atomic_write_bytes = atomic_write_bytes
+        sys.meta_path.insert(0, _AfterImport("spam_lightning.training.run", _instrument))
         result = task(cfg)
         stamp("report")
         return result
@@ -166,6 +153,50 @@ def probe(overrides: list[str]) -> None:
     cli._train = _train
     sys.argv = ["train.py", *overrides]
     cli.train()
+
+
+def _instrument(train: Any) -> None:
+    import spam_lightning.model.net as net
+
+    stamp("imports_train")
+    net.build_gpt = _around(net.build_gpt, "weights_start", "weights_loaded")
+    train.build_model_and_fetch_data = _after(train.build_model_and_fetch_data, "model_ready")
+    train._check_trains_something = _after(train._check_trains_something, "data_ready")
+    train.evaluate = _after(train.evaluate, "tested")
+    write = train.atomic_write_bytes
+
+    def atomic_write_bytes(path: Path, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        result = write(path, data, *args, **kwargs)
+        if Path(path).name == "metrics.json":
+            stamp("metrics_json")
+        return result
+
+    train.atomic_write_bytes = atomic_write_bytes
+
+
+class _AfterImport:
+    """A meta path finder that calls `then(module)` once the module `name` has been imported."""
+
+    def __init__(self, name: str, then: Any) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader, then = spec.loader, self.then
+
+        class Loader:
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                then(module)
+
+        spec.loader = Loader()
+        return spec
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,10 +45,32 @@ def _hydra_app(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[
     return hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(task)
 
 
+def _build_gpt_ahead(cfg: DictConfig) -> None:
+    """Start building the model's GPT (random init, weights read and copied) in a background thread while this
+    process imports Lightning (`spam_lightning.model.weights.build_gpt_ahead`). Only for the shipped net node; a
+    value it cannot read is left for the run to report in its order."""
+    net = cfg.model.get("net")
+    if net is None or net.get("_target_") != "spam_lightning.model.net.build_net":
+        return
+    from spam_lightning.model.gpt import PRESETS, make_config
+    from spam_lightning.model.weights import build_gpt_ahead
+
+    try:
+        args = OmegaConf.to_container(net, resolve=True)
+        assert isinstance(args, dict)
+        pretrained = args["pretrained"]
+        if pretrained is not None and pretrained not in PRESETS:
+            pretrained = str(Path(pretrained).expanduser().absolute())  # as the run makes it (training.run)
+        build_gpt_ahead(make_config(args["arch"], dropout=args["dropout"]), pretrained, args["init_seed"], cfg.seed)
+    except Exception:  # any bad value: the run builds in order and says what is wrong
+        return
+
+
 def _train(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    _build_gpt_ahead(cfg)
     from spam_lightning.training.run import run
     from spam_lightning.training.runs import drop_staged, remove_unstarted
     from spam_lightning.training.sweeps import run_job_in_sweep

@@ -250,3 +250,60 @@ def test_real_offline_mode_with_empty_cache(monkeypatch, tmp_path):
 def test_qkv_bias_is_required(tiny_file):
     with pytest.raises(PretrainedWeightsError, match="qkv_bias=true"):
         build_gpt(make_config(TINY, qkv_bias=False), tiny_file)
+
+
+def built_in_place(cfg, pretrained, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    torch.manual_seed(seed)
+    gpt = build_gpt(cfg, pretrained)
+    return gpt.state_dict(), torch.get_rng_state()
+
+
+def threads_that_build(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import threading
+
+    import spam_lightning.model.weights as weights
+
+    names: list[str] = []
+    build = weights._build_gpt
+
+    def recorded(*args):
+        names.append(threading.current_thread().name)
+        return build(*args)
+
+    monkeypatch.setattr(weights, "_build_gpt", recorded)
+    return names
+
+
+@pytest.mark.parametrize("pretrained", ["file", None])
+def test_the_gpt_built_ahead_is_the_one_built_in_place(tiny_file, pretrained, monkeypatch):
+    """train.py builds the GPT in a thread while Lightning imports: the run gets that very build, the same tensors
+    and the same RNG state after it (the new head is drawn next) as a build in place."""
+    from spam_lightning.model.weights import build_gpt_ahead, settle_ahead
+
+    cfg, source = make_config(TINY), (tiny_file if pretrained else None)
+    expected, rng_after = built_in_place(cfg, source, seed=7)
+    builders = threads_that_build(monkeypatch)
+    build_gpt_ahead(cfg, source, None, seed=7)
+    settle_ahead()
+    state, rng = built_in_place(cfg, source, seed=7)  # as the run: seeded, then build_gpt
+    assert builders == ["build_gpt_ahead"]
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert torch.equal(rng, rng_after)
+
+
+@pytest.mark.parametrize("other", ["seed", "weights file", "architecture"])
+def test_a_gpt_built_ahead_for_another_call_is_built_again(tiny_file, tiny_hf, tmp_path, other, monkeypatch):
+    from spam_lightning.model.weights import build_gpt_ahead, settle_ahead
+
+    cfg = make_config(TINY)
+    second = tmp_path / "second.safetensors"
+    save_file({k: v + 1 for k, v in hub_state(tiny_hf).items()}, str(second))
+    call = {"seed": (cfg, tiny_file, 8), "weights file": (cfg, second, 7)}.get(other)
+    call = call or (make_config({**TINY, "dropout": 0.5}), tiny_file, 7)
+    expected, rng_after = built_in_place(*call)
+    builders = threads_that_build(monkeypatch)
+    build_gpt_ahead(cfg, tiny_file, None, seed=7)
+    settle_ahead()  # as the run, before it seeds
+    state, rng = built_in_place(*call)
+    assert builders == ["build_gpt_ahead", "MainThread"]
+    assert all(torch.equal(state[k], expected[k]) for k in state) and torch.equal(rng, rng_after)

@@ -197,9 +197,8 @@ FALSE_WARNING_TEXTS = (
 )
 
 
-def train_cli(tmp: Path, sms_zip: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return run_script(
-        "train.py",
+def smoke_overrides(tmp: Path, sms_zip: Path) -> tuple[str, ...]:
+    return (
         "experiment=smoke",
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2",
@@ -208,9 +207,12 @@ def train_cli(tmp: Path, sms_zip: Path, *overrides: str) -> subprocess.Completed
         f"data.source={sms_zip}",
         f"data.tokenizer_file={TOKENIZER_FILE}",
         f"data.data_dir={tmp / 'data'}",
-        *overrides,
-        env={"PYTHONUNBUFFERED": "1"},
-        timeout=300,
+    )
+
+
+def train_cli(tmp: Path, sms_zip: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    return run_script(
+        "train.py", *smoke_overrides(tmp, sms_zip), *overrides, env={"PYTHONUNBUFFERED": "1"}, timeout=300
     )
 
 
@@ -310,3 +312,24 @@ def test_training_imports_no_metric_backend_it_never_uses() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["[]", "True", "True"]
+
+
+def test_train_py_builds_the_gpt_while_lightning_imports(tmp_path: Path, sms_zip: Path) -> None:
+    """train.py starts the GPT's build (init, weights) in a thread before it imports Lightning, and the run takes it:
+    the only build is that thread's (model.weights.build_gpt_ahead; its equality with a build in place is tested in
+    tests/model/test_weights.py)."""
+    probe = (
+        "import sys, threading\n"
+        "import spam_lightning.model.weights as weights\n"
+        "build = weights._build_gpt\n"
+        "def recorded(*args):\n"
+        "    print('built in', threading.current_thread().name)\n"
+        "    return build(*args)\n"
+        "weights._build_gpt = recorded\n"
+        "from spam_lightning.cli import train\n"
+        f"sys.argv = ['train.py', *{list(smoke_overrides(tmp_path, sms_zip))!r}, 'run_name=ahead']\n"
+        "train()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("built in")] == ["built in build_gpt_ahead"]

@@ -31,17 +31,12 @@ from spam_lightning.files import DiskFullError, atomic_write_bytes, require_file
 from spam_lightning.inference.checkpoint import check_finite, read_checkpoint, read_record
 from spam_lightning.inference.report import write_test_scores, write_training_report
 from spam_lightning.model.gpt import PRESETS, make_config
+from spam_lightning.model.weights import settle_ahead
 from spam_lightning.training.ddp import use_resolved_config_launcher
 from spam_lightning.training.feature_cache import check_cache_dir
 from spam_lightning.training.module import SHORT_NAMES, SpamClassifier, use_tf32
-from spam_lightning.training.runs import (
-    config_tree,
-    keep_staged,
-    log_through_root,
-    name_test_pass,
-    progress_bar,
-    silence_false_warnings,
-)
+from spam_lightning.training.progress import name_test_pass, progress_bar
+from spam_lightning.training.runs import config_tree, keep_staged, log_through_root, silence_false_warnings
 from spam_lightning.training.trackers import finish_trackers, log_config, log_run_files
 
 log = logging.getLogger(__name__)
@@ -71,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_seeds(cfg)
     if OmegaConf.select(cfg, "model.cache_dir"):
         check_cache_dir(cfg.model.cache_dir, runs_dir=cfg.get("runs_dir"))
+    settle_ahead()  # the GPT train.py builds ahead has drawn its random numbers: the RNG is ours again
     L.seed_everything(cfg.seed, workers=True)
     # Validate everything cheap first, so a bad value fails before any download or training.
     context_length = make_config(cfg.model.net.arch).context_length

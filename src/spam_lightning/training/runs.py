@@ -11,10 +11,8 @@ that session's `.hydra/` files and log into a private staging folder outside the
 
 One log for a run: our messages, Lightning's and Python warnings reach Hydra's handlers (console and train.log).
 
-Progress bars: Lightning's own (rich when installed, else tqdm), with each evaluation pass named.
-
-Lightning labels every `trainer.test` pass "Testing"; a run evaluates three splits in a row, so ours say
-which one (`name_test_pass`).
+No Lightning here: `RunDirGuard` runs as a Hydra callback before the job, and the job imports Lightning while the
+model's weights load (`spam_lightning.model.weights.build_gpt_ahead`).
 """
 
 from __future__ import annotations
@@ -30,10 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from hydra.experimental.callback import Callback
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE  # here in Lightning 2.4-2.6
 from omegaconf import DictConfig, OmegaConf, read_write
 
 # What a run writes once it has started; a folder holding one of these holds a run.
@@ -263,31 +258,3 @@ def config_tree(cfg: DictConfig) -> str:
         lines.append(("└── " if last else "├── ") + name)
         lines.append(textwrap.indent(text.rstrip(), "    " if last else "│   "))
     return "\n".join(lines)
-
-
-class _NamedTestPass:
-    label = "Testing"
-
-    @property
-    def test_description(self) -> str:
-        return self.label
-
-
-class NamedRichProgressBar(_NamedTestPass, RichProgressBar):
-    pass
-
-
-class NamedTQDMProgressBar(_NamedTestPass, TQDMProgressBar):
-    pass
-
-
-def progress_bar() -> ProgressBar:
-    """The bar Lightning would pick by default, with named test passes."""
-    return NamedRichProgressBar() if _RICH_AVAILABLE else NamedTQDMProgressBar()
-
-
-def name_test_pass(trainer: L.Trainer, label: str) -> None:
-    """Label the progress bar of the next `trainer.test` call."""
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, _NamedTestPass):
-        bar.label = label
