@@ -383,10 +383,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "sweep-sort-reversed",
         PKG + "training/sweeps.py",
-        'scored.sort(key=lambda r: r.value(metric), reverse=mode == "max")',
-        'scored.sort(key=lambda r: r.value(metric), reverse=mode == "min")',
+        'scored.sort(key=lambda r: r.value(metric), reverse=direction == "maximize")',
+        'scored.sort(key=lambda r: r.value(metric), reverse=direction == "minimize")',
         ("tests/training/test_sweeps.py -k fabricated",),
         "the sweep summary lists the worst job first",
+    ),
+    Mutation(
+        "optimized-metric-ignored",
+        PKG + "cli.py",
+        "return objective_value(metrics or {}, objective)",
+        'return objective_value(metrics or {}, "validation/accuracy")',
+        ("tests/training/test_sweeps.py -k optuna_search_continues",),
+        "the Optuna objective is validation accuracy whatever optimized_metric says",
+    ),
+    Mutation(
+        "optimized-direction-unchecked",
+        PKG + "training/sweeps.py",
+        "if direction is not None and direction != natural:",
+        "if False:",
+        ("tests/training/test_sweeps.py -k optimized_metric_keys",),
+        "a sweeper direction that contradicts optimized_metric is accepted",
     ),
     Mutation(
         "sweep-fail-on-any",
