@@ -397,6 +397,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the Optuna objective is validation accuracy whatever optimized_metric says",
     ),
     Mutation(
+        "tags-not-tagged",
+        PKG + "training/run.py",
+        "tag_runs(loggers, tags)",
+        "tag_runs(loggers, [])",
+        ("tests/training/test_trackers.py -k mlflow_run_is_logged",),
+        "tags=[...] reaches no tracker run",
+    ),
+    Mutation(
         "optimized-direction-unchecked",
         PKG + "training/sweeps.py",
         "if direction is not None and direction != natural:",

@@ -42,7 +42,7 @@ from spam_lightning.training.runs import (
     progress_bar,
     silence_false_warnings,
 )
-from spam_lightning.training.trackers import finish_trackers, log_config, log_run_files
+from spam_lightning.training.trackers import check_tags, finish_trackers, log_config, log_run_files, tag_runs
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -69,6 +69,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
     check_seeds(cfg)
+    tags = check_tags(cfg.get("tags"))
     if OmegaConf.select(cfg, "model.cache_dir"):
         check_cache_dir(cfg.model.cache_dir, runs_dir=cfg.get("runs_dir"))
     L.seed_everything(cfg.seed, workers=True)
@@ -77,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule: TextDataModule = instantiate(cfg.data, context_length=context_length)
     ckpt_path = _checkpoint_to_continue(cfg, run_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    tag_runs(loggers, tags)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not loggers:  # logger=null: nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -117,6 +119,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "best_checkpoint": best,
             "world_size": trainer.world_size,
+            "tags": tags,
         }
         if trainer.is_global_zero:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
