@@ -105,9 +105,16 @@ def check_wandb(run_dir: Path, metrics: dict[str, Any]) -> Any:
     assert wrun.summary["val/accuracy"] == pytest.approx(csv_log["val/accuracy"][max(csv_log["val/accuracy"])])
     assert wrun.config["model.lr"] == 0.001 and wrun.config["data.seed"] == 123 and wrun.config["seed"] == 123
     assert wrun.config["num_trainable_parameters"] == metrics["parameters"]["trainable"]
-    assert set(wrun.files) >= {"metrics.json", "config.yaml"} | PLOTS
+    assert set(wrun.files) >= {"metrics.json", "spam_lightning_config.yaml"} | PLOTS
     saved = wrun.folder / "files" / "metrics.json"  # a copy: the offline run stays whole if the run folder moves
     assert not saved.is_symlink() and saved.read_bytes() == (run_dir / "metrics.json").read_bytes()
+    # Our config.yaml under its own name: files/config.yaml is W&B's run config (made from the run's config records,
+    # read above as wrun.config; offline, `wandb sync` writes it), never replaced by ours.
+    ours = wrun.folder / "files" / "spam_lightning_config.yaml"
+    assert ours.read_bytes() == (run_dir / "config.yaml").read_bytes()
+    from wandb.sdk.lib.filenames import CONFIG_FNAME  # W&B's own name for it
+
+    assert CONFIG_FNAME not in wrun.files and not (wrun.folder / "files" / CONFIG_FNAME).exists()
     return wrun
 
 

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 IDS_FILE = "trackers.json"  # in the run directory: {"mlflow": {...run_id}, "wandb": {...id}}
 RUN_FILES = ("metrics.json", "config.yaml")  # logged as artifacts, with the run directory's *.png plots
+# W&B keeps its own run config as files/config.yaml (written at the end of a run, shown by the web app and read by
+# wandb.Api's run.config): ours goes beside it under another name rather than replacing it.
+WANDB_NAMES = {"config.yaml": "spam_lightning_config.yaml"}
 MLFLOW_KEY_LIMIT = 250  # MLflow's longest parameter key (mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH)
 TRUNCATED = "...[truncated]"
 TAG_LIMIT = 64  # W&B's longest tag (MLflow's: 250)
@@ -111,7 +114,8 @@ def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
 
 @rank_zero_only
 def log_run_files(loggers: Iterable[Logger], run_dir: Path) -> None:
-    """metrics.json, config.yaml and the plots as artifacts of each logger that keeps files (MLflow, W&B)."""
+    """metrics.json, config.yaml and the plots as artifacts of each logger that keeps files (MLflow, W&B: config.yaml
+    as spam_lightning_config.yaml)."""
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
     files += sorted(run_dir.glob("*.png"))
     for logger in loggers:
@@ -124,8 +128,9 @@ def log_run_files(loggers: Iterable[Logger], run_dir: Path) -> None:
             else:  # copied into the offline run's files/ (a symlink would break when the run folder moves)
                 run = logger.experiment
                 for path in files:
-                    shutil.copy2(path, Path(run.dir) / path.name)
-                    run.save(str(Path(run.dir) / path.name), base_path=run.dir, policy="now")
+                    copy = Path(run.dir) / WANDB_NAMES.get(path.name, path.name)
+                    shutil.copy2(path, copy)
+                    run.save(str(copy), base_path=run.dir, policy="now")
         except Exception as err:  # the results are in the run directory already: a tracker's failure costs nothing
             log.warning("could not log the run's files to %s: %s: %s", type(logger).__name__, type(err).__name__, err)
 
