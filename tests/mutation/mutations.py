@@ -397,6 +397,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the Optuna objective is validation accuracy whatever optimized_metric says",
     ),
     Mutation(
+        "checkpoint-remove-not-queued",
+        PKG + "training/checkpoints.py",
+        "self._queue(super().remove_checkpoint, path)",
+        "super().remove_checkpoint(path)",
+        ("tests/training/test_checkpoint.py -k background_writes",),
+        "the old best checkpoint is removed before the new one is written (as Lightning's AsyncCheckpointIO does)",
+    ),
+    Mutation(
         "tags-not-tagged",
         PKG + "training/run.py",
         "tag_runs(loggers, tags)",
