@@ -73,22 +73,28 @@ def _train(cfg: DictConfig) -> float | None:
     _build_gpt_ahead(cfg)
     from spam_lightning.training.run import run
     from spam_lightning.training.runs import drop_staged, remove_unstarted
-    from spam_lightning.training.sweeps import run_job_in_sweep
+    from spam_lightning.training.sweeps import objective_direction, objective_value, run_job_in_sweep
+
+    objective = str(cfg.get("optimized_metric") or "validation/accuracy")
+
+    def checked_run() -> dict[str, Any]:
+        objective_direction(objective)  # a misspelt optimized_metric fails before training
+        return run(cfg)
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        metrics = run_job_in_sweep(lambda: run(cfg), Path(cfg.run_dir))
+        metrics = run_job_in_sweep(checked_run, Path(cfg.run_dir))
     else:
         try:
             with one_line_errors():
                 try:
-                    metrics = run(cfg)
+                    metrics = checked_run()
                 except Exception:
                     remove_unstarted(Path(cfg.run_dir))  # a run that failed before it started leaves no folder
                     raise
         finally:
             drop_staged()  # a refused resume: its Hydra files never joined the run
-    # Returned for sweepers: the monitored metric of this job (None: failed, or no metrics).
-    return (metrics or {}).get("validation", {}).get("accuracy")
+    # Returned for sweepers (Optuna's objective): optimized_metric of this job (None: failed, or no metrics).
+    return objective_value(metrics or {}, objective)
 
 
 def _torchrun_setup() -> None:

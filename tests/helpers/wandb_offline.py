@@ -25,6 +25,7 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # saved with run.save (their copies are in folder/files/)
+    tags: list[str] = field(default_factory=list)
     exited: bool = False
 
 
@@ -68,6 +69,7 @@ def read_offline_run(folder: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.name, run.project = record.run.run_id, record.run.display_name, record.run.project
+            run.tags = list(record.run.tags)
             for item in record.run.config.update:
                 run.config[_key(item)] = json.loads(item.value_json)
         elif kind == "config":

@@ -23,7 +23,7 @@ from spam_lightning.inference.checkpoint import RECORD_KEY, TrainedModel, load_t
 from spam_lightning.inference.evaluate import load_split
 from spam_lightning.inference.export import export_checkpoint, write_export
 from spam_lightning.inference.exported import read_export
-from spam_lightning.inference.hf import HFExportError, check_fold, fold_head_bias
+from spam_lightning.inference.hf import HFExportError, check_fold, fold_head_bias, model_card
 from spam_lightning.inference.predictor import Predictor
 
 transformers = pytest.importorskip("transformers")
@@ -142,6 +142,27 @@ def test_model_card_in_the_hubs_format_with_the_runs_metrics(smoke: dict[str, An
     assert results["accuracy"] == pytest.approx(test["accuracy"]) and results["f1"] == pytest.approx(test["f1"])
     assert f"| accuracy | {smoke['metrics']['validation']['accuracy']:.4f} | {test['accuracy']:.4f} |" in card
     assert "truncation=True" in card and "## Intended use and limits" in card
+
+
+def test_model_card_loads_with_huggingface_hub_and_has_a_license(smoke: dict[str, Any]) -> None:
+    """The card as the Hub's library reads it: ModelCard.load parses the metadata into ModelCardData (model-index
+    into EvalResults, which raises on a malformed one), with the weights' license, MIT (OpenAI's GPT-2 weights')."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = ModelCard.load(smoke["hf"] / "README.md")
+    data = card.data
+    assert isinstance(data, ModelCardData) and data.license == "mit"
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-classification"
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["accuracy"] == pytest.approx(smoke["metrics"]["test"]["accuracy"])
+    assert {r.dataset_type for r in data.eval_results} == {"ucirvine/sms_spam"} and data.model_name == "hf"
+    # Round trip: the metadata written is what ModelCardData writes for what it read.
+    assert ModelCardData(**data.to_dict()).to_dict() == data.to_dict()
+    assert "## License" in card.text and "MIT license" in card.text and "Apache License 2.0" in card.text
+    assert "- AdamW, learning rate" in card.text  # the optimizer the checkpoint records
+    record = json.loads((smoke["hf"] / "config.json").read_text())[RECORD_KEY]
+    record["training"]["hyper_parameters"]["optimizer"] = "torch.optim.SGD"
+    assert "- SGD, learning rate" in model_card("hf", record, None)
 
 
 def test_the_head_bias_is_folded_into_the_final_layernorm(smoke: dict[str, Any], tokenizer_file: str) -> None:
@@ -273,3 +294,5 @@ def test_124m_architecture_exports_exactly(tmp_path: Path, sms_tsv: Path, tokeni
     assert Predictor.from_dir(tmp_path, device="cpu").positive_probabilities(texts)[0] == pytest.approx(ours, abs=1e-6)
     meta = yaml.safe_load((tmp_path / "README.md").read_text(encoding="utf-8").split("---\n")[1])
     assert meta["base_model"] == "openai-community/gpt2" and meta["license"] == "mit" and "model-index" not in meta
+    card = (tmp_path / "README.md").read_text()
+    assert "fine-tuned from OpenAI's GPT-2 weights and inherit their license, [MIT]" in card

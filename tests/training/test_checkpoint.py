@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,16 @@ import pytest
 import torch
 from helpers.local_internet import write_gpt2_safetensors
 from helpers.smoke import compose_cfg, final_weights, smoke_cfg, train_cli, train_smoke
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from spam_lightning.errors import CheckpointError, ConfigError
-from spam_lightning.files import file_sha256
+from spam_lightning.files import atomic_write, file_sha256
 from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint, record_sha256
 from spam_lightning.inference.export import export_checkpoint
 from spam_lightning.inference.predictor import Predictor
 from spam_lightning.model.gpt import make_config
 from spam_lightning.model.weights import convert_hf_state_dict, read_safetensors
+from spam_lightning.training.checkpoints import AtomicCheckpointIO
 from spam_lightning.training.run import run
 
 TRAINABLE_PREFIXES = ("net.gpt.trf_blocks.1.", "net.gpt.final_norm.", "net.gpt.out_head.")  # tiny: 2 blocks
@@ -230,3 +233,29 @@ def test_a_small_checkpoint_without_a_trained_tensor_is_refused(small: dict, sms
     torch.save(ckpt, tmp_path / "cut.ckpt")
     with pytest.raises(CheckpointError, match=r"missing \['net.gpt.final_norm.weight'\], unexpected none"):
         quiet_trainer(limit_val_batches=1).validate(model, datamodule=datamodule, ckpt_path=tmp_path / "cut.ckpt")
+
+
+def test_background_writes_keep_their_order_where_lightnings_async_io_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ModelCheckpoint saves a new best checkpoint, then removes the old one. AtomicCheckpointIO removes it only once
+    the new one is on disk; Lightning's AsyncCheckpointIO (why checkpoints.py does not use it) removes it at once,
+    while the new one is still being written: a kill then would leave neither."""
+
+    class SyncAtomicIO(TorchCheckpointIO):  # our atomic write, synchronous: what AsyncCheckpointIO would wrap
+        def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+    release, real_save = threading.Event(), torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: (release.wait(30), real_save(obj, f)))  # a slow disk
+    old, new = tmp_path / "old.ckpt", tmp_path / "new.ckpt"
+    for io, old_kept in ((AtomicCheckpointIO(), True), (AsyncCheckpointIO(SyncAtomicIO()), False)):
+        release.clear()
+        old.write_bytes(b"the previous best")
+        new.unlink(missing_ok=True)
+        io.save_checkpoint({"w": torch.ones(2)}, new)
+        io.remove_checkpoint(old)
+        assert not new.exists() and old.exists() == old_kept, type(io).__name__  # while the new one is written
+        release.set()
+        io.teardown()
+        assert new.exists() and not old.exists()

@@ -998,14 +998,13 @@ def test_accelerator(inputs: Inputs) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def sweep_summary(*overrides: str) -> Any:
-    """The SweepSummary callback as Hydra makes it from train.yaml (and overrides)."""
+def sweep_config(*overrides: str) -> Any:
+    """train.yaml's config as a multirun's callbacks get it (with overrides)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["run_dir=.", *overrides], return_hydra_config=True)
-    return instantiate(cfg.hydra.callbacks.sweep_summary)
+        return compose(config_name="train", overrides=["run_dir=.", *overrides], return_hydra_config=True)
 
 
-def test_sweep_summary_metric_mode_and_fail_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_summary_optimized_metric_and_fail_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sweep, "_last_summary", None)  # restored after: exit_code() reads these
     monkeypatch.setattr(sweep, "_last_fail_on", "any")
     jobs = {"0": {"accuracy": 0.9, "loss": 0.5}, "1": {"accuracy": 0.6, "loss": 0.3}, "2": None}
@@ -1016,18 +1015,27 @@ def test_sweep_summary_metric_mode_and_fail_on(tmp_path: Path, monkeypatch: pyte
             sweep.write_failure(tmp_path / job, "RuntimeError: boom")
         else:
             (tmp_path / job / "metrics.json").write_text(json.dumps({"validation": validation}))
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
 
     def run(*overrides: str) -> tuple[list[str], int]:
-        sweep_summary(*overrides).on_multirun_end(config)
+        config = sweep_config(f"hydra.sweep.dir={tmp_path}", *overrides)
+        instantiate(config.hydra.callbacks.sweep_summary).on_multirun_end(config)
         rows = (tmp_path / "summary.csv").read_text().splitlines()[1:]
         return [row.split(",")[0] for row in rows], sweep.exit_code()
 
-    assert run() == (["0", "1", "2"], 1)  # the defaults: best val_accuracy first; a failed job fails the sweep
-    keys = "hydra.callbacks.sweep_summary."
-    assert run(f"{keys}metric=val_loss", f"{keys}mode=min", f"{keys}fail_on=never") == (["1", "0", "2"], 0)
-    assert run(f"{keys}metric=val_loss")[0] == ["0", "1", "2"]  # mode=max
-    assert run(f"{keys}fail_on=all")[1] == 0  # not every job failed
+    assert run() == (["0", "1", "2"], 1)  # the defaults: best validation accuracy first; a failed job fails the sweep
+    fail_on = "hydra.callbacks.sweep_summary.fail_on"
+    assert run("optimized_metric=validation/loss", f"{fail_on}=never") == (["1", "0", "2"], 0)  # the lowest loss first
+    assert "best first by validation/loss (minimize)" in (tmp_path / "summary.md").read_text()
+    assert run(f"{fail_on}=all")[1] == 0  # not every job failed
+    # The Optuna search's direction follows the metric (null); one that contradicts it is refused when Hydra makes
+    # its callbacks, before any folder is made.
+    assert run("hparams_search=optuna", "optimized_metric=validation/loss")[0] == ["1", "0", "2"]
+    with pytest.raises(SystemExit, match=r"^error: hydra.sweeper.direction=maximize with optimized_metric=valid"):
+        run("hparams_search=optuna", "optimized_metric=validation/loss", "hydra.sweeper.direction=maximize")
+    with pytest.raises(SystemExit, match=r"^error: hydra.sweeper.direction=minimize with optimized_metric=valid"):
+        run("hparams_search=optuna", "hydra.sweeper.direction=minimize")
+    with pytest.raises(SystemExit, match=r"^error: optimized_metric=val/loss: not a metric of .*validation/loss"):
+        run("optimized_metric=val/loss")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import spam_lightning.training.sweeps as sweep
+from spam_lightning.errors import ConfigError
 from spam_lightning.training.ddp import WorldSizeError
 from spam_lightning.training.run import run
 
@@ -131,14 +132,33 @@ def test_summary_of_fabricated_jobs(tmp_path: Path) -> None:
     job("1", ["a=1", "b=y"], error="RuntimeError: boom | pipe")
     job("2", ["a=1", "b=z"], val=0.9)
     job("10", ["a=1", "b=w"])  # still running, or test_after_fit=false
-    results = sweep.write_summary(tmp_path, "val_accuracy", "max")
+    results = sweep.write_summary(tmp_path, "validation/accuracy", "maximize")
     assert [(r.job, r.status) for r in results] == [("2", "ok"), ("0", "ok"), ("1", "failed"), ("10", "no metrics")]
     markdown = (tmp_path / "summary.md").read_text()
     assert "4 jobs: 2 ok, 1 failed, 1 without metrics" in markdown and "Common overrides: `a=1`" in markdown
     header, *rows = table_rows(markdown)
     assert header[:2] == ["job", "b"]
     assert rows[2][-1] == "failed: RuntimeError: boom \\| pipe"
-    assert [r.job for r in sweep.rank(results, "val_accuracy", "min")] == ["0", "2", "1", "10"]
+    assert [r.job for r in sweep.rank(results, "validation/accuracy", "minimize")] == ["0", "2", "1", "10"]
+    # Another optimized metric: best first in its own direction, shown as a column of its own.
+    results = sweep.write_summary(tmp_path, "test/accuracy")
+    assert [r.job for r in results][:2] == ["2", "0"]
+    assert "test_accuracy" in table_rows((tmp_path / "summary.md").read_text())[0]
+    with pytest.raises(ConfigError, match=r"with optimized_metric=test/accuracy, which is better higher"):
+        sweep.write_summary(tmp_path, "test/accuracy", "minimize")
+
+
+def test_optimized_metric_keys_and_directions() -> None:
+    assert sweep.objective_direction("validation/loss") == "minimize"
+    assert sweep.objective_direction("validation/auroc", "maximize") == "maximize"
+    metrics = {"validation": {"accuracy": 0.9, "loss": 0.25}, "test": {"f1": 0.5}}
+    assert sweep.objective_value(metrics, "validation/loss") == 0.25
+    assert sweep.objective_value(metrics, "test/f1") == 0.5
+    assert sweep.objective_value({}, "validation/accuracy") is None  # a job without metrics: a failed trial
+    with pytest.raises(ConfigError, match=r"^optimized_metric=validation/tp: not a metric of metrics.json; known: "):
+        sweep.objective_direction("validation/tp")
+    with pytest.raises(ConfigError, match=r"which is better lower: use hydra\.sweeper\.direction=minimize"):
+        sweep.objective_direction("train/loss", "maximize")
 
 
 # -- Optuna ----------------------------------------------------------------------------------------
@@ -178,12 +198,14 @@ def test_optuna_search_continues_from_its_study(tmp_path: Path, data_args: list[
         f"runs_dir={tmp_path}",
         "run_name=search",
         "model.pool=choice(last_token,bogus)",  # a failing value: failed trials must not end the search
+        "optimized_metric=validation/loss",  # the objective; hydra.sweeper.direction follows it (minimize)
     )
     first = train(*search, "hydra.sweeper.n_trials=3")
     assert first.returncode == 0, output(first)
     sweep_dir = tmp_path / "search"
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
     study = optuna.load_study(study_name="spam_lightning", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert len(study.trials) == 3 and job_dirs(sweep_dir) == ["0", "1", "2"]
     states = [t.state for t in study.trials]
     assert TrialState.COMPLETE in states and TrialState.FAIL in states  # seed 123 draws both pools
@@ -191,7 +213,7 @@ def test_optuna_search_continues_from_its_study(tmp_path: Path, data_args: list[
         assert (t.state == TrialState.FAIL) == (t.params["model.pool"] == "bogus")
         if t.state == TrialState.COMPLETE:
             metrics = json.loads((sweep_dir / str(t.number) / "metrics.json").read_text())
-            assert t.value == metrics["validation"]["accuracy"]
+            assert t.value == metrics["validation"]["loss"]
         else:
             assert t.user_attrs["error"].startswith("ConfigError: model.pool must be one of")
             assert (sweep_dir / str(t.number) / "failed.json").is_file()
@@ -225,9 +247,14 @@ def test_optuna_search_continues_from_its_study(tmp_path: Path, data_args: list[
         failed = row[-1].startswith("failed: ConfigError: model.pool")
         assert row[-1] == "ok" if state == TrialState.COMPLETE else failed
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert rows[0][0] == str(max(complete, key=lambda t: t.value).number)
+    assert rows[0][0] == str(min(complete, key=lambda t: t.value).number)  # the summary's best: the lowest loss
     results = (sweep_dir / "optimization_results.yaml").read_text()
-    assert f"best_value: {study.best_value}" in results
+    assert f"best_value: {study.best_value}" in results and "optimized_metric: validation/loss" in results
+
+    # The study's values are validation losses: continuing it with another metric is refused.
+    other = train(*search, "hydra.sweeper.n_trials=6", "optimized_metric=validation/f1")
+    assert other.returncode == 1 and "optimises optimized_metric=validation/loss, not validation/f1" in output(other)
+    assert len(optuna.load_study(study_name="spam_lightning", storage=storage).trials) == 6
 
 
 def test_optuna_search_refuses_a_changed_search_space() -> None:

@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from helpers.smoke import REPO, compose_cfg
 from helpers.wandb_offline import offline_runs
 from mlflow.tracking import MlflowClient
 
+from spam_lightning.errors import ConfigError
 from spam_lightning.inference.report import read_epoch_metrics
 from spam_lightning.training.run import run
 from spam_lightning.training.trackers import (
     MLflowLogger,
     _absolute_sqlite,
+    check_tags,
     finish_trackers,
     flat_config,
     log_run_files,
@@ -102,16 +105,32 @@ def check_wandb(run_dir: Path, metrics: dict[str, Any]) -> Any:
     assert wrun.summary["val/accuracy"] == pytest.approx(csv_log["val/accuracy"][max(csv_log["val/accuracy"])])
     assert wrun.config["model.lr"] == 0.001 and wrun.config["data.seed"] == 123 and wrun.config["seed"] == 123
     assert wrun.config["num_trainable_parameters"] == metrics["parameters"]["trainable"]
-    assert set(wrun.files) >= {"metrics.json", "config.yaml"} | PLOTS
+    assert set(wrun.files) >= {"metrics.json", "spam_lightning_config.yaml"} | PLOTS
     saved = wrun.folder / "files" / "metrics.json"  # a copy: the offline run stays whole if the run folder moves
     assert not saved.is_symlink() and saved.read_bytes() == (run_dir / "metrics.json").read_bytes()
+    # Our config.yaml under its own name: files/config.yaml is W&B's run config (made from the run's config records,
+    # read above as wrun.config; offline, `wandb sync` writes it), never replaced by ours.
+    ours = wrun.folder / "files" / "spam_lightning_config.yaml"
+    assert ours.read_bytes() == (run_dir / "config.yaml").read_bytes()
+    from wandb.sdk.lib.filenames import CONFIG_FNAME  # W&B's own name for it
+
+    assert CONFIG_FNAME not in wrun.files and not (wrun.folder / "files" / CONFIG_FNAME).exists()
     return wrun
 
 
 def test_mlflow_run_is_logged_and_reads_back(tmp_path: Path, sms_zip: Path, tokenizer_file: str) -> None:
-    metrics = run(smoke(tmp_path, sms_zip, tokenizer_file, "logger=mlflow"))
+    # With the run's tags and another optimizer (model.optimizer, a _partial_ node): both recorded.
+    sgd = ("model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=0.9")
+    metrics = run(smoke(tmp_path, sms_zip, tokenizer_file, "logger=mlflow", "tags=[dev,lr-scan]", *sgd))
     run_dir = tmp_path / "runs" / "r"
-    check_mlflow(run_dir, metrics)
+    mlrun = check_mlflow(run_dir, metrics)
+    assert {"dev": "", "lr-scan": ""}.items() <= mlrun.data.tags.items()  # MLflow run tags...
+    assert "tags" not in mlrun.data.params  # ...not a parameter
+    assert metrics["tags"] == ["dev", "lr-scan"] == json.loads((run_dir / "metrics.json").read_text())["tags"]
+    assert mlrun.data.params["model.optimizer._target_"] == "torch.optim.SGD"
+    assert mlrun.data.params["model.optimizer.momentum"] == "0.9" and metrics["global_step"] == 8
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["hyper_parameters"]["optimizer"] == "torch.optim.SGD"
     assert (tmp_path / "runs" / "mlflow.db").is_file() and not (run_dir / "wandb").exists()
     assert (run_dir / "logs" / "metrics.csv").is_file()  # the CSV log stays: the plots are drawn from it
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -130,11 +149,12 @@ def test_a_combination_logs_to_both_and_resume_continues_their_runs(
     tmp_path: Path, sms_zip: Path, tokenizer_file: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     run_dir = tmp_path / "runs" / "r"
-    first = run(smoke(tmp_path, sms_zip, tokenizer_file, "logger=many"))
+    first = run(smoke(tmp_path, sms_zip, tokenizer_file, "logger=many", "tags=[dev]"))
     first_mlflow, first_wandb = check_mlflow(run_dir, first), check_wandb(run_dir, first)
+    assert first_wandb.tags == ["dev"] and "dev" in first_mlflow.data.tags and "tags" not in first_wandb.config
 
     with caplog.at_level(logging.WARNING, logger="spam_lightning"):  # the list syntax, as on the command line
-        resumed = ("logger=[mlflow,wandb]", "resume=true", "trainer.max_epochs=2")
+        resumed = ("logger=[mlflow,wandb]", "resume=true", "trainer.max_epochs=2", "tags=[dev,resumed]")
         second = run(smoke(tmp_path, sms_zip, tokenizer_file, *resumed))
     assert second["epochs"] == 2
     mlrun, wrun = check_mlflow(run_dir, second), check_wandb(run_dir, second)
@@ -143,6 +163,7 @@ def test_a_combination_logs_to_both_and_resume_continues_their_runs(
     assert "MLflow keeps a parameter's first value" in caplog.text
     assert "trainer.max_epochs=1 (this session: 2)" in caplog.text
     assert wrun.run_id == first_wandb.run_id and len(offline_runs(run_dir)) == 2  # offline: one folder per session
+    assert wrun.tags == ["dev", "resumed"] and {"dev", "resumed"} <= set(mlrun.data.tags)  # a session's tags join
     assert len(MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").search_runs(["1"])) == 1
 
 
@@ -216,3 +237,10 @@ def test_paths_and_names() -> None:
     assert _absolute_sqlite("http://host:5000") == "http://host:5000"
     assert tracker_run_name("grid1", "runs/grid1/3") == "grid1/3"  # a sweep job
     assert tracker_run_name("book1", "runs/book1") == "book1"
+
+
+def test_tags_are_a_list_of_names() -> None:
+    assert check_tags(["dev", " lr-scan ", "dev"]) == ["dev", "lr-scan"] and check_tags(None) == []
+    for bad in ("dev", ["dev", ""], ["x" * 65], [3]):
+        with pytest.raises(ConfigError, match=r"^tags=.*: expected a list of names of 1 to 64 characters"):
+            check_tags(bad)

@@ -27,8 +27,10 @@ ones), and tokenizer_config.json / special_tokens_map.json: pad token <|endoftex
 truncation at the training length, and `split_special_tokens` so that "<|endoftext|>" typed in a text is plain
 text, as our preprocessing treats it (tiktoken's ordinary encoding), never the special token 50256.
 
-The model card (README.md) of a folder exported for transformers, in the Hugging Face Hub's format: YAML
-metadata (library, task, license, base model, data set, metrics) between `---` lines, then Markdown.
+The model card (README.md) of a folder exported for transformers, made with huggingface_hub's `ModelCardData` and
+`ModelCard` (so the Hub reads its metadata as written): YAML metadata (library, task, license, base model, data set,
+metrics as `model-index`) between `---` lines, then Markdown. The weights' license is MIT, OpenAI's GPT-2 license,
+which weights fine-tuned from GPT-2 inherit (spam_lightning's code is Apache-2.0).
 
 Everything comes from the export's record (network, preprocessing, training provenance, no local paths) and,
 when the exported checkpoint is its run's best one, the run's metrics.json (test and validation metrics).
@@ -40,17 +42,19 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tiktoken
 import torch
-import yaml
 
 from spam_lightning.data.preprocess import PAD_TOKEN_ID, Preprocessing
 from spam_lightning.errors import CheckpointError, UserError
 from spam_lightning.model.gpt import PRESETS, GPTConfig, make_config
 from spam_lightning.model.net import SpamNet
 from spam_lightning.model.weights import PretrainedWeightsError, convert_hf_state_dict, hf_repo_id, to_hf_state_dict
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 PREFIX = "transformer."  # GPT2ForSequenceClassification's trunk; its head is `score`
 FOLD_TOLERANCE = 1e-5  # the folded network's logits may differ from the trained one's by this x max(1, |logits|)
@@ -341,6 +345,8 @@ def write_hf_tokenizer(tokenizer: tiktoken.Encoding, out_dir: Path, model_max_le
 
 
 UCI_DATASET = "ucirvine/sms_spam"  # the SMS Spam Collection on the Hub
+WEIGHTS_LICENSE = "mit"  # OpenAI's GPT-2 weights (github.com/openai/gpt-2/blob/master/LICENSE); the Hub's identifier
+GPT2_LICENSE_URL = "https://github.com/openai/gpt-2/blob/master/LICENSE"
 METRICS = {"accuracy": "accuracy", "f1": "f1", "precision": "precision", "recall": "recall", "auroc": "roc_auc"}
 
 
@@ -349,40 +355,40 @@ def _split_size(split: Mapping[str, Any]) -> int | None:
     return int(sum(counts)) if all(isinstance(c, int | float) for c in counts) else None
 
 
-def metadata(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The card's YAML front matter."""
+def card_data(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> ModelCardData:
+    """The card's metadata (its YAML front matter)."""
+    from huggingface_hub import EvalResult, ModelCardData  # export only: prediction and serving import this module
+
     training = record.get("training") or {}
     pretrained = (training.get("hyper_parameters") or {}).get("pretrained")
     uci = bool((training.get("data") or {}).get("verify_checksum"))  # UCI's published sha256 was checked
-    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-classification"}
-    if pretrained in PRESETS:
-        meta |= {"license": "mit", "base_model": hf_repo_id(pretrained)}  # OpenAI's GPT-2 weights: MIT
-    if uci:
-        meta["datasets"] = [UCI_DATASET]
-    tags = ["spam-detection", "sms", "gpt2", "spam_lightning", *(["onnx"] if "onnx" in record else [])]
-    meta |= {"language": ["en"], "tags": tags}
     test = (metrics or {}).get("test") or {}
     results = [
-        {"type": hub, "value": round(float(test[ours]), 6), "name": f"test {ours}"}
+        EvalResult(
+            task_type="text-classification",
+            task_name="Text Classification",
+            dataset_type=UCI_DATASET if uci else "sms",
+            dataset_name="SMS Spam Collection" if uci else "SMS spam data",
+            dataset_split="test",
+            metric_type=hub,
+            metric_value=round(float(test[ours]), 6),
+            metric_name=f"test {ours}",
+        )
         for ours, hub in METRICS.items()
         if isinstance(test.get(ours), int | float)
     ]
-    if results:
-        meta["metrics"] = [r["type"] for r in results]
-        dataset = {"name": "SMS Spam Collection" if uci else "SMS spam data", "type": UCI_DATASET if uci else "sms"}
-        meta["model-index"] = [
-            {
-                "name": name,
-                "results": [
-                    {
-                        "task": {"type": "text-classification", "name": "Text Classification"},
-                        "dataset": {**dataset, "split": "test"},
-                        "metrics": results,
-                    }
-                ],
-            }
-        ]
-    return meta
+    return ModelCardData(
+        model_name=name,  # the model-index's name (written only with results)
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        license=WEIGHTS_LICENSE,
+        base_model=hf_repo_id(pretrained) if pretrained in PRESETS else None,
+        datasets=[UCI_DATASET] if uci else None,
+        language=["en"],
+        tags=["spam-detection", "sms", "gpt2", "spam_lightning", *(["onnx"] if "onnx" in record else [])],
+        metrics=[r.metric_type for r in results] or None,
+        eval_results=results or None,
+    )
 
 
 def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> str:
@@ -401,7 +407,7 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
     )
     lines = [
         "---",
-        yaml.safe_dump(metadata(name, record, metrics), sort_keys=False, allow_unicode=True).rstrip(),
+        card_data(name, record, metrics).to_yaml(),
         "---",
         "",
         f"# {name}",
@@ -422,7 +428,7 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "## Training",
         "",
         f"- Start: {start}; " + _what_trained(hp),
-        f"- AdamW, learning rate {hp.get('lr')}, weight decay {hp.get('weight_decay')}, scheduler "
+        f"- {_optimizer(hp)}, learning rate {hp.get('lr')}, weight decay {hp.get('weight_decay')}, scheduler "
         f"`{hp.get('scheduler')}`"
         + (f", {metrics['epochs']} epoch(s) ({metrics.get('global_step')} steps)" if metrics else "")
         + ".",
@@ -467,8 +473,34 @@ def model_card(name: str, record: Mapping[str, Any], metrics: Mapping[str, Any] 
         "network, the preprocessing and where the model came from.",
         "",
         *(_onnx_use(name) if "onnx" in record else []),
+        "## License",
+        "",
+        _license(pretrained),
+        "",
     ]
-    return "\n".join(lines)
+    from huggingface_hub import ModelCard
+
+    return str(ModelCard("\n".join(lines)))  # parsed back as the Hub parses it: a malformed model-index raises
+
+
+def _license(pretrained: str | None) -> str:
+    own = (
+        "These weights are fine-tuned from OpenAI's GPT-2 weights and inherit their license, "
+        f"[MIT]({GPT2_LICENSE_URL}) (`license: mit`)."
+        if pretrained in PRESETS
+        else "These weights were not started from OpenAI's GPT-2 weights; they are offered under the MIT license "
+        "(`license: mit`), as spam_lightning's fine-tuned GPT-2 exports are: change `license` above if the weights "
+        "you started from have another."
+    )
+    return (
+        f"{own} The training data keep their own license (the UCI SMS Spam Collection: CC BY 4.0). spam_lightning, "
+        "the code that trained and exported them, is under the Apache License 2.0."
+    )
+
+
+def _optimizer(hp: Mapping[str, Any]) -> str:
+    """The optimizer's class name as a checkpoint records it (model.optimizer), e.g. AdamW or SGD."""
+    return str(hp.get("optimizer") or "torch.optim.AdamW").rsplit(".", 1)[-1]
 
 
 def _onnx_use(name: str) -> list[str]:

@@ -28,6 +28,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     so later steps cannot change it. Writes and removals run one at a time in the order Lightning asked for
     them; reading a checkpoint, and the end of fit or test, wait for the writes queued before. Under DDP
     (another process may read the file as soon as the save returns) the write is synchronous.
+
+    Why not Lightning's `AsyncCheckpointIO` wrapped around a synchronous atomic write (lightning 2.6's
+    plugins/io/async_plugin.py): it makes only `save_checkpoint` asynchronous, and so loses guarantees we keep:
+    - `remove_checkpoint` runs at once, before the saves queued ahead of it. ModelCheckpoint saves a new best and
+      then removes the old one: the old file is gone while the new one is still being written, and a kill in
+      that window leaves the run with no best checkpoint (tests/training/test_checkpoint.py::
+      test_background_writes_keep_their_order_where_lightnings_async_io_does_not shows both).
+    - `load_checkpoint` does not wait for the queued writes: a read in the same process can find the old file
+      or none.
+    - Its snapshot is `t.detach().clone()` on the tensor's device: on a GPU each queued save holds a second copy
+      of the weights and optimizer state in GPU memory, where ours is a CPU copy.
+    - It writes in the background under DDP too, where another rank may read the file once the save returns.
+    The atomic write itself (temporary file, fsync, rename, fsync of the folder) would be kept either way.
     """
 
     def __init__(self) -> None:

@@ -37,7 +37,7 @@ from spam_lightning.training.feature_cache import check_cache_dir
 from spam_lightning.training.module import SHORT_NAMES, SpamClassifier, use_tf32
 from spam_lightning.training.progress import name_test_pass, progress_bar
 from spam_lightning.training.runs import config_tree, keep_staged, log_through_root, silence_false_warnings
-from spam_lightning.training.trackers import finish_trackers, log_config, log_run_files
+from spam_lightning.training.trackers import check_tags, finish_trackers, log_config, log_run_files, tag_runs
 
 log = logging.getLogger(__name__)
 info = rank_zero_only(log.info)
@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     _make_paths_absolute(cfg)  # recorded paths (config.yaml, checkpoints) then work from any directory
     check_seeds(cfg)
+    tags = check_tags(cfg.get("tags"))
     if OmegaConf.select(cfg, "model.cache_dir"):
         check_cache_dir(cfg.model.cache_dir, runs_dir=cfg.get("runs_dir"))
     settle_ahead()  # the GPT train.py builds ahead has drawn its random numbers: the RNG is ours again
@@ -73,6 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule: TextDataModule = instantiate(cfg.data, context_length=context_length)
     ckpt_path = _checkpoint_to_continue(cfg, run_dir)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    tag_runs(loggers, tags)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not loggers:  # logger=null: nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -114,6 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "best_checkpoint": best,
             "world_size": trainer.world_size,
+            "tags": tags,
         }
         if trainer.is_global_zero:
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())

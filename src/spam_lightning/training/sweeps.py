@@ -6,7 +6,11 @@
 - `SweepSummary` (a Hydra callback, `hydra.callbacks` in conf/train.yaml): when the sweep ends, reads
   each job's `.hydra/overrides.yaml` with its `metrics.json` or `failed.json` and writes `summary.csv`
   and `summary.md` into the sweep directory: the overrides that differ between the jobs against their
-  validation/test metrics and time, sorted by the monitored metric, failed jobs last.
+  validation/test metrics and time, best first by `optimized_metric`, failed jobs last.
+- `optimized_metric` (conf/train.yaml, as in lightning-hydra-template): the key of metrics.json that a sweep
+  optimises, `split/metric` (`validation/accuracy`, `validation/loss`, ...). Its direction is the metric's own
+  (loss: minimize; accuracy, precision, recall, f1, auroc: maximize); a sweeper direction that contradicts it is
+  refused before any job runs.
 - `exit_code()`: what `train.py` exits with afterwards: 1 when the summary counted failed jobs
   (`fail_on: any`, grids) or only failed jobs (`fail_on: all`, searches), else 0.
 
@@ -22,7 +26,7 @@ its config (group hydra/sweeper, option spam_optuna); everything else is here.
   `int(interval(lo,hi))` uniform integers, `tag(log, interval(lo,hi))` log-uniform. Sweep overrides
   on the command line join the space; plain overrides go to every trial and remove their key from it.
 - Each trial is one Hydra job through the configured launcher, in `<sweep dir>/<trial number>`; its
-  return value (validation accuracy) is the objective. A job that fails or returns None/NaN is told
+  return value (its `optimized_metric`) is the objective. A job that fails or returns None/NaN is told
   to Optuna as FAIL and the search goes on.
 - The study lives in `<sweep dir>/optuna.db` (SQLite; `storage` to override) and is loaded if it
   exists: `n_trials` counts the finished (COMPLETE + FAIL) trials of the study, so running the same
@@ -55,7 +59,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.errors import MissingExtraError, require_extra
+from spam_lightning.errors import ConfigError, MissingExtraError, require_extra
 from spam_lightning.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -64,16 +68,61 @@ METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-# (column, split, metric) of metrics.json shown for every job.
-METRIC_COLUMNS = (
-    ("val_accuracy", "validation", "accuracy"),
-    ("val_f1", "validation", "f1"),
-    ("val_loss", "validation", "loss"),
-    ("test_accuracy", "test", "accuracy"),
-    ("test_f1", "test", "f1"),
-    ("test_loss", "test", "loss"),
-)
+# What `optimized_metric` may name: `split/metric` of metrics.json (the splits of spam_lightning.data.tables.SPLITS,
+# the metrics of every model, binary or not), with the direction in which the metric is better.
+OBJECTIVE_SPLITS = ("train", "validation", "test")
+OBJECTIVE_DIRECTIONS = {
+    "accuracy": "maximize",
+    "precision": "maximize",
+    "recall": "maximize",
+    "f1": "maximize",
+    "auroc": "maximize",
+    "loss": "minimize",
+}
+DEFAULT_OBJECTIVE = "validation/accuracy"
+# The columns of metrics.json shown for every job (the optimized metric is added when it is not among them).
+METRIC_COLUMNS = {
+    "validation/accuracy": "val_accuracy",
+    "validation/f1": "val_f1",
+    "validation/loss": "val_loss",
+    "test/accuracy": "test_accuracy",
+    "test/f1": "test_f1",
+    "test/loss": "test_loss",
+}
 FAIL_ON = ("any", "all", "never")
+
+
+def objective_keys() -> list[str]:
+    return [f"{split}/{metric}" for split in OBJECTIVE_SPLITS for metric in OBJECTIVE_DIRECTIONS]
+
+
+def objective_direction(key: str, direction: str | None = None) -> str:
+    """The direction (maximize | minimize) of `optimized_metric=key`; a ConfigError for an unknown key, or for a
+    configured `direction` (hydra.sweeper.direction) that would optimise the metric the wrong way."""
+    split, _, metric = str(key).partition("/")
+    if split not in OBJECTIVE_SPLITS or metric not in OBJECTIVE_DIRECTIONS:
+        raise ConfigError(f"optimized_metric={key}: not a metric of metrics.json; known: {', '.join(objective_keys())}")
+    natural = OBJECTIVE_DIRECTIONS[metric]
+    if direction is not None and direction != natural:
+        better = "higher" if natural == "maximize" else "lower"
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} with optimized_metric={key}, which is better {better}: "
+            f"use hydra.sweeper.direction={natural} (or leave it out)"
+        )
+    return natural
+
+
+def objective_value(metrics: dict[str, Any], key: str) -> float | None:
+    """The value of `optimized_metric=key` in a run's metrics.json contents (None when it has none)."""
+    split, _, metric = key.partition("/")
+    value = (metrics.get(split) or {}).get(metric)
+    return None if value is None else float(value)
+
+
+def column_name(key: str) -> str:
+    """A metrics.json key as the summary's column: validation/auroc -> val_auroc."""
+    return METRIC_COLUMNS.get(key) or key.replace("validation/", "val/").replace("/", "_")
+
 
 _last_summary: list[JobResult] | None = None
 _last_fail_on = "any"
@@ -145,10 +194,10 @@ def _read_job(sweep_dir: Path, run_dir: Path, overrides_file: Path) -> JobResult
     elif metrics.is_file():
         summary = json.loads(metrics.read_text())
         result.status = "ok"
-        for column, split, metric in METRIC_COLUMNS:
-            value = summary.get(split, {}).get(metric)
+        for key in objective_keys():
+            value = objective_value(summary, key)
             if value is not None:
-                result.metrics[column] = float(value)
+                result.metrics[key] = value
         times = summary.get("time_seconds", {})
         result.seconds = round(sum(float(t) for t in times.values()), 1) if times else None
     else:
@@ -160,12 +209,18 @@ def _natural_key(name: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("/")]
 
 
-def rank(results: list[JobResult], metric: str, mode: str) -> list[JobResult]:
-    """Best first by metric (mode max or min); jobs without a value (failed, no metrics) last, by job."""
+def rank(results: list[JobResult], metric: str, direction: str) -> list[JobResult]:
+    """Best first by the metrics.json key `metric` (direction maximize or minimize); jobs without a value (failed,
+    no metrics) last, by job."""
     scored = [r for r in results if r.value(metric) is not None]
     unscored = [r for r in results if r.value(metric) is None]
-    scored.sort(key=lambda r: r.value(metric), reverse=mode == "max")
+    scored.sort(key=lambda r: r.value(metric), reverse=direction == "maximize")
     return scored + unscored
+
+
+def shown_metrics(metric: str) -> list[str]:
+    """The metrics.json keys the summary shows: METRIC_COLUMNS, and the optimized metric."""
+    return [*METRIC_COLUMNS, *([] if metric in METRIC_COLUMNS else [metric])]
 
 
 def swept_keys(results: list[JobResult]) -> list[str]:
@@ -184,18 +239,17 @@ def common_overrides(results: list[JobResult], swept: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in results[0].overrides.items() if k not in swept]
 
 
-def to_csv(results: list[JobResult], swept: list[str]) -> str:
+def to_csv(results: list[JobResult], swept: list[str], keys: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    columns = [name for name, _, _ in METRIC_COLUMNS]
-    writer.writerow(["job", "status", *swept, *columns, "time_seconds", "run_dir", "error"])
+    writer.writerow(["job", "status", *swept, *map(column_name, keys), "time_seconds", "run_dir", "error"])
     for r in results:
         writer.writerow(
             [
                 r.job,
                 r.status,
                 *(r.overrides.get(k, "") for k in swept),
-                *(_number(r.metrics.get(c)) for c in columns),
+                *(_number(r.metrics.get(k)) for k in keys),
                 "" if r.seconds is None else r.seconds,
                 str(r.run_dir),
                 r.error,
@@ -204,13 +258,14 @@ def to_csv(results: list[JobResult], swept: list[str]) -> str:
     return out.getvalue()
 
 
-def to_markdown(results: list[JobResult], swept: list[str], metric: str, mode: str, common: list[str]) -> str:
-    columns = [name for name, _, _ in METRIC_COLUMNS]
+def to_markdown(results: list[JobResult], swept: list[str], metric: str, direction: str, common: list[str]) -> str:
+    keys = shown_metrics(metric)
+    columns = [column_name(k) for k in keys]
     ok = sum(r.status == "ok" for r in results)
     failed = sum(r.status == "failed" for r in results)
     lines = [
         f"{len(results)} jobs: {ok} ok, {failed} failed, {len(results) - ok - failed} without metrics; "
-        f"sorted by {metric} ({mode})",
+        f"best first by {metric} ({direction})",
         "",
     ]
     if common:
@@ -223,7 +278,7 @@ def to_markdown(results: list[JobResult], swept: list[str], metric: str, mode: s
         cells = [
             r.job,
             *(_short(r.overrides.get(k, "")) for k in swept),
-            *(_number(r.metrics.get(c), 4) for c in columns),
+            *(_number(r.metrics.get(k), 4) for k in keys),
             "" if r.seconds is None else f"{r.seconds:.1f}",
             _truncate(status, 120),
         ]
@@ -253,37 +308,49 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def write_summary(sweep_dir: Path, metric: str = "val_accuracy", mode: str = "max") -> list[JobResult]:
-    """Write summary.csv and summary.md into sweep_dir; returns the jobs, best first."""
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be max or min, got {mode!r}")
-    results = rank(collect(sweep_dir), metric, mode)
+def write_summary(sweep_dir: Path, metric: str = DEFAULT_OBJECTIVE, direction: str | None = None) -> list[JobResult]:
+    """Write summary.csv and summary.md into sweep_dir, best first by the metrics.json key `metric` (in its own
+    direction; a `direction` that contradicts it is a ConfigError); returns the jobs, best first."""
+    direction = objective_direction(metric, direction)
+    results = rank(collect(sweep_dir), metric, direction)
     swept = swept_keys(results)
-    markdown = to_markdown(results, swept, metric, mode, common_overrides(results, swept))
-    atomic_write_bytes(sweep_dir / SUMMARY_CSV, to_csv(results, swept).encode())
+    markdown = to_markdown(results, swept, metric, direction, common_overrides(results, swept))
+    atomic_write_bytes(sweep_dir / SUMMARY_CSV, to_csv(results, swept, shown_metrics(metric)).encode())
     atomic_write_bytes(sweep_dir / SUMMARY_MD, markdown.encode())
     return results
 
 
-class SweepSummary(Callback):
-    """Hydra callback: the sweep summary (see the module docstring) when a multirun ends.
+def checked_objective(metric: str | None, direction: str | None) -> tuple[str, str]:
+    """(optimized_metric, its direction), checked against a configured direction (hydra.sweeper.direction); a bad
+    value ends the command with one `error:` line."""
+    metric = str(metric or DEFAULT_OBJECTIVE)
+    try:
+        return metric, objective_direction(metric, direction)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None  # past Hydra's error report, which adds lines to it
 
-    metric: a column of the table (val_accuracy, val_f1, val_loss, test_*); mode: max | min.
+
+class SweepSummary(Callback):
+    """Hydra callback: the sweep summary (see the module docstring) when a multirun ends, best first by
+    `optimized_metric` in its direction.
+
+    Made from conf/train.yaml when Hydra starts, before any run or sweep folder exists: a misspelt
+    optimized_metric, or a sweeper direction that contradicts it, is refused there.
     fail_on: any (exit 1 if any job failed) | all (exit 1 if no job succeeded) | never.
     """
 
-    def __init__(self, metric: str = "val_accuracy", mode: str = "max", fail_on: str = "any") -> None:
-        names = [name for name, _, _ in METRIC_COLUMNS]
-        if metric not in names:
-            raise ValueError(f"SweepSummary metric must be one of {names}, got {metric!r}")
+    def __init__(
+        self, optimized_metric: str = DEFAULT_OBJECTIVE, direction: str | None = None, fail_on: str = "any"
+    ) -> None:
         if fail_on not in FAIL_ON:
             raise ValueError(f"SweepSummary fail_on must be one of {list(FAIL_ON)}, got {fail_on!r}")
-        self.metric, self.mode, self.fail_on = metric, mode, fail_on
+        self.metric, self.direction = checked_objective(optimized_metric, direction)
+        self.fail_on = fail_on
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _last_summary, _last_fail_on
         sweep_dir = Path(config.hydra.sweep.dir)
-        results = write_summary(sweep_dir, self.metric, self.mode)
+        results = write_summary(sweep_dir, self.metric, self.direction)
         _last_summary, _last_fail_on = results, self.fail_on
         markdown = (sweep_dir / SUMMARY_MD).read_text(encoding="utf-8")
         log.info("sweep summary (%s, %s):\n%s", sweep_dir / SUMMARY_MD, sweep_dir / SUMMARY_CSV, markdown)
@@ -309,6 +376,7 @@ RESULTS_FILE = "optimization_results.yaml"
 _INTERRUPTED = "interrupted_trials"  # study user attr: numbers of trials a crash left RUNNING
 _SPACE = "search_space"  # study user attr: {key: distribution json}
 _FIXED = "fixed_overrides"  # study user attr: the overrides every trial gets
+_OBJECTIVE = "optimized_metric"  # study user attr: the metrics.json key its values are
 
 # Overrides that only say where a checked file comes from (its bytes are verified, so results cannot change):
 # they may differ between the commands of one search, e.g. data.tokenizer_file given once, offline.
@@ -316,7 +384,7 @@ _LOCATION_KEYS = ("data.tokenizer_file", "data.tokenizer_url", "data.urls")
 
 # What the plugin's config accepts (hydra/sweeper=spam_optuna); conf/hparams_search/optuna.yaml sets them.
 DEFAULTS: dict[str, Any] = {
-    "direction": "maximize",  # maximize | minimize the jobs' return value (train.py: validation accuracy)
+    "direction": None,  # maximize | minimize the jobs' return value (optimized_metric); null: the metric's own
     "n_trials": 20,  # finished trials (COMPLETE + FAIL) the study should hold when the search ends
     "n_jobs": 1,  # trials asked for and launched together (parallel launchers: joblib, submitit)
     "seed": 123,  # TPESampler seed
@@ -400,11 +468,12 @@ class OptunaSearch:
         if unknown:
             raise HydraException(f"OptunaSweeper: unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         s = {**DEFAULTS, **settings}
-        if s["direction"] not in ("maximize", "minimize"):
+        if s["direction"] not in ("maximize", "minimize", None):
             raise HydraException(f"OptunaSweeper: direction must be maximize or minimize, got {s['direction']!r}")
         if int(s["n_trials"]) < 1 or int(s["n_jobs"]) < 1:
             raise HydraException("OptunaSweeper: n_trials and n_jobs must be >= 1")
-        self.direction: str = s["direction"]
+        self.direction: str | None = s["direction"]
+        self.metric = DEFAULT_OBJECTIVE
         self.n_trials = int(s["n_trials"])
         self.n_jobs = int(s["n_jobs"])
         self.seed: int | None = s["seed"]
@@ -424,6 +493,7 @@ class OptunaSearch:
 
         self.hydra_context = hydra_context
         self.config = config
+        self.metric, self.direction = checked_objective(config.get("optimized_metric"), self.direction)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -445,6 +515,7 @@ class OptunaSearch:
         study = optuna.create_study(
             study_name=self.study_name, storage=storage, direction=self.direction, load_if_exists=True
         )
+        self._check_same_objective(study, storage)
         self._check_same_search(study, space, fixed, storage)
         self._recover_interrupted(study, sweep_dir)
         # Seeded by the trials already made: a continued search draws new points, and stays reproducible.
@@ -518,6 +589,18 @@ class OptunaSearch:
                 + "\ncontinue it with the same settings, or start a new search with another run_name=NAME"
             )
 
+    def _check_same_objective(self, study: Any, storage: str) -> None:
+        """A study's values are those of one metric: continuing it with another optimized_metric is refused."""
+        theirs = study.user_attrs.get(_OBJECTIVE)
+        if theirs is None and study.trials:  # a study made before the setting: validation accuracy
+            theirs = DEFAULT_OBJECTIVE
+        if theirs is not None and theirs != self.metric:
+            raise SearchMismatchError(
+                f"the study {self.study_name!r} in {storage} optimises optimized_metric={theirs}, not {self.metric}: "
+                "continue it with the same metric, or start a new search with another run_name=NAME"
+            )
+        study.set_user_attr(_OBJECTIVE, self.metric)
+
     @staticmethod
     def _recover_interrupted(study: Any, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
@@ -564,6 +647,7 @@ class OptunaSearch:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         results: dict[str, Any] = {
             "study_name": study.study_name,
+            "optimized_metric": self.metric,
             "direction": self.direction,
             "n_trials": len(study.trials),
             "n_complete": len(complete),

@@ -8,6 +8,8 @@ as parameters, its result files as artifacts, and a resumed run continuing its t
   the MLflow client (which creates and migrates the database) is only made when something is logged, so DDP worker
   ranks and runs that fail before they start never touch it; a parameter MLflow already holds with another value
   (a resumed run's `trainer.max_epochs`, `resume`) is kept and the new value is not logged, with a warning.
+- `check_tags` and `tag_runs`: the run's top-level `tags` (`tags=[dev,lr-scan]`, as in lightning-hydra-template)
+  become the tracker runs' tags (MLflow: a tag per name, with an empty value; W&B: its run tags), not parameters.
 - `log_config` (at the start), `log_run_files` (after metrics.json and the plots) and `finish_trackers` (at the end,
   however the run ends) are what `spam_lightning.training.run.run` calls. A tracker that fails to log a file or to close
   its run warns; the run's results are never lost to it.
@@ -19,7 +21,7 @@ import csv
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,7 +35,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from spam_lightning.errors import require_extra
+from spam_lightning.errors import ConfigError, require_extra, show_value
 from spam_lightning.files import atomic_write_bytes
 
 
@@ -58,8 +60,12 @@ log = logging.getLogger(__name__)
 
 IDS_FILE = "trackers.json"  # in the run directory: {"mlflow": {...run_id}, "wandb": {...id}}
 RUN_FILES = ("metrics.json", "config.yaml")  # logged as artifacts, with the run directory's *.png plots
+# W&B keeps its own run config as files/config.yaml (written at the end of a run, shown by the web app and read by
+# wandb.Api's run.config): ours goes beside it under another name rather than replacing it.
+WANDB_NAMES = {"config.yaml": "spam_lightning_config.yaml"}
 MLFLOW_KEY_LIMIT = 250  # MLflow's longest parameter key (mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH)
 TRUNCATED = "...[truncated]"
+TAG_LIMIT = 64  # W&B's longest tag (MLflow's: 250)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
@@ -78,17 +84,38 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def check_tags(value: Any) -> list[str]:
+    """The top-level `tags`: a list of names (null: none), each a non-empty string of at most TAG_LIMIT characters."""
+    if value is None:
+        return []
+    names = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    if names is None or not all(isinstance(n, str) and 0 < len(n.strip()) <= TAG_LIMIT for n in names):
+        raise ConfigError(
+            f"tags={show_value(value)}: expected a list of names of 1 to {TAG_LIMIT} characters, "
+            "e.g. tags=[dev,lr-scan]"
+        )
+    return list(dict.fromkeys(n.strip() for n in names))
+
+
+def tag_runs(loggers: Iterable[Logger], tags: Sequence[str]) -> None:
+    """The run's tags as the tags of its MLflow and W&B runs (before they are created or continued)."""
+    for logger in loggers:
+        if isinstance(logger, (MLflowLogger, WandbLogger)):
+            logger.add_tags(tags)
+
+
 def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
     """The whole resolved config as parameters of every logger (the model's own hyper-parameters and parameter
-    counts are logged by Lightning and the classifier at fit start, as before)."""
-    params = flat_config(cfg)
+    counts are logged by Lightning and the classifier at fit start, as before); `tags` are the runs' tags instead."""
+    params = {key: value for key, value in flat_config(cfg).items() if key != "tags"}
     for logger in loggers:
         logger.log_hyperparams(params)
 
 
 @rank_zero_only
 def log_run_files(loggers: Iterable[Logger], run_dir: Path) -> None:
-    """metrics.json, config.yaml and the plots as artifacts of each logger that keeps files (MLflow, W&B)."""
+    """metrics.json, config.yaml and the plots as artifacts of each logger that keeps files (MLflow, W&B: config.yaml
+    as spam_lightning_config.yaml)."""
     files = [run_dir / name for name in RUN_FILES if (run_dir / name).is_file()]
     files += sorted(run_dir.glob("*.png"))
     for logger in loggers:
@@ -101,8 +128,9 @@ def log_run_files(loggers: Iterable[Logger], run_dir: Path) -> None:
             else:  # copied into the offline run's files/ (a symlink would break when the run folder moves)
                 run = logger.experiment
                 for path in files:
-                    shutil.copy2(path, Path(run.dir) / path.name)
-                    run.save(str(Path(run.dir) / path.name), base_path=run.dir, policy="now")
+                    copy = Path(run.dir) / WANDB_NAMES.get(path.name, path.name)
+                    shutil.copy2(path, copy)
+                    run.save(str(copy), base_path=run.dir, policy="now")
         except Exception as err:  # the results are in the run directory already: a tracker's failure costs nothing
             log.warning("could not log the run's files to %s: %s: %s", type(logger).__name__, type(err).__name__, err)
 
@@ -208,6 +236,10 @@ class MLflowLogger(_LightningMLFlowLogger):
         self._run_dir = Path(run_dir)
         self._logged_params: dict[str, str] = {}
 
+    def add_tags(self, names: Sequence[str]) -> None:
+        """MLflow tags are key-value pairs: each name is a tag with an empty value (`tags.dev = ''` in a search)."""
+        self.tags = {**(self.tags or {}), **dict.fromkeys(names, "")}
+
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
@@ -227,6 +259,9 @@ class MLflowLogger(_LightningMLFlowLogger):
                 log.warning("MLflow: cannot continue run %s (%s): starting a new one", continued, err)
                 self._run_id = None
         client = super().experiment
+        if continued is not None and self._run_id == continued:  # Lightning sets tags only on a run it creates
+            for key, value in (self.tags or {}).items():
+                client.set_tag(continued, key, value)
         _save_ids(self._run_dir, "mlflow", {"tracking_uri": self._tracking_uri, "run_id": self._run_id})
         return client
 
@@ -304,6 +339,10 @@ class WandbLogger(_LightningWandbLogger):
         if self._wandb_init.get("anonymous") is None:  # Lightning passes None, which wandb warns about
             self._wandb_init.pop("anonymous", None)
         self._run_dir = Path(run_dir)
+
+    def add_tags(self, names: Sequence[str]) -> None:
+        if names:
+            self._wandb_init["tags"] = [*dict.fromkeys([*(self._wandb_init.get("tags") or []), *names])]
 
     @property
     @rank_zero_experiment
