@@ -1189,9 +1189,19 @@ OPTIONS: dict[str, str | tuple[str, ...]] = {
     "train.yaml:test_after_fit": here("test_test_after_fit_and_report"),
     "train.yaml:report": here("test_test_after_fit_and_report"),
     "train.yaml:print_config": here("test_print_config_prints_the_composed_config"),
-    "train.yaml:hydra.callbacks.sweep_summary.metric": here("test_sweep_summary_metric_mode_and_fail_on"),
-    "train.yaml:hydra.callbacks.sweep_summary.mode": here("test_sweep_summary_metric_mode_and_fail_on"),
-    "train.yaml:hydra.callbacks.sweep_summary.fail_on": here("test_sweep_summary_metric_mode_and_fail_on"),
+    "train.yaml:optimized_metric": (
+        here("test_sweep_summary_optimized_metric_and_fail_on"),
+        "tests/training/test_sweeps.py::test_optuna_search_continues_from_its_study",
+    ),
+    "train.yaml:tags": (
+        "tests/training/test_trackers.py::test_mlflow_run_is_logged_and_reads_back",
+        "tests/training/test_trackers.py::test_a_combination_logs_to_both_and_resume_continues_their_runs",
+    ),
+    "train.yaml:hydra.callbacks.sweep_summary.optimized_metric": here(
+        "test_sweep_summary_optimized_metric_and_fail_on"
+    ),
+    "train.yaml:hydra.callbacks.sweep_summary.direction": here("test_sweep_summary_optimized_metric_and_fail_on"),
+    "train.yaml:hydra.callbacks.sweep_summary.fail_on": here("test_sweep_summary_optimized_metric_and_fail_on"),
     # conf/model/gpt2.yaml (the other model configs set the same keys)
     "model/gpt2.yaml:arch": here("test_arch_shapes_the_network"),
     "model/gpt2.yaml:pretrained": here("test_pretrained_weights_are_the_files"),
