@@ -197,9 +197,11 @@ HOW: dict[str, Run | Covered | NotRun] = {
     ): NotRun(GPU),
     "python benchmarks/bench_sweep.py": NotRun(BENCHMARK),
     (
-        "python benchmarks/bench_startup.py --repeats 2 trainer.limit_train_batches=2 trainer.limit_val_batches=1 "
-        "trainer.limit_test_batches=1"
+        "python benchmarks/bench_startup.py --warmup --repeats 3 --checkout /tmp/before --checkout . "
+        "trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
     ): NotRun(BENCHMARK),
+    "bash benchmarks/gpu_wheels.sh": NotRun("downloads wheels from the package registry, for the GPU script"),
+    "bash benchmarks/gpu_performance.sh": NotRun(GPU),
     "python benchmarks/bench_predict.py --model gpt2 --threads 1 --messages 64 --repeats 2 --onnxruntime": NotRun(
         BENCHMARK
     ),
