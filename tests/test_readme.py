@@ -200,6 +200,10 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "python benchmarks/bench_startup.py --warmup --repeats 3 --checkout /tmp/before --checkout . "
         "trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
     ): NotRun(BENCHMARK),
+    (
+        "python benchmarks/bench_finetune.py --model gpt2 --epochs 5 --runs ae --book-steps 20 --threads 1 "
+        "--weights-file random"
+    ): NotRun(BENCHMARK),
     "bash benchmarks/gpu_wheels.sh": NotRun("downloads wheels from the package registry, for the GPU script"),
     "bash benchmarks/gpu_performance.sh": NotRun(GPU),
     "python benchmarks/bench_predict.py --model gpt2 --threads 1 --messages 64 --repeats 2 --onnxruntime": NotRun(
