@@ -52,16 +52,14 @@ def _build_gpt_ahead(cfg: DictConfig) -> None:
     net = cfg.model.get("net")
     if net is None or net.get("_target_") != "spam_lightning.model.net.build_net":
         return
-    from spam_lightning.model.gpt import PRESETS, make_config
+    from spam_lightning.model.gpt import make_config
     from spam_lightning.model.weights import build_gpt_ahead
 
     try:
         args = OmegaConf.to_container(net, resolve=True)
         assert isinstance(args, dict)
-        pretrained = args["pretrained"]
-        if pretrained is not None and pretrained not in PRESETS:
-            pretrained = str(Path(pretrained).expanduser().absolute())  # as the run makes it (training.run)
-        build_gpt_ahead(make_config(args["arch"], dropout=args["dropout"]), pretrained, args["init_seed"], cfg.seed)
+        arch = make_config(args["arch"], dropout=args["dropout"])
+        build_gpt_ahead(arch, args["pretrained"], args["init_seed"], cfg.seed)
     except Exception:  # any bad value: the run builds in order and says what is wrong
         return
 

@@ -228,14 +228,18 @@ def download_pretrained(name: str) -> Path:
         ) from err
 
 
+def _arch_differences(cfg: GPTConfig, preset: str) -> list[str]:
+    """The architecture fields in which `cfg` differs from the preset's (whose weights would not fit it)."""
+    return [f for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(PRESETS[preset], f)]
+
+
 def pretrained_file(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> Path:
     """The local weights file of `pretrained`: a preset name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"),
     fetched from the Hugging Face Hub at its pinned revision (or found in the Hub's cache), or a local
     `model.safetensors` in the Hub's layout."""
     if isinstance(pretrained, str) and pretrained in PRESETS:
         preset = PRESETS[pretrained]
-        diff = [f for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(preset, f)]
-        if diff:
+        if diff := _arch_differences(cfg, pretrained):
             raise PretrainedWeightsError(
                 f"model.pretrained={pretrained!r} needs the {pretrained!r} architecture, but the config has "
                 + ", ".join(f"{f}={getattr(cfg, f)} (expected {getattr(preset, f)})" for f in diff)
@@ -341,7 +345,7 @@ def _local_file(cfg: GPTConfig, pretrained: str | os.PathLike[str]) -> Path | No
     if isinstance(pretrained, str) and pretrained in PRESETS:
         from huggingface_hub import try_to_load_from_cache
 
-        if any(getattr(cfg, f) != getattr(PRESETS[pretrained], f) for f in _ARCH_FIELDS):
+        if _arch_differences(cfg, pretrained):
             return None  # pretrained_file refuses it
         cached = try_to_load_from_cache(hf_repo_id(pretrained), HF_FILENAME, revision=HF_REVISIONS[pretrained])
         return Path(cached) if isinstance(cached, str) else None
