@@ -151,16 +151,40 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         os.close(dir_fd)
 
 
-def _is_disk_full(err: BaseException, folder: Path) -> bool:
-    """Whether a failed write ran out of space. torch.save reports it as a RuntimeError ("unexpected pos ...") whose
-    context holds the OSError; some writers lose the errno, so an almost full disk counts too."""
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space_errors(err: BaseException) -> list[OSError]:
+    """The OSErrors of a full disk (ENOSPC, EDQUOT; DiskFullErrors) in `err`'s chain, outermost first. torch.save
+    reports a full disk as a RuntimeError ("unexpected pos ...") whose context holds the OSError."""
+    found: list[OSError] = []
     seen: BaseException | None = err
     for _ in range(10):  # the chain is short; bounded in case of a cycle
         if seen is None:
             break
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        if isinstance(seen, DiskFullError) or (isinstance(seen, OSError) and seen.errno in _NO_SPACE):
+            found.append(seen)
         seen = seen.__cause__ or seen.__context__
+    return found
+
+
+def disk_full_error(err: BaseException) -> DiskFullError | None:
+    """The DiskFullError behind `err`, or None if `err` is not about a full disk. Ours (atomic_write's, naming the
+    folder and the file left unchanged) comes first, also when another writer met the full disk while the run
+    stopped for it (a logger's last save); else one naming the file of the other writer's OSError."""
+    found = _no_space_errors(err)
+    ours = [e for e in found if isinstance(e, DiskFullError)]
+    if ours or not found:
+        return ours[0] if ours else None
+    where = f" for {found[0].filename}" if found[0].filename else ""
+    return DiskFullError(f"disk full: no space left{where} ({found[0].strerror or found[0]}). Free some space there")
+
+
+def _is_disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write into `folder` ran out of space; some writers lose the errno, so an almost full disk
+    counts too."""
+    if _no_space_errors(err):
+        return True
     try:
         return isinstance(err, Exception) and shutil.disk_usage(folder).free < 2**20
     except OSError:

@@ -7,6 +7,7 @@ the book's trainable part (last block, final norm, head), so the frozen-feature 
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from helpers.smoke import compose_cfg, final_weights, smoke_cfg, train_cli, trai
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from spam_lightning.errors import CheckpointError, ConfigError
-from spam_lightning.files import atomic_write, file_sha256
+from spam_lightning.files import DiskFullError, atomic_write, file_sha256
 from spam_lightning.inference.checkpoint import RECORD_KEY, load_trained, read_checkpoint, record_sha256
 from spam_lightning.inference.export import export_checkpoint
 from spam_lightning.inference.predictor import Predictor
@@ -259,3 +260,30 @@ def test_background_writes_keep_their_order_where_lightnings_async_io_does_not(
         release.set()
         io.teardown()
         assert new.exists() and not old.exists()
+
+
+def test_writes_queued_after_a_failed_one_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new best checkpoint that could not be written (a full disk) must not be followed by the removal of the old
+    one, and no later write may still be filling the disk when the failure is reported."""
+    release, real_save = threading.Event(), torch.save
+
+    def save_on_a_full_disk(obj: Any, f: Any) -> None:
+        release.wait(30)  # the failing write is still under way while training queues more
+        if obj.get("fails"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    old, new, later = tmp_path / "old.ckpt", tmp_path / "new.ckpt", tmp_path / "last.ckpt"
+    old.write_bytes(b"the previous best")
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"fails": True}, new)
+    io.remove_checkpoint(old)
+    io.save_checkpoint({"w": torch.ones(2)}, later)
+    release.set()
+    with pytest.raises(DiskFullError, match=r"new\.ckpt was not changed"):
+        io.teardown()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.ckpt"]  # kept; nothing written after the failure
+    io.save_checkpoint({"w": torch.ones(2)}, later)  # the failure was reported: a later save is written again
+    io.teardown()
+    assert later.exists()

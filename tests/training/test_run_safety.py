@@ -4,6 +4,7 @@ files, the precision that actually ran, non-finite losses and weights, a full di
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 
 import spam_lightning.files as files
 from spam_lightning.errors import CheckpointError, ConfigError, DivergedError
-from spam_lightning.files import DiskFullError, atomic_write
+from spam_lightning.files import DiskFullError, atomic_write, disk_full_error
 from spam_lightning.inference.checkpoint import read_checkpoint
 from spam_lightning.training.run import run
 from spam_lightning.training.runs import check_run_name
@@ -304,6 +305,37 @@ def test_a_full_disk_is_named_and_the_previous_file_kept(tmp_path: Path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
 
 
+def test_the_checkpoints_full_disk_is_named_over_a_loggers_met_while_stopping() -> None:
+    """Lightning finalizes the loggers while the checkpoint's DiskFullError stops the run: on a full disk their save
+    fails too, and its OSError carries ours as context. The error names the checkpoint, the root cause."""
+    ours = DiskFullError("disk full: no space left in /r/checkpoints for last.ckpt; last.ckpt was not changed")
+    loggers = OSError(errno.ENOSPC, "No space left on device", "/r/logs/metrics.csv")
+    loggers.__context__ = ours  # raised while ours was being handled
+    assert disk_full_error(loggers) is ours
+    assert disk_full_error(ValueError("not about a disk")) is None
+
+
+def test_a_full_disk_met_by_a_logger_is_one_line_too(
+    tmp_path: Path, sms_zip: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logger's metrics.csv (written by Lightning's CSV writer, not atomic_write) on a full disk: the same
+    one-line error naming the file and how to continue, not a traceback."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    def save_on_a_full_disk(writer: ExperimentWriter) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", writer.metrics_file_path)
+
+    monkeypatch.setattr(ExperimentWriter, "save", save_on_a_full_disk)
+    cfg = smoke_cfg(tmp_path / "run", tmp_path / "data", sms_zip, tokenizer_file, "trainer.limit_train_batches=2")
+    metrics_csv = tmp_path / "run" / "logs" / "metrics.csv"
+    with pytest.raises(DiskFullError) as raised:
+        run(cfg)
+    assert str(raised.value) == (
+        f"disk full: no space left for {metrics_csv} (No space left on device). Free some space there; "
+        "then continue with: python train.py resume=true run_name=run"
+    )
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """tmp_path/runs on a 60 MB tmpfs: one smoke last.ckpt (40 MB) fits, a second write beside it does not."""
@@ -325,7 +357,7 @@ def test_a_run_on_a_full_disk_stops_naming_it_and_resumes_after(
     assert full.returncode == 1, full.stderr[-3000:]
     last_line = full.stderr.strip().splitlines()[-1]
     checkpoints = small_disk / "r" / "checkpoints"
-    assert last_line.startswith(f"error: disk full: no space left in {checkpoints} for last.ckpt"), last_line
+    assert last_line.startswith(f"error: disk full: no space left in {checkpoints} for last.ckpt"), full.stderr[-3000:]
     assert last_line.endswith("continue with: python train.py resume=true run_name=r")
     assert read_checkpoint(checkpoints / "last.ckpt")["global_step"] == 2  # the previous one, complete
     assert not list(checkpoints.glob(".*.tmp"))

@@ -26,8 +26,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     The file is written by a background thread, so training goes on while it reaches the disk (on a GPU
     the write took longer than an epoch of the book's recipe). What it writes is a CPU copy taken at the save,
     so later steps cannot change it. Writes and removals run one at a time in the order Lightning asked for
-    them; reading a checkpoint, and the end of fit or test, wait for the writes queued before. Under DDP
-    (another process may read the file as soon as the save returns) the write is synchronous.
+    them; reading a checkpoint, and the end of fit or test, wait for the writes queued before. Once one fails
+    (a full disk), those queued after it are skipped: a new best checkpoint that was not written must not be
+    followed by the removal of the old one, and no write may still be filling the disk while the run reports the
+    failure and its loggers write their last files. Under DDP (another process may read the file as soon as the
+    save returns) the write is synchronous.
 
     Why not Lightning's `AsyncCheckpointIO` wrapped around a synchronous atomic write (lightning 2.6's
     plugins/io/async_plugin.py): it makes only `save_checkpoint` asynchronous, and so loses guarantees we keep:
@@ -47,6 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self._writer: ThreadPoolExecutor | None = None
         self._queued: list[Future[None]] = []
+        self._failed = False  # a queued write or removal failed: the writer skips the rest of the queue
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
@@ -71,19 +75,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.wait()
 
     def wait(self) -> None:
-        """Block until every queued write and removal is done; re-raise the first that failed."""
+        """Block until every queued write and removal is done (or skipped); re-raise the first that failed."""
         queued, self._queued = self._queued, []
-        for future in queued:
-            future.result()
+        errors = [future.exception() for future in queued]  # each waits for its future
+        self._failed = False
+        first = next((error for error in errors if error is not None), None)
+        if first is not None:
+            raise first
 
     def _queue(self, fn: Callable[..., Any], *args: Any) -> None:
-        failed = [f for f in self._queued if f.done() and f.exception() is not None]
-        if failed:
+        if any(f.done() and f.exception() is not None for f in self._queued):
             self.wait()  # raises: a checkpoint that could not be written stops training
         self._queued = [f for f in self._queued if not f.done()]
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-        self._queued.append(self._writer.submit(fn, *args))
+        self._queued.append(self._writer.submit(self._unless_failed, fn, *args))
+
+    def _unless_failed(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
 
 
 class LastCheckpoint(Callback):

@@ -27,7 +27,7 @@ import spam_lightning.paths  # noqa: F401  (registers the ${project_dir:} resolv
 from spam_lightning.data.modules import TextDataModule
 from spam_lightning.data.sms_spam import SPLITS
 from spam_lightning.errors import ConfigError, DivergedError, DownloadError, check_int, user_error
-from spam_lightning.files import DiskFullError, atomic_write_bytes, require_file
+from spam_lightning.files import DiskFullError, atomic_write_bytes, disk_full_error, require_file
 from spam_lightning.inference.checkpoint import check_finite, read_checkpoint, read_record
 from spam_lightning.inference.report import write_test_scores, write_training_report
 from spam_lightning.model.gpt import PRESETS, make_config
@@ -127,8 +127,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log_run_files(loggers, run_dir)  # metrics.json, config.yaml and the plots as MLflow / W&B artifacts
             log.info(results_table(summary, run_dir))
         return summary
-    except DiskFullError as err:
-        raise DiskFullError(f"{err}; then continue with: python train.py resume=true run_name={run_dir.name}") from err
+    except Exception as err:  # a full disk, met by a checkpoint write or by any other writer (a logger's file)
+        full = disk_full_error(err)
+        if full is None:
+            raise
+        raise DiskFullError(f"{full}; then continue with: python train.py resume=true run_name={run_dir.name}") from err
     except SIGTERMException:  # Lightning raises it as a bare SystemExit: status 0, as if the run had succeeded
         _say_interrupted(trainer, run_dir, "stopped by SIGTERM")
         raise SystemExit(143) from None
