@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from helpers.serving import REPO, healthy, post, request, serving, start_serve_p
 from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
 import spam_lightning
+import spam_lightning.inference.serve as serve_module
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import ConfigError
 from spam_lightning.inference.checkpoint import TrainedModel
@@ -508,6 +510,27 @@ def test_a_stop_is_quiet(model: dict[str, Any], tmp_path: Path, signum: int, to_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_the_monitors_crash_on_the_closed_manager_is_not_printed_after_a_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LitServe's worker monitor checks its stop event every 2 s: woken after the shutdown closed the manager that
+    holds the event, it logs "Monitoring worker crashed" with a traceback (seen under load on Ctrl-C). Once a stop
+    began that message is dropped; LitServe's other messages still show."""
+    litserve_log = logging.getLogger("litserve.server")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            serve_module._stop(object(), os.getpid(), signal.SIGINT, None)
+        with caplog.at_level(logging.INFO, logger="litserve.server"):
+            try:
+                raise EOFError  # what a proxy of a closed manager raises
+            except EOFError:
+                litserve_log.exception("Monitoring worker crashed")
+            litserve_log.warning("a worker died")
+        assert [r.getMessage() for r in caplog.records] == ["a worker died"]
+    finally:
+        litserve_log.removeFilter(serve_module._quiet_monitor_crash)
 
 
 # -- configuration errors ------------------------------------------------------------------------------

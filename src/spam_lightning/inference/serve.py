@@ -25,6 +25,7 @@ predict.py's record for it.
 
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -655,7 +656,14 @@ def _stop(server: ls.LitServer, main_pid: int, signum: int, frame: Any) -> None:
     event = getattr(server, "_shutdown_event", None)
     if event is not None:
         threading.Thread(target=event.set, daemon=True).start()
+    # The monitor checks the event every 2 s: one that wakes after the shutdown has closed LitServe's manager fails
+    # to reach it and logs the failure with a traceback ("Monitoring worker crashed"), nothing but that race.
+    logging.getLogger("litserve.server").addFilter(_quiet_monitor_crash)
     raise KeyboardInterrupt
+
+
+def _quiet_monitor_crash(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "Monitoring worker crashed"
 
 
 class _CtrlCToTheMainProcess(ls.Callback):
