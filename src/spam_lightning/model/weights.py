@@ -302,7 +302,6 @@ def build_gpt_ahead(
     if pretrained is not None and path is None:
         return
     torch.manual_seed(seed)
-    job = _Ahead((cfg, None if path is None else str(path), init_seed), torch.get_rng_state(), threading.Thread())
 
     def build() -> None:
         try:
@@ -318,8 +317,9 @@ def build_gpt_ahead(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
 
-    job.thread = threading.Thread(target=build, name="build_gpt_ahead", daemon=True)
-    job.thread.start()
+    thread = threading.Thread(target=build, name="build_gpt_ahead", daemon=True)
+    job = _Ahead((cfg, None if path is None else str(path), init_seed), torch.get_rng_state(), thread)
+    thread.start()
     _ahead = job
 
 
