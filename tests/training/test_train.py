@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from spam_lightning.errors import CheckpointError
 from spam_lightning.inference.checkpoint import read_checkpoint as load_checkpoint
+from spam_lightning.training.module import SpamClassifier
 from spam_lightning.training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -333,3 +334,29 @@ def test_train_py_builds_the_gpt_while_lightning_imports(tmp_path: Path, sms_zip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [line for line in done.stdout.splitlines() if line.startswith("built in")] == ["built in build_gpt_ahead"]
+
+
+@pytest.mark.parametrize("layers", ["last_block", "all"])  # the default recipe's (the frozen-feature cache), all
+def test_a_training_step_reads_one_value_from_the_device(tmp_path: Path, sms_zip: Path, layers: str) -> None:
+    """On a GPU every read of a tensor's value on the host makes the step wait for the device. A step reads one: the
+    loss's NaN check before the backward pass (SpamClassifier._stop_if_not_finite). Not per step: the metrics'
+    argument checks (validate_args), the mean loss's NaN checks (torchmetrics' MeanMetric), the progress bar's loss
+    (read every log_every_n_steps steps, where Lightning's prog_bar=True reads it after every step)."""
+    from helpers.smoke import train_smoke
+
+    counts = tmp_path / "reads.json"
+    train_smoke(
+        tmp_path, sms_zip, TOKENIZER_FILE, f"model.trainable_layers={layers}", "data.batch_size=8",
+        "trainer.max_epochs=2", "trainer.limit_train_batches=12", "trainer.enable_progress_bar=true",
+        "+callbacks.host_reads._target_=helpers.host_reads.HostReadsPerStep", f"+callbacks.host_reads.path={counts}",
+    )  # fmt: skip
+    steps = json.loads(counts.read_text())
+    assert len(steps) == 11  # between the starts of the 12 batches
+    module_file = SpamClassifier.__module__.replace(".", "/") + ".py"
+    for reads in steps:  # the NaN check first, once
+        assert [r for r in reads if r.startswith("__bool__") and module_file in r] == reads[:1], reads
+    # Every log_every_n_steps (5 in experiment=smoke) steps: the bar's loss and Lightning's write to the loggers.
+    logging_steps = [reads[1:] for reads in steps if len(reads) > 1]
+    assert 1 <= len(logging_steps) <= 3, steps
+    for reads in logging_steps:
+        assert all("progress.py" in r or "lightning/" in r for r in reads), reads

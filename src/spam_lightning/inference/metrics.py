@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -39,18 +39,22 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+# The inputs are our own softmax outputs and class ids: torchmetrics' checks of them (values in range, `unique`
+# labels) would only cost host-device syncs on every step (training's steps must not wait for the GPU).
+NO_CHECKS: dict[str, Any] = {"validate_args": False}
+
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     if num_classes == 2:
         metrics = {
-            "accuracy": BinaryAccuracy(),
-            "precision": BinaryPrecision(),
-            "recall": BinaryRecall(),
-            "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
+            "accuracy": BinaryAccuracy(**NO_CHECKS),
+            "precision": BinaryPrecision(**NO_CHECKS),
+            "recall": BinaryRecall(**NO_CHECKS),
+            "f1": BinaryF1Score(**NO_CHECKS),
+            "auroc": BinaryAUROC(**NO_CHECKS),
         }
     else:
-        kw: dict[str, Any] = {"num_classes": num_classes, "average": "macro"}
+        kw: dict[str, Any] = {"num_classes": num_classes, "average": "macro", **NO_CHECKS}
         metrics = {
             "accuracy": MulticlassAccuracy(**kw),
             "precision": MulticlassPrecision(**kw),
@@ -58,7 +62,7 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             "f1": MulticlassF1Score(**kw),
             "auroc": MulticlassAUROC(**kw),
             **{
-                f"{name}_per_class": metric(num_classes=num_classes, average=None)
+                f"{name}_per_class": metric(num_classes=num_classes, average=None, **NO_CHECKS)
                 for name, metric in (
                     ("precision", MulticlassPrecision),
                     ("recall", MulticlassRecall),
@@ -67,6 +71,28 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
             },
         }
     return MetricCollection(metrics, prefix=prefix)  # type: ignore[arg-type]
+
+
+class WeightedMean(Metric):
+    """The example-weighted mean of per-batch values (a loss): exact under DDP with uneven shards, unlike averaging
+    rank means. torchmetrics' MeanMetric checks every update for NaNs (two host-device syncs per step on a GPU);
+    here a NaN simply stays NaN, as MeanMetric(nan_strategy=nan) leaves it."""
+
+    full_state_update = False
+    total: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int) -> None:
+        self.total += value.float() * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
 
 
 def update_metrics(metrics: MetricCollection, probs: torch.Tensor, labels: torch.Tensor, positive: int | None) -> None:

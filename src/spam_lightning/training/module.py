@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torchmetrics import CatMetric, MeanMetric, MetricCollection
+from torchmetrics import CatMetric, MetricCollection
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from spam_lightning.data.preprocess import Preprocessing
@@ -39,6 +39,8 @@ from spam_lightning.inference.checkpoint import (
     record_sha256,
 )
 from spam_lightning.inference.metrics import (
+    NO_CHECKS,
+    WeightedMean,
     binary_counts,
     classification_metrics,
     per_class,
@@ -202,16 +204,14 @@ class SpamClassifier(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)  # of the predicted ids (metrics.predicted_ids)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, **NO_CHECKS)  # of metrics.predicted_ids
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C) in class-id order, rows = true class
         # Each test text's P(positive class) and label (binary; gathered from all processes): the PR curve's input.
         # NaNs are kept, where torchmetrics drops them by default (scores no longer aligned with labels, a mean loss
         # over the finite batches only); `evaluate` in spam_lightning.training.run then refuses the result.
         self.test_scores, self.test_labels = CatMetric(nan_strategy="disable"), CatMetric(nan_strategy="disable")
         self.test_scored: torch.Tensor | None = None  # (N, 2): label (class id), P(positive class)
-        # Example-weighted mean losses: exact under DDP with uneven shards (unlike averaging rank means).
-        # nan_strategy=nan: a NaN stays NaN ("disable" would also drop the weights).
-        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy=math.nan) for _ in range(3))
+        self.train_loss, self.val_loss, self.test_loss = WeightedMean(), WeightedMean(), WeightedMean()
         self.test_prefix = "test"  # log prefix of the test stage; evaluate() sets it per split
 
     @classmethod
@@ -313,7 +313,7 @@ class SpamClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         probs, positive = logits.detach().softmax(dim=-1), self.positive_index
         update_metrics(metrics, probs, labels, positive)
-        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        mean_loss: WeightedMean = getattr(self, f"{stage}_loss")
         mean_loss.update(loss.detach(), weight=labels.shape[0])
         if stage == "test":
             self.test_confusion.update(predicted_ids(probs, positive), labels)
@@ -321,7 +321,7 @@ class SpamClassifier(L.LightningModule):
                 self.test_scores.update(probs[:, positive])
                 self.test_labels.update(labels)
         if stage == "train":
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False)  # the bar reads it (training.progress)
         return loss
 
     def _log_epoch(self, stage: str, metrics: MetricCollection) -> None:
@@ -332,7 +332,7 @@ class SpamClassifier(L.LightningModule):
         every batch, which made steps slower as an epoch went on. compute() reduces over all processes.
         """
         prefix = self.test_prefix if stage == "test" else stage
-        mean_loss: MeanMetric = getattr(self, f"{stage}_loss")
+        mean_loss: WeightedMean = getattr(self, f"{stage}_loss")
         if not mean_loss.update_called:  # no batch this epoch (e.g. resumed just before its end): nothing to log
             return
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
