@@ -22,6 +22,7 @@ from helpers.records import with_each_field_edited
 from helpers.scripts import run_script
 from helpers.smoke import compose_cfg, copy_smoke, random_124m
 
+import spam_lightning
 from spam_lightning.data.preprocess import Preprocessing, get_tokenizer
 from spam_lightning.errors import CheckpointError, ConfigError, UserError
 from spam_lightning.files import file_sha256
@@ -115,6 +116,18 @@ def test_onnxruntime_equals_torch_on_the_whole_test_split(
         assert max(abs(a - b) for a, b in zip(p_ckpt, p_export, strict=True)) <= TOLERANCE  # type: ignore[operator]
     else:
         assert p_ckpt == p_export
+
+
+def test_the_graph_names_no_local_file(smoke: dict[str, Any], tokenizer_file: str) -> None:
+    """torch.onnx records each node's Python call stack with the file paths of this machine (its source checkout):
+    left out of model.onnx, which then depends on the weights only. The exporter's other node metadata stays."""
+    import onnx
+
+    graph = onnx.load(exported(smoke, "last_token", tokenizer_file) / "model.onnx", load_external_data=False).graph
+    keys = {p.key for node in graph.node for p in node.metadata_props}
+    assert "pkg.torch.onnx.name_scopes" in keys and "pkg.torch.onnx.stack_trace" not in keys
+    source = str(Path(spam_lightning.__file__).parent.parent)
+    assert not [p.value for node in graph.node for p in node.metadata_props if source in p.value]
 
 
 def test_one_session_takes_any_batch_size_and_length(smoke: dict[str, Any], tokenizer_file: str) -> None:

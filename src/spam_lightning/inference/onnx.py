@@ -61,6 +61,9 @@ class OnnxError(UserError, RuntimeError):
     """ONNX export or onnxruntime prediction that cannot run here (a package missing) or gives other logits."""
 
 
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # torch.onnx's per-node metadata
+
+
 def import_onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -106,6 +109,11 @@ def write_onnx(
             dynamic_shapes=dynamic, verbose=False, report=False,
         )  # fmt: skip
         program.model.metadata_props[METADATA_KEY] = record_sha256
+        # The exporter records each node's Python call stack, with this machine's file paths: left out, so a
+        # model.onnx names no local folder and the same weights give the same file from any checkout.
+        for graph in (program.model.graph, *program.model.functions.values()):
+            for node in graph.all_nodes():
+                node.metadata_props.pop(STACK_TRACE_KEY, None)
         program.save(path)  # the weights go into model.onnx.data beyond 1.5 GiB
     files = [p for p in (path, out_dir / ONNX_DATA_NAME) if p.is_file()]
     net_of_onnx = OnnxNet(path, record_sha256)
