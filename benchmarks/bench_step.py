@@ -4,24 +4,28 @@ arithmetic, in one process.
 Both train the top block (and final norm and head) on the frozen trunk's features, batch 8, AdamW, on the same
 batches (each padded to its own longest text, the default recipe's):
 
-  (bare)  a plain loop over the train split's batches: the features computed once beforehand, then per step the
-          model's forward from them, the cross-entropy of the last token, backward, AdamW's step. Nothing else.
+  (bare)  a plain loop over the train split's batches, already on the device: the features computed once
+          beforehand, then per step the model's forward from them, the cross-entropy of the last token, backward,
+          AdamW's step. Nothing else.
   (ours)  `spam_lightning.training.run.run` (what `python train.py` runs) with the frozen-feature cache: the
-          Lightning loop, the metrics, the NaN check, logging, checkpoints, the progress bar off. Timed from the
-          start of each training batch to the start of the next, from the second epoch on (the cache is full);
-          the steps that run into validation are left out.
+          DataLoader, the Lightning loop, the metrics, the NaN check, logging, checkpoints, the progress bar off.
+          Timed from the start of an epoch's first training batch to the start of its last (the last step runs
+          into validation).
+
+Both: the mean time per step over epochs 2 and later (the first fills the cache), on the CPU or a GPU (`--device
+cuda`: the bare loop waits for the GPU at the ends of each epoch; ours waits in each step, for its NaN check).
 
 The difference is what the framework adds to a step. With `--model tiny` (a 64-wide GPT: the arithmetic takes
 about a millisecond) it is most of the step, as on a GPU, where a top-block step of GPT-2 is microseconds of
 arithmetic; with `--model gpt2` (124M shapes, random weights) the CPU's arithmetic dominates.
 
     python benchmarks/bench_step.py --model tiny --epochs 4
+    python benchmarks/bench_step.py --model gpt2 --epochs 3 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import tempfile
@@ -62,12 +66,14 @@ class StepTimer(L.Callback):
         self.epochs[-1].append(time.perf_counter())
 
     def step_seconds(self) -> list[float]:
-        return [b - a for starts in self.epochs[1:] for a, b in itertools.pairwise(starts)]
+        """The mean seconds per step of each epoch after the first."""
+        return [(starts[-1] - starts[0]) / (len(starts) - 1) for starts in self.epochs[1:] if len(starts) > 1]
 
 
-def config(model: str, work: Path, epochs: int) -> Any:
+def config(model: str, work: Path, epochs: int, device: str) -> Any:
     overrides = [
         *MODELS[model],
+        *(["trainer=gpu"] if device == "cuda" else []),
         "data.batch_size=8",
         f"trainer.max_epochs={epochs}",
         "trainer.enable_progress_bar=false",
@@ -83,8 +89,8 @@ def config(model: str, work: Path, epochs: int) -> Any:
         return compose(config_name="train", overrides=overrides)
 
 
-def bare_loop(cfg: Any, epochs: int) -> list[float]:
-    """Seconds per step of the plain loop, epochs 2.. (the same count of epochs as ours)."""
+def bare_loop(cfg: Any, epochs: int, device: str) -> list[float]:
+    """The mean seconds per step of the plain loop in each epoch after the first."""
     from hydra.utils import instantiate
 
     L.seed_everything(cfg.seed)
@@ -92,26 +98,33 @@ def bare_loop(cfg: Any, epochs: int) -> list[float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     cfg.model.num_classes = len(datamodule.labels)
-    model = instantiate(module_config(cfg.model))
+    model = instantiate(module_config(cfg.model)).to(device)
     model.train()
     batches = []
     with torch.no_grad():
         for batch in datamodule.train_dataloader():
-            frozen = model.frozen_features(batch["input_ids"])
-            batches.append((batch["input_ids"], batch["lengths"], frozen, batch["labels"]))
+            input_ids, lengths = batch["input_ids"].to(device), batch["lengths"].to(device)
+            batches.append((input_ids, lengths, model.frozen_features(input_ids), batch["labels"].to(device)))
     optimizer = model.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     seconds = []
     for epoch in range(epochs):
+        synchronize(device)
+        start = time.perf_counter()
         for input_ids, lengths, frozen, labels in batches:
-            start = time.perf_counter()
             loss = F.cross_entropy(model(input_ids, lengths, frozen), labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            if epoch > 0:
-                seconds.append(time.perf_counter() - start)
+        synchronize(device)
+        if epoch > 0:
+            seconds.append((time.perf_counter() - start) / len(batches))
     return seconds
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -119,20 +132,22 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each; the first is not timed")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_step-") as tmp:
         work = Path(tmp)
-        bare = bare_loop(config(args.model, work, args.epochs), args.epochs)
-        cfg = config(args.model, work, args.epochs)
+        bare = bare_loop(config(args.model, work, args.epochs, args.device), args.epochs, args.device)
+        cfg = config(args.model, work, args.epochs, args.device)
         cfg.callbacks = {**cfg.callbacks, "step_timer": {"_target_": f"{__name__}.StepTimer"}}
         run(cfg)
         ours = StepTimer.made[-1].step_seconds()
-    b, o = 1000 * statistics.median(bare), 1000 * statistics.median(ours)
-    print(f"--model {args.model}, {torch.get_num_threads()} torch threads, median ms per step, epochs 2-{args.epochs}:")
-    print(f"  (bare) plain PyTorch loop   {b:7.2f} ms  ({len(bare)} steps)")
-    print(f"  (ours) Lightning, run()     {o:7.2f} ms  ({len(ours)} steps)")
+    b, o = 1000 * statistics.mean(bare), 1000 * statistics.mean(ours)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    print(f"--model {args.model}, {where}, mean ms per step of epochs 2-{args.epochs}:")
+    print(f"  (bare) plain PyTorch loop   {b:7.2f} ms")
+    print(f"  (ours) Lightning, run()     {o:7.2f} ms")
     print(f"  ours / bare {o / b:.2f}x; the framework adds {o - b:.2f} ms per step")
 
 

@@ -204,6 +204,8 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "python benchmarks/bench_finetune.py --model gpt2 --epochs 5 --runs ae --book-steps 20 --threads 1 "
         "--weights-file random"
     ): NotRun(BENCHMARK),
+    "python benchmarks/bench_step.py --model tiny --epochs 4 --threads 1": NotRun(BENCHMARK),
+    "python benchmarks/bench_step.py --model gpt2 --epochs 3 --device cuda": NotRun(GPU),
     "bash benchmarks/gpu_wheels.sh": NotRun("downloads wheels from the package registry, for the GPU script"),
     "bash benchmarks/gpu_performance.sh": NotRun(GPU),
     "python benchmarks/bench_predict.py --model gpt2 --threads 1 --messages 64 --repeats 2 --onnxruntime": NotRun(
