@@ -429,6 +429,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "after a stop, LitServe's monitor failing on the closed manager prints its traceback",
     ),
     Mutation(
+        "metrics-check-their-arguments",
+        PKG + "inference/metrics.py",
+        'NO_CHECKS: dict[str, Any] = {"validate_args": False}',
+        'NO_CHECKS: dict[str, Any] = {"validate_args": True}',
+        ("tests/training/test_train.py -k reads_one_value",),
+        "the training metrics check their arguments on every step (host-device syncs)",
+    ),
+    Mutation(
+        "bar-reads-the-loss-every-step",
+        PKG + "training/module.py",
+        'self.log("train/loss_step", loss, on_step=True, on_epoch=False)',
+        'self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)',
+        ("tests/training/test_train.py -k reads_one_value",),
+        "the step loss on Lightning's progress bar, read from the device after every step",
+    ),
+    Mutation(
         "tags-not-tagged",
         PKG + "training/run.py",
         "tag_runs(loggers, tags)",
