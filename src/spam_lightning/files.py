@@ -173,9 +173,11 @@ def disk_full_error(err: BaseException) -> DiskFullError | None:
     folder and the file left unchanged) comes first, also when another writer met the full disk while the run
     stopped for it (a logger's last save); else one naming the file of the other writer's OSError."""
     found = _no_space_errors(err)
-    ours = [e for e in found if isinstance(e, DiskFullError)]
-    if ours or not found:
-        return ours[0] if ours else None
+    if not found:
+        return None
+    ours = next((e for e in found if isinstance(e, DiskFullError)), None)
+    if ours is not None:
+        return ours
     where = f" for {found[0].filename}" if found[0].filename else ""
     return DiskFullError(f"disk full: no space left{where} ({found[0].strerror or found[0]}). Free some space there")
 
