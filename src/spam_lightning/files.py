@@ -136,8 +136,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException as err:
+        disk_full = _is_disk_full(err, path.parent)  # before the partial file is removed and frees its space
         Path(tmp).unlink(missing_ok=True)
-        if _is_disk_full(err, path.parent):
+        if disk_full:
             free = shutil.disk_usage(path.parent).free
             raise DiskFullError(
                 f"disk full: no space left in {path.parent} for {path.name} ({free / 2**20:.1f} MiB free after "

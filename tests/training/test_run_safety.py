@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -305,6 +307,29 @@ def test_a_full_disk_is_named_and_the_previous_file_kept(tmp_path: Path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
 
 
+def test_a_full_disk_whose_errno_the_writer_lost_is_named_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save can meet a full disk as a bare RuntimeError ("unexpected pos", no OSError behind it): the disk is
+    known full only by its free space, which is gone while the partial file is there and back once it is removed.
+    It must be measured before the removal (a CI run lost the checkpoint's name this way)."""
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"the previous checkpoint")
+    real_disk_usage = shutil.disk_usage
+
+    def disk_usage(folder):  # 20 MiB free, none while our partial file fills the disk
+        partial = list(Path(folder).glob(".last.ckpt.*.tmp"))
+        return real_disk_usage(folder)._replace(free=0 if partial else 20 * 2**20)
+
+    def write_until_full(f) -> None:
+        f.write(b"part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:859] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(files.shutil, "disk_usage", disk_usage)
+    with pytest.raises(DiskFullError, match=re.escape(f"no space left in {tmp_path} for last.ckpt (20.0 MiB free")):
+        atomic_write(target, write_until_full)
+    assert target.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
 def test_the_checkpoints_full_disk_is_named_over_a_loggers_met_while_stopping() -> None:
     """Lightning finalizes the loggers while the checkpoint's DiskFullError stops the run: on a full disk their save
     fails too, and its OSError carries ours as context. The error names the checkpoint, the root cause."""
@@ -334,6 +359,37 @@ def test_a_full_disk_met_by_a_logger_is_one_line_too(
         f"disk full: no space left for {metrics_csv} (No space left on device). Free some space there; "
         "then continue with: python train.py resume=true run_name=run"
     )
+
+
+def test_a_logger_meeting_the_disk_a_checkpoint_write_is_filling_names_the_checkpoint(
+    tmp_path: Path, sms_zip: Path, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a CI run lost: while the background write of last.ckpt fills the disk, the CSV logger's save meets
+    it first (fsspec's close: an OSError naming no file) and again while Lightning stops, which then skips the
+    teardown that reports the write's error. The error names the checkpoint, the write that filled the disk."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    import spam_lightning.training.checkpoints as checkpoints
+
+    filling = threading.Event()
+
+    def write_filling_the_disk(path, write) -> None:
+        filling.set()
+        time.sleep(1.0)  # the logger's save meets the full disk meanwhile
+        raise DiskFullError(f"disk full: no space left in {Path(path).parent} for {Path(path).name}; not changed")
+
+    def save(writer: ExperimentWriter) -> None:
+        if filling.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "atomic_write", write_filling_the_disk)
+    monkeypatch.setattr(ExperimentWriter, "save", save)
+    cfg = smoke_cfg(tmp_path / "run", tmp_path / "data", sms_zip, tokenizer_file, "trainer.limit_train_batches=4",
+                    "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=2")  # fmt: skip
+    with pytest.raises(DiskFullError) as raised:
+        run(cfg)
+    assert str(raised.value).startswith(f"disk full: no space left in {tmp_path / 'run' / 'checkpoints'} for last.ckpt")
+    assert str(raised.value).endswith("then continue with: python train.py resume=true run_name=run")
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         full = disk_full_error(err)
         if full is None:
             raise
+        full = _checkpoint_write_disk_full(trainer) or full  # the write that filled the disk is the cause to name
         raise DiskFullError(f"{full}; then continue with: python train.py resume=true run_name={run_dir.name}") from err
     except SIGTERMException:  # Lightning raises it as a bare SystemExit: status 0, as if the run had succeeded
         _say_interrupted(trainer, run_dir, "stopped by SIGTERM")
@@ -144,6 +145,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if launcher is not None:
             launcher.finish()
         finish_trackers(loggers, sys.exc_info()[1])  # the exception ending the run, if any: finished, killed or failed
+
+
+def _checkpoint_write_disk_full(trainer: L.Trainer) -> DiskFullError | None:
+    """The full disk met by a background checkpoint write, once it is done. A logger writing while that write fills
+    the disk can meet the full disk first (its OSError names no file) and again while Lightning stops the run;
+    Lightning then skips its teardown, which would have waited for the write and raised its error."""
+    try:
+        trainer.strategy.checkpoint_io.teardown()
+    except Exception as err:
+        return disk_full_error(err)
+    return None
 
 
 def _say_interrupted(trainer: L.Trainer, run_dir: Path, how: str) -> None:
