@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -371,15 +370,16 @@ def test_a_logger_meeting_the_disk_a_checkpoint_write_is_filling_names_the_check
 
     import spam_lightning.training.checkpoints as checkpoints
 
-    filling = threading.Event()
+    filling, logger_failed = threading.Event(), threading.Event()
 
     def write_filling_the_disk(path, write) -> None:
         filling.set()
-        time.sleep(1.0)  # the logger's save meets the full disk meanwhile
+        assert logger_failed.wait(timeout=60)  # the write fails only after the logger met the full disk
         raise DiskFullError(f"disk full: no space left in {Path(path).parent} for {Path(path).name}; not changed")
 
     def save(writer: ExperimentWriter) -> None:
         if filling.is_set():
+            logger_failed.set()
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoints, "atomic_write", write_filling_the_disk)
