@@ -299,20 +299,21 @@ def test_tf32_is_set_before_lightning_checks_it(tmp_path: Path, sms_zip: Path) -
 
 
 def test_training_imports_no_metric_backend_it_never_uses() -> None:
-    """Lightning imports torchmetrics, which imports transformers and scipy.signal where installed (their text and
-    audio metrics): a training process leaves them out, and the availability checks it bent are restored."""
+    """Lightning imports torchmetrics, which imports transformers, scipy.signal and matplotlib where installed (its
+    text and audio metrics, its plots): a training process leaves them out until its own plots at the end, and the
+    availability checks it bent are restored."""
     import importlib.util
 
-    if not all(importlib.util.find_spec(name) for name in ("transformers", "scipy")):
-        pytest.skip("transformers and scipy are not both installed: nothing to leave out")
+    if not all(importlib.util.find_spec(name) for name in ("transformers", "scipy", "matplotlib")):
+        pytest.skip("transformers, scipy and matplotlib are not all installed: nothing to leave out")
     probe = (
         "import sys, spam_lightning.training.run\n"
         "from lightning_utilities.core.imports import RequirementCache, package_available\n"
-        "print(sorted({'transformers', 'scipy'} & set(sys.modules)), package_available('scipy'),"
-        " bool(RequirementCache('transformers')))"
+        "print(sorted({'transformers', 'scipy', 'matplotlib'} & set(sys.modules)), package_available('scipy'),"
+        " bool(RequirementCache('transformers')), package_available('matplotlib'))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.split() == ["[]", "True", "True"]
+    assert done.stdout.split() == ["[]", "True", "True", "True"]
 
 
 def test_train_py_builds_the_gpt_while_lightning_imports(tmp_path: Path, sms_zip: Path) -> None:

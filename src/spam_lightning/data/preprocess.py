@@ -128,7 +128,9 @@ class Preprocessing:
         """Token ids of each text (`encode_ordinary`: special-token text is plain text) truncated to
         `token_limit`, and whether each was truncated."""
         limit = self.token_limit
-        full = tokenizer.encode_ordinary_batch(list(texts))
+        # One call per text: encode_ordinary_batch's thread pool costs more than it saves on texts this short
+        # (the SMS set: 0.04 s against 0.01 s here; only texts of several thousand characters gain from it).
+        full = [tokenizer.encode_ordinary(text) for text in texts]
         return [ids[:limit] for ids in full], [len(ids) > limit for ids in full]
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,18 +16,19 @@ from importlib.metadata import PackageNotFoundError
 from types import ModuleType
 from typing import Any
 
-# torchmetrics' optional text and audio back-ends, which torchmetrics imports where installed (about a second on our
-# CPUs, a third of Lightning's import; Lightning imports torchmetrics) and training never uses.
-UNUSED_METRIC_BACKENDS = frozenset({"transformers", "scipy"})
+# torchmetrics' optional text and audio back-ends and its plotting, which torchmetrics imports where installed (about
+# 1.3 s on our CPUs, a third of Lightning's import; Lightning imports torchmetrics) and training never uses (a run's
+# plots are ours: inference/report.py imports matplotlib once the run has trained).
+UNUSED_METRIC_BACKENDS = frozenset({"transformers", "scipy", "matplotlib"})
 
 
 class _LeanMetricsImport(importlib.abc.MetaPathFinder):
     """Finds torchmetrics the first time it is imported (by Lightning, or by us) and runs its package with
     UNUSED_METRIC_BACKENDS reported absent to the availability checks it makes meanwhile (lightning_utilities'
-    `package_available` and `RequirementCache`). A training process so never imports transformers or scipy.signal;
-    in it, torchmetrics' metrics that need them (BERTScore, InfoLM, the scipy-backed audio ones) say they are not
-    installed. The checks are as they were once torchmetrics is imported. Installed by importing this package; a
-    process that imported torchmetrics before keeps what it has."""
+    `package_available` and `RequirementCache`). A training process so imports neither transformers nor scipy.signal,
+    and matplotlib only for its plots at the end; in it, torchmetrics' metrics that need them (BERTScore, InfoLM, the
+    scipy-backed audio ones, `Metric.plot`) say they are not installed. The checks are as they were once torchmetrics
+    is imported. Installed by importing this package; a process that imported torchmetrics before keeps what it has."""
 
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
         if name != "torchmetrics":

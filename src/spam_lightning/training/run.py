@@ -29,7 +29,6 @@ from spam_lightning.data.sms_spam import SPLITS
 from spam_lightning.errors import ConfigError, DivergedError, DownloadError, check_int, user_error
 from spam_lightning.files import DiskFullError, atomic_write_bytes, disk_full_error, require_file
 from spam_lightning.inference.checkpoint import check_finite, read_checkpoint, read_record
-from spam_lightning.inference.report import write_test_scores, write_training_report
 from spam_lightning.model.gpt import PRESETS, make_config
 from spam_lightning.model.weights import settle_ahead
 from spam_lightning.training.ddp import use_resolved_config_launcher
@@ -119,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "tags": tags,
         }
         if trainer.is_global_zero:
+            from spam_lightning.inference.report import write_test_scores, write_training_report  # matplotlib: 0.3 s
+
             atomic_write_bytes(run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
             if test_scored is not None:
                 write_test_scores(run_dir, test_scored)
