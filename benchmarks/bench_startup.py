@@ -246,11 +246,9 @@ def one_run(checkout: Path, overrides: list[str], work: Path, tag: str) -> tuple
     return phases, metrics
 
 
-def _same_results(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    def strip(m: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in m.items() if k not in ("time_seconds", "best_checkpoint")}
-
-    return strip(a) == strip(b)
+def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
+    """metrics.json's top-level keys whose values differ (or that one lacks), but for the times and the path."""
+    return {k for k in a.keys() | b.keys() if k not in ("time_seconds", "best_checkpoint") and a.get(k) != b.get(k)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -330,8 +328,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print("-" * len(header))
         print(f"{labels[n]:<{width}}" + "".join(f"{medians[str(c)][n]:>10.2f}" for c in checkouts))
     reference = next(iter(metrics.values()))[0]
-    same = all(_same_results(reference, m) for runs in metrics.values() for m in runs)
-    print(f"\nmetrics.json (without time_seconds, best_checkpoint) identical in all runs: {same}")
+    differing = sorted(set().union(*(_differing_keys(reference, m) for runs in metrics.values() for m in runs)))
+    same = not differing
+    print(f"\nmetrics.json (without time_seconds, best_checkpoint) identical in all runs: {same}"
+          + ("" if same else f" (differing keys: {', '.join(differing)})"))  # fmt: skip
     print(f"load average before: {' '.join(f'{x:.2f}' for x in load_before)}; "
           f"after: {' '.join(f'{x:.2f}' for x in load_after)}")  # fmt: skip
     result = {

@@ -201,6 +201,12 @@ HOW: dict[str, Run | Covered | NotRun] = {
         "trainer.limit_train_batches=2 trainer.limit_val_batches=1 trainer.limit_test_batches=1"
     ): NotRun(BENCHMARK),
     (
+        'python -c "import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); '
+        "torch.optim.AdamW(torch.nn.Linear(2, 2).parameters()); t2 = time.perf_counter(); "
+        "import spam_lightning.training.run; t3 = time.perf_counter(); print(f'torch {t1 - t0:.2f} s, the first "
+        "optimizer (torch._dynamo) {t2 - t1:.2f} s, the rest of the training imports {t3 - t2:.2f} s')\""
+    ): Run("training"),
+    (
         "python benchmarks/bench_finetune.py --model gpt2 --epochs 5 --runs ae --book-steps 20 --threads 1 "
         "--weights-file random"
     ): NotRun(BENCHMARK),
@@ -781,6 +787,10 @@ def test_group_training(machine: UserMachine) -> None:
         assert metrics(run)["global_step"] in (1, 3)
     assert "trainable parameters: 2,666,528 of 127,107,874" in done.stdout("experiment=book-lora")
     assert "emb_dim: 64" in done.stdout("--cfg job") and "run_name:" in done.stdout("--cfg job")
+    imports = done.stdout("import spam_lightning.training.run")  # docs/performance.md's import times
+    assert re.fullmatch(
+        r"torch [\d.]+ s, the first optimizer \(torch._dynamo\) [\d.]+ s, the rest .* [\d.]+ s\n", imports
+    )
 
 
 @pytest.mark.slow
