@@ -789,8 +789,8 @@ def test_group_training(machine: UserMachine) -> None:
     assert "emb_dim: 64" in done.stdout("--cfg job") and "run_name:" in done.stdout("--cfg job")
     imports = done.stdout("import spam_lightning.training.run")  # docs/performance.md's import times
     assert re.fullmatch(
-        r"torch [\d.]+ s, the first optimizer \(torch._dynamo\) [\d.]+ s, the rest .* [\d.]+ s\n", imports
-    )
+        r"torch [\d.]+ s, the first optimizer \(torch._dynamo\) [\d.]+ s, the rest .* [\d.]+ s", imports.strip()
+    ), imports
 
 
 @pytest.mark.slow
