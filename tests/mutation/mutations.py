@@ -461,6 +461,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the step loss on Lightning's progress bar, read from the device after every step",
     ),
     Mutation(
+        "training-imports-matplotlib",
+        PKG + "training/__init__.py",
+        'UNUSED_METRIC_BACKENDS = frozenset({"transformers", "scipy", "matplotlib"})',
+        'UNUSED_METRIC_BACKENDS = frozenset({"transformers", "scipy"})',
+        ("tests/training/test_train.py -k metric_backend",),
+        "torchmetrics imports matplotlib (0.3 s) while Lightning imports, before the first step",
+    ),
+    Mutation(
         "tags-not-tagged",
         PKG + "training/run.py",
         "tag_runs(loggers, tags)",
