@@ -453,6 +453,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the training metrics check their arguments on every step (host-device syncs)",
     ),
     Mutation(
+        "metrics-score-the-last-batch",
+        PKG + "training/module.py",
+        "update_metrics(metrics, probs, labels, self.positive_index)",
+        "update_metrics(metrics, probs[-8:], labels[-8:], self.positive_index)",
+        (ORACLE + " -k training_metrics", "tests/training/test_train.py -k epochs_outputs_at_once"),
+        "the epoch's metrics score only its last batch's outputs",
+    ),
+    Mutation(
         "bar-reads-the-loss-every-step",
         PKG + "training/module.py",
         'self.log("train/loss_step", loss, on_step=True, on_epoch=False)',

@@ -337,6 +337,30 @@ def test_train_py_builds_the_gpt_while_lightning_imports(tmp_path: Path, sms_zip
     assert [line for line in done.stdout.splitlines() if line.startswith("built in")] == ["built in build_gpt_ahead"]
 
 
+def test_the_metrics_take_each_epochs_outputs_at_once(
+    tmp_path: Path, sms_zip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step keeps its probabilities and labels; the metrics are updated once per stage and epoch with all of them
+    (one update per step was a fifth of the framework's host work per step), and so score every text."""
+    from helpers.smoke import train_smoke
+
+    import spam_lightning.training.module as module
+
+    updates: list[int] = []
+    update = module.update_metrics
+
+    def counted(metrics: object, probs: torch.Tensor, labels: torch.Tensor, positive: int | None) -> None:
+        updates.append(len(labels))
+        update(metrics, probs, labels, positive)
+
+    monkeypatch.setattr(module, "update_metrics", counted)
+    train_smoke(
+        tmp_path, sms_zip, TOKENIZER_FILE, "data.batch_size=8", "trainer.limit_train_batches=12",
+        "trainer.limit_val_batches=2", "+trainer.num_sanity_val_steps=0", "test_after_fit=false",
+    )  # fmt: skip
+    assert updates == [149, 12 * 8]  # the validation split (two eval batches), then the training epoch at its end
+
+
 @pytest.mark.parametrize("layers", ["last_block", "all"])  # the default recipe's (the frozen-feature cache), all
 def test_a_training_step_reads_one_value_from_the_device(tmp_path: Path, sms_zip: Path, layers: str) -> None:
     """On a GPU every read of a tensor's value on the host makes the step wait for the device. A step reads one: the
