@@ -445,14 +445,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         "after a stop, LitServe's monitor failing on the closed manager prints its traceback",
     ),
     Mutation(
-        "metrics-check-their-arguments",
-        PKG + "inference/metrics.py",
-        'NO_CHECKS: dict[str, Any] = {"validate_args": False}',
-        'NO_CHECKS: dict[str, Any] = {"validate_args": True}',
-        ("tests/training/test_train.py -k reads_one_value",),
-        "the training metrics check their arguments on every step (host-device syncs)",
-    ),
-    Mutation(
         "metrics-score-the-last-batch",
         PKG + "training/module.py",
         "update_metrics(metrics, probs, labels, self.positive_index)",
