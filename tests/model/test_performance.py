@@ -109,6 +109,26 @@ def test_cache_empties_when_frozen_weights_change(data_dir: str, tokenizer_file:
     assert len(pickle.loads(pickle.dumps(clf.feature_cache))) == 0
 
 
+def test_the_frozen_tensors_are_checked_once_an_epoch_not_every_batch(
+    data_dir: str, tokenizer_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's check lists the frozen tensors (Python work per tensor: 178 at 124M, 754 at XL) at the start of
+    each epoch of each stage, where loads and moves happen, and not before every batch."""
+    clf = model(pool="last_token")
+    listed: list[int] = []
+    frozen_parameters = clf.frozen_parameters
+
+    def counted() -> list[torch.Tensor]:
+        listed.append(1)
+        return frozen_parameters()
+
+    monkeypatch.setattr(clf, "frozen_parameters", counted)
+    trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=3, num_sanity_val_steps=1).fit(
+        clf, datamodule=datamodule(data_dir, tokenizer_file, pool="last_token")
+    )
+    assert len(listed) == 1 + 2 * 2  # the sanity check's validation, then each epoch's training and validation
+
+
 def test_results_do_not_depend_on_batching_or_padding(data_dir: str, tokenizer_file: str) -> None:
     clf = model(pool="last_token", cache_frozen=False)
     fit(clf, datamodule(data_dir, tokenizer_file, pool="last_token"), max_epochs=1)

@@ -453,6 +453,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the epoch's metrics score only its last batch's outputs",
     ),
     Mutation(
+        "frozen-listed-every-batch",
+        PKG + "training/feature_cache.py",
+        "batch: dict[str, torch.Tensor]) -> None:\n        with trainer.precision_plugin.forward_context():",
+        "batch: dict[str, torch.Tensor]) -> None:\n        self.check(pl_module.frozen_parameters())\n"
+        "        with trainer.precision_plugin.forward_context():",
+        ("tests/model/test_performance.py -k checked_once",),
+        "the cache lists and checks the frozen tensors before every batch",
+    ),
+    Mutation(
         "bar-reads-the-loss-every-step",
         PKG + "training/module.py",
         'self.log("train/loss_step", loss, on_step=True, on_epoch=False)',
