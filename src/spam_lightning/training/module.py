@@ -204,8 +204,9 @@ class SpamClassifier(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, prefix="train/")
         self.val_metrics = self.train_metrics.clone(prefix="val/")
         self.test_metrics = self.train_metrics.clone(prefix="test/")
-        # Each stage's (probabilities, labels) of the epoch's steps: the metrics take them at once in _log_epoch, one
-        # update instead of one per step (a fifth of the framework's host work per step).
+        # Each stage's (probabilities, labels) of the epoch's steps: the metrics (and the test's confusion matrix and
+        # scores) take them at once at the epoch's end, one update instead of one per step (a fifth of the
+        # framework's host work per step).
         self.epoch_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": [], "test": []}
         self.test_confusion = MulticlassConfusionMatrix(num_classes, **NO_CHECKS)  # of metrics.predicted_ids
         self.test_confusion_matrix: torch.Tensor | None = None  # (C, C) in class-id order, rows = true class
@@ -314,21 +315,16 @@ class SpamClassifier(L.LightningModule):
         logits = self(batch["input_ids"], batch["lengths"], batch.get(FROZEN_FEATURES))
         labels = batch["labels"]
         loss = F.cross_entropy(logits, labels)
-        probs, positive = logits.detach().softmax(dim=-1), self.positive_index
-        self.epoch_outputs[stage].append((probs, labels))
+        self.epoch_outputs[stage].append((logits.detach().softmax(dim=-1), labels))
         mean_loss: WeightedMean = getattr(self, f"{stage}_loss")
         mean_loss.update(loss.detach(), weight=labels.shape[0])
-        if stage == "test":
-            self.test_confusion.update(predicted_ids(probs, positive), labels)
-            if positive is not None:
-                self.test_scores.update(probs[:, positive])
-                self.test_labels.update(labels)
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False)  # the bar reads it (training.progress)
         return loss
 
-    def _log_epoch(self, stage: str, metrics: MetricCollection) -> None:
-        """Log the stage's epoch metrics and reset them for the next epoch.
+    def _log_epoch(self, stage: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Log the stage's epoch metrics and reset them for the next epoch; the epoch's (probabilities, labels) of
+        this process, None if it had no batch.
 
         The metrics are updated with the epoch's outputs and computed here rather than logged as Metric objects
         every step: Lightning moves a logged Metric's whole state to the device on each self.log call, and AUROC's
@@ -336,20 +332,22 @@ class SpamClassifier(L.LightningModule):
         processes.
         """
         prefix = self.test_prefix if stage == "test" else stage
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         mean_loss: WeightedMean = getattr(self, f"{stage}_loss")
         outputs, self.epoch_outputs[stage] = self.epoch_outputs[stage], []
         if not mean_loss.update_called:  # no batch this epoch (e.g. resumed just before its end): nothing to log
-            return
+            return None
         probs, labels = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         update_metrics(metrics, probs, labels, self.positive_index)
         values = {"loss": mean_loss.compute(), **{name: m.compute() for name, m in metrics.items(keep_base=True)}}
         mean_loss.reset()
         metrics.reset()
-        labels = self.preprocessing.labels if self.preprocessing is not None else None
-        for name, value in per_class(values, labels).items():
+        class_names = self.preprocessing.labels if self.preprocessing is not None else None
+        for name, value in per_class(values, class_names).items():
             show = name == "accuracy" or (name == "loss" and stage != "train")
             # sync_dist: the values are already equal on every rank; averaging them changes nothing.
             self.log(f"{prefix}/{name}", value, prog_bar=show, sync_dist=True)
+        return probs, labels
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
@@ -385,17 +383,23 @@ class SpamClassifier(L.LightningModule):
         return self._step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train", self.train_metrics)
+        self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val", self.val_metrics)
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test", self.test_metrics)
+        outputs = self._log_epoch("test")
+        positive = self.positive_index
+        if outputs is not None:
+            probs, labels = outputs
+            self.test_confusion.update(predicted_ids(probs, positive), labels)
+            if positive is not None:
+                self.test_scores.update(probs[:, positive])
+                self.test_labels.update(labels)
         matrix = self.test_confusion.compute()  # synced across processes
         self.test_confusion.reset()
         self.test_confusion_matrix = matrix.cpu()
-        positive = self.positive_index
         if positive is not None:
             self.test_scored = torch.stack([self.test_labels.compute(), self.test_scores.compute()], dim=1).cpu()
             self.test_scores.reset()
