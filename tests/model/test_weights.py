@@ -18,6 +18,7 @@ from spam_lightning.model.weights import (
     HF_REVISIONS,
     PretrainedDownloadError,
     PretrainedWeightsError,
+    all_finite,
     build_gpt,
     convert_hf_state_dict,
     hf_shapes,
@@ -171,6 +172,21 @@ def test_non_finite_tensor_is_named(tiny_hf, tmp_path, bad):
     with pytest.raises(PretrainedWeightsError, match=r"'h\.1\.attn\.c_proj\.weight' holds NaN/Inf values") as err:
         build_gpt(make_config(TINY), path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0], True),
+        ([3e38, 3e38], True),  # the sum overflows to inf, the elements are finite
+        ([1.0, float("nan")], False),
+        ([1.0, float("inf")], False),
+        ([float("inf"), -float("inf")], False),  # the sum is NaN
+        ([-float("inf")], False),
+    ],
+)
+def test_all_finite(values, finite):
+    assert all_finite(torch.tensor(values, dtype=torch.float32)) is finite
 
 
 def test_unexpected_key_is_named(tiny_hf, tmp_path):

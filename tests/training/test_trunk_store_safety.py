@@ -233,6 +233,21 @@ def test_the_key_is_the_digest_of_the_tensors_content() -> None:
     assert key(content="0" * 64) != key(content="1" * 64)
 
 
+def test_the_digest_covers_each_tensors_bytes_shape_dtype_and_place() -> None:
+    changed = TENSORS[0].clone()
+    changed[1, 2] += 1
+    digests = {
+        tensors_digest(TENSORS),
+        tensors_digest([changed, TENSORS[1]]),
+        tensors_digest([TENSORS[0].reshape(3, 2), TENSORS[1]]),
+        tensors_digest([TENSORS[0], TENSORS[1].view(torch.int32)]),
+        tensors_digest(TENSORS[::-1]),
+        tensors_digest(TENSORS[:1]),
+    }
+    assert len(digests) == 6
+    assert tensors_digest([t.clone() for t in TENSORS]) == tensors_digest(TENSORS)
+
+
 def test_the_format_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     before = key()
     monkeypatch.setattr(trunk_store, "FORMAT", "2")

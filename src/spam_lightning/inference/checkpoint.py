@@ -41,7 +41,7 @@ from spam_lightning.files import require_file
 from spam_lightning.model.gpt import make_config
 from spam_lightning.model.lora import LoRAConfig, apply_lora, merge_lora
 from spam_lightning.model.net import SpamNet
-from spam_lightning.model.weights import load_recorded, tensors_sha256
+from spam_lightning.model.weights import all_finite, load_recorded, tensors_sha256
 
 RECORD_KEY = "spam_lightning"
 RECORD_FORMAT = 3  # 1: before the record existed (keys gpt.*, settings read from config.yaml): refused
@@ -174,7 +174,7 @@ def check_finite(weights: torch.nn.Module | Mapping[str, torch.Tensor], source: 
     `source` starts the message: "checkpoint 'x.ckpt'"."""
     tensors = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not all_finite(tensor):
             raise CheckpointError(f"{source}: parameter {name} holds NaN/Inf values")
 
 
